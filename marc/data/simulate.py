@@ -7,6 +7,21 @@ import numpy as np
 from marc.data.dataset import RecDataset
 from marc.data.splits import assign_cold_item_split, never_in_train, split_rows
 
+CLICK_MODEL = (
+    "P(click | u, i) = sigmoid(intercept + user_bias[u] + user_weights[u] . item_features[i] + item_bias[i])"
+)
+
+
+def click_logits(meta: dict, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The generator's true click logits for (user, item) pairs (from a simulated dataset's `meta`):
+    the best any model can do, e.g. an upper bound for test AUC."""
+    return (
+        meta["intercept"]
+        + meta["user_bias"][users]
+        + np.einsum("nf,nf->n", meta["user_weights"][users], meta["item_features"][items])
+        + meta["item_bias"][items]
+    )
+
 
 def sample_exposures(
     rng: np.random.Generator, num_users: int, num_items: int, per_user: int, popularity: np.ndarray

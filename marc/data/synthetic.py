@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from marc.data.dataset import RecDataset
-from marc.data.simulate import build_simulated_dataset, calibrate_intercept, sample_exposures, sigmoid
+from marc.data.simulate import (
+    CLICK_MODEL,
+    build_simulated_dataset,
+    calibrate_intercept,
+    sample_exposures,
+    sigmoid,
+)
 
 # category -> (product nouns, materials that make sense, style/feature words that make sense, base price USD)
 CATEGORIES: dict[str, tuple[list[str], list[str], list[str], float]] = {
@@ -221,11 +227,9 @@ def make_synthetic(
     popularity = rng.lognormal(0.0, 0.5, size=num_items)
 
     users, items = sample_exposures(rng, num_users, num_items, interactions_per_user, popularity)
+    item_bias = brand_quality[item_brand] + item_noise
     raw_logits = (
-        user_bias[users]
-        + np.einsum("nf,nf->n", user_weights[users], item_features[items])
-        + brand_quality[item_brand[items]]
-        + item_noise[items]
+        user_bias[users] + np.einsum("nf,nf->n", user_weights[users], item_features[items]) + item_bias[items]
     )
     intercept = calibrate_intercept(raw_logits, positive_rate)
     meta = {
@@ -238,15 +242,15 @@ def make_synthetic(
             "seed": seed,
             "positive_rate": positive_rate,
         },
-        "click_model": "logit = intercept + user_bias[u] + user_weights[u] . item_features[i] "
-        "+ brand_quality[item_brand[i]] + item_noise[i]",
+        "click_model": CLICK_MODEL + " with item_bias = brand_quality[item_brand] + item_noise",
         "feature_names": feature_names(),
         "brands": list(BRANDS),
         "intercept": intercept,
         "item_features": item_features,
         "item_brand": item_brand,
-        "item_noise": item_noise,
         "brand_quality": brand_quality,
+        "item_noise": item_noise,
+        "item_bias": item_bias,
         "user_weights": user_weights,
         "user_bias": user_bias,
     }
@@ -254,15 +258,4 @@ def make_synthetic(
     probabilities = sigmoid(raw_logits + intercept)
     return build_simulated_dataset(
         "synthetic", rng, ids, texts, num_users, users, items, probabilities, cold_fraction, meta
-    )
-
-
-def click_logits(meta: dict, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """The generator's true click logits for (user, item) pairs: the best any model can do."""
-    return (
-        meta["intercept"]
-        + meta["user_bias"][users]
-        + np.einsum("nf,nf->n", meta["user_weights"][users], meta["item_features"][items])
-        + meta["brand_quality"][meta["item_brand"][items]]
-        + meta["item_noise"][items]
     )
