@@ -1,0 +1,1 @@
+"""`marc` subcommands: one module per command group, each exposing `register(subparsers)`."""
