@@ -1,0 +1,131 @@
+# syntax=docker/dockerfile:1.7
+#
+# marc-serve serving images. Targets:
+#   cpu          python:3.11-slim + onnxruntime                     (the default: `docker build .`)
+#   gpu          NVIDIA CUDA 13 + cuDNN 9 runtime + onnxruntime-gpu  (onnxruntime-gpu 1.31 on PyPI is built
+#                                                                     for CUDA 13.x / cuDNN 9.x)
+#   cpu-bundled, gpu-bundled
+#                the same with an artifact baked in at /models/current, taken from the named build
+#                context `model`:  docker build --target cpu-bundled --build-context model=artifacts/default .
+#
+# Without a bundled artifact, mount one at /models/current (read-only is enough), or point MARC_ARTIFACT
+# elsewhere. The images hold the serving extra only (`.[cpu]` or `.[gpu]`): no torch, no transformers,
+# no compiler. Every setting is a MARC_* environment variable (see README "Settings").
+#
+# Layer order: dependencies are installed from pyproject.toml alone, then the project's own wheel is
+# installed on top with --no-deps, so a code change rebuilds a few hundred kilobytes, not the venv.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+ARG ONNXRUNTIME_VERSION=1.31.1
+
+# ---------------------------------------------------------------------------------------------------
+# The project itself as a pure-Python wheel (shared by both images).
+FROM ${PYTHON_IMAGE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY marc ./marc
+COPY export ./export
+COPY service ./service
+COPY loadtest ./loadtest
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip wheel --no-deps --wheel-dir /wheels .
+
+# ---------------------------------------------------------------------------------------------------
+# CPU: python:3.11-slim.
+FROM ${PYTHON_IMAGE} AS cpu-base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN groupadd --system --gid 10001 marc \
+ && useradd --system --uid 10001 --gid marc --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin marc
+
+FROM cpu-base AS cpu-deps
+ARG ONNXRUNTIME_VERSION
+COPY pyproject.toml deploy/docker/pyproject_requirements.py /build/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -m venv /opt/venv \
+ && python /build/pyproject_requirements.py /build/pyproject.toml cpu > /build/requirements.txt \
+ && echo "onnxruntime==${ONNXRUNTIME_VERSION}" > /build/constraints.txt \
+ && /opt/venv/bin/pip install -r /build/requirements.txt -c /build/constraints.txt
+
+FROM cpu-base AS cpu
+COPY --from=cpu-deps /opt/venv /opt/venv
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl
+ENV MARC_ARTIFACT=/models/current \
+    MARC_HOST=0.0.0.0 \
+    MARC_PORT=8000
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8000
+# /healthz answers as soon as the server is up; the start period covers model loading.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MARC_PORT', '8000'), timeout=2)"]
+ENTRYPOINT ["marc"]
+CMD ["serve"]
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: the CUDA runtime + cuDNN base image carries the CUDA libraries onnxruntime-gpu loads (cuBLAS, cuFFT,
+# cuRAND, cuDNN); the host needs only the NVIDIA driver and the NVIDIA container toolkit. Ubuntu 24.04's
+# own Python 3.12 (onnxruntime-gpu 1.31 needs >= 3.11), so no third-party apt repository is needed.
+FROM ${CUDA_IMAGE} AS gpu-base
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.12 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 marc \
+ && useradd --system --uid 10001 --gid marc --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin marc
+
+FROM gpu-base AS gpu-deps
+ARG ONNXRUNTIME_VERSION
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.12-venv \
+ && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml deploy/docker/pyproject_requirements.py /build/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python3.12 -m venv /opt/venv \
+ && /opt/venv/bin/python /build/pyproject_requirements.py /build/pyproject.toml gpu > /build/requirements.txt \
+ && echo "onnxruntime-gpu==${ONNXRUNTIME_VERSION}" > /build/constraints.txt \
+ && /opt/venv/bin/pip install -r /build/requirements.txt -c /build/constraints.txt
+
+FROM gpu-base AS gpu
+COPY --from=gpu-deps /opt/venv /opt/venv
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl
+ENV MARC_ARTIFACT=/models/current \
+    MARC_HOST=0.0.0.0 \
+    MARC_PORT=8000 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('MARC_PORT', '8000'), timeout=2)"]
+ENTRYPOINT ["marc"]
+CMD ["serve"]
+
+# ---------------------------------------------------------------------------------------------------
+# Bundled variants: an artifact baked into the image. `model` is an empty placeholder stage that a
+# named build context of the same name replaces (--build-context model=artifacts/default); without it
+# the build stops at the manifest check below with a message saying so.
+FROM scratch AS model
+
+FROM gpu AS gpu-bundled
+COPY --from=model . /models/current/
+RUN python -c "from pathlib import Path; from service.artifact import read_manifest; m = read_manifest(Path('/models/current')); print('bundled artifact', m.name, m.fingerprint[:16])" \
+ || { echo 'no artifact: build with --build-context model=artifacts/default' >&2; exit 1; }
+
+FROM cpu AS cpu-bundled
+COPY --from=model . /models/current/
+RUN python -c "from pathlib import Path; from service.artifact import read_manifest; m = read_manifest(Path('/models/current')); print('bundled artifact', m.name, m.fingerprint[:16])" \
+ || { echo 'no artifact: build with --build-context model=artifacts/default' >&2; exit 1; }
+
+# The default target (the last stage): the CPU image.
+FROM cpu AS default
