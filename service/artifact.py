@@ -84,6 +84,9 @@ class Manifest(BaseModel):
     parity: dict[str, Any] = Field(default_factory=dict, description="Export-time ONNX vs PyTorch check.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Training and evaluation metrics.")
     config: dict[str, Any] = Field(default_factory=dict, description="The training config, verbatim.")
+    export: dict[str, Any] = Field(
+        default_factory=dict, description="How the artifact was made: opset, tool versions, quantisation."
+    )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -118,14 +121,16 @@ def read_manifest(directory: Path) -> Manifest:
 # Fingerprints: the identity of the vectors an artifact produces (cache keys are built from it).
 
 
-def fingerprint_settings(manifest: Manifest) -> dict[str, Any]:
-    """The manifest fields that change the output vectors besides the model and tokenizer bytes."""
+def fingerprint_settings(
+    *, backbone_source: str, layer: int, pooling: str, dim: int, max_length: int
+) -> dict[str, Any]:
+    """The settings that change the output vectors besides the model and tokenizer bytes."""
     return {
-        "backbone": manifest.backbone.source,
-        "layer": manifest.backbone.layer,
-        "pooling": manifest.pooling,
-        "dim": manifest.dim,
-        "max_length": manifest.max_length,
+        "backbone": backbone_source,
+        "layer": layer,
+        "pooling": pooling,
+        "dim": dim,
+        "max_length": max_length,
     }
 
 
@@ -248,9 +253,14 @@ def load_artifact(directory: Path | str, variant: str = "fp32") -> LoadedArtifac
     entry = manifest.variants[variant]  # type: ignore[index]
     model_path = _verified_file(directory, entry, f"{variant} model")
 
-    expected = compute_fingerprint(
-        manifest.variants["fp32"].sha256, manifest.tokenizer.sha256, fingerprint_settings(manifest)
+    settings = fingerprint_settings(
+        backbone_source=manifest.backbone.source,
+        layer=manifest.backbone.layer,
+        pooling=manifest.pooling,
+        dim=manifest.dim,
+        max_length=manifest.max_length,
     )
+    expected = compute_fingerprint(manifest.variants["fp32"].sha256, manifest.tokenizer.sha256, settings)
     if manifest.fingerprint != expected:
         raise ArtifactError(
             f"{manifest_path}: fingerprint {manifest.fingerprint} does not match the files and settings "
