@@ -24,7 +24,7 @@ ENTITIES: dict[str, list[str]] = {
         "Paris", "London", "Tokyo", "New York", "Rome", "Berlin", "Madrid", "Moscow", "Beijing",
         "Sydney", "Cairo", "Istanbul", "Bangkok", "Toronto", "Los Angeles", "Amsterdam", "Vienna",
         "Prague", "Barcelona", "Dubai", "Mumbai", "Shanghai", "Seoul", "Rio de Janeiro",
-        "Buenos Aires", "Mexico City", "Athens", "Lisbon", "Venice", "San Francisco",
+        "Buenos Aires", "Florence", "Athens", "Lisbon", "Venice", "San Francisco",
     ],
     "musician": [
         "Mozart", "Beethoven", "Johann Sebastian Bach", "Chopin", "Vivaldi", "Tchaikovsky",

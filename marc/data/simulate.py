@@ -75,6 +75,7 @@ def build_simulated_dataset(
         **meta,
         "split": "cold items (held out of train; half of them in valid, half in test); "
         "other rows random 80/10/10",
+        "held_out_items": held_out,
     }
     return RecDataset(
         name=name,
