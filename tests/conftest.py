@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,12 @@ def make_tiny_checkpoint(directory: Path, *, compressor_seed: int = 0, **model_c
         metrics={"valid_auc": 0.5, "note": "random compressor (test fixture)"},
         extra={"train": {"mode": "frozen"}, "data": {"source": "fixture"}},
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_factory() -> Callable[..., Path]:
+    """``factory(directory, compressor_seed=0, **ModelConfig overrides) -> checkpoint dir``."""
+    return make_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
