@@ -90,7 +90,7 @@ def _synth(args: argparse.Namespace) -> int:
     else:
         dataset = make_entities(num_items=args.items, **common)
     out = save_dataset(dataset, args.out)
-    print(f"wrote {dataset.name} dataset to {out} (load it with --data jsonl:{out})")
+    print(f"wrote {dataset.name} dataset to {out} (reload it with the dataset spec jsonl:{out})")
     _print_summary(dataset)
     return 0
 
