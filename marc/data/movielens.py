@@ -28,7 +28,9 @@ def _iter_rows(
 ) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) per non-blank line; a wrong field count raises `DataError`."""
     with path.open(encoding="latin-1") as handle:
-        lines = tqdm(handle, desc=path.name, unit=" lines", leave=False, disable=not progress, delay=1)
+        lines = tqdm(
+            handle, desc=path.name, unit=" lines", leave=False, disable=not progress, delay=1, mininterval=1
+        )
         for line_number, line in enumerate(lines, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
