@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-test: install
+test: install promtool
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -39,3 +39,58 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- Quickstart: `make serve` builds the default artifact once, then serves it -----------------------
+# Default artifact: the real SmolLM2 backbone cut at DEFAULT_LAYER (the layer the probe recommends), k=64,
+# trained frozen on the synthetic dataset, exported to ONNX (+ int8) with the parity check. Override for a
+# small build, e.g. `make artifact BACKBONE=tiny LAYER=2 DIM=16 ARTIFACT_DIR=/tmp/a RUN_DIR=/tmp/run`.
+DEFAULT_LAYER ?= 15
+BACKBONE ?= smollm2
+LAYER ?= $(DEFAULT_LAYER)
+DIM ?= 64
+ARTIFACT_DIR ?= artifacts/default
+RUN_DIR ?= runs/$(notdir $(ARTIFACT_DIR))
+TRAIN_ARGS ?=
+SERVE_PORT ?= 8000
+
+.PHONY: serve artifact promtool
+
+serve: artifact
+	@echo "==> serving $(ARTIFACT_DIR) on http://127.0.0.1:$(SERVE_PORT) (cache: $${MARC_REDIS_URL:-in-process LRU})"
+	$(BIN)/marc serve --artifact $(ARTIFACT_DIR) --port $(SERVE_PORT)
+
+artifact: $(ARTIFACT_DIR)/manifest.json
+
+# A finished artifact is reused as is (delete the folder to rebuild). Checkpoint and artifact are written
+# to *.partial folders and renamed at the end, so an interrupted run never looks finished.
+$(ARTIFACT_DIR)/manifest.json: | install
+	@if [ -f $(RUN_DIR)/config.json ]; then \
+		echo "==> [1/2] reusing the checkpoint in $(RUN_DIR)"; \
+	else \
+		echo "==> [1/2] training MARC: $(BACKBONE) backbone cut at layer $(LAYER), k=$(DIM), frozen, synthetic data -> $(RUN_DIR)"; \
+		rm -rf $(RUN_DIR).partial && \
+		$(BIN)/marc train --backbone $(BACKBONE) --layer $(LAYER) --dim $(DIM) --data synthetic \
+			--out $(RUN_DIR).partial $(TRAIN_ARGS) && \
+		rm -rf $(RUN_DIR) && mv $(RUN_DIR).partial $(RUN_DIR); \
+	fi
+	@echo "==> [2/2] exporting $(RUN_DIR) -> $(ARTIFACT_DIR) (ONNX fp32 + int8, parity check)"
+	rm -rf $(ARTIFACT_DIR).partial
+	$(BIN)/marc export --checkpoint $(RUN_DIR) --out $(ARTIFACT_DIR).partial --int8 \
+		--name $(BACKBONE)-l$(LAYER)-k$(DIM)
+	rm -rf $(ARTIFACT_DIR) && mv $(ARTIFACT_DIR).partial $(ARTIFACT_DIR)
+	@echo "==> artifact ready: $(ARTIFACT_DIR)"
+
+# promtool (Prometheus config checker) for tests/test_deploy.py: taken from Debian's `prometheus` package
+# without installing it (no daemon, no service user), into .venv/bin. Skipped, with a message, where
+# neither promtool nor apt-get exists; the test then skips with the same reason.
+promtool: | install
+	@if command -v promtool >/dev/null || [ -x $(BIN)/promtool ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "promtool: not on PATH and no apt-get here: the Prometheus config check will be skipped"; exit 0; fi; \
+	echo "==> fetching promtool from Debian's prometheus package"; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd "$$tmp" && \
+	{ apt-get download -qq -o APT::Sandbox::User=root prometheus 2>/dev/null || \
+	  { apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root prometheus; }; } && \
+	dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > promtool && chmod +x promtool && \
+	mv promtool $(abspath $(BIN))/promtool || \
+	echo "promtool: download failed: the Prometheus config check will be skipped"
