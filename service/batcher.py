@@ -1,0 +1,241 @@
+"""Dynamic micro-batching: merge texts from concurrent requests into a few ONNX Runtime runs.
+
+* Admission is all-or-nothing per request and happens before anything is queued: a request whose
+  new texts don't fit in ``max_queue_items`` gets `Overloaded` (-> 503 + Retry-After) at once.
+* Identical texts already queued or running are computed once: the request joins the existing job.
+* A window collects up to ``max_batch_size`` items or waits ``max_wait_ms``, then also takes what
+  is already queued (up to ``BACKLOG_RUNS`` runs), so a backlog is sorted by length across runs.
+* Jobs whose every waiting request has gone (cancelled) are dropped before they reach the model.
+* The encoder runs in one dedicated worker thread: the event loop never blocks on tokenisation or
+  ONNX Runtime, and runs never overlap (ORT already uses all intra-op threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from service.encoder import EncodedTexts
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+BACKLOG_RUNS = 4
+RETRY_AFTER_SECONDS = 1
+
+
+class Overloaded(RuntimeError):
+    """The queue cannot take this request now."""
+
+    retry_after_seconds = RETRY_AFTER_SECONDS
+
+
+class ShuttingDown(RuntimeError):
+    """The batcher is stopping and accepts no new work."""
+
+    retry_after_seconds = RETRY_AFTER_SECONDS
+
+
+class InferenceFailed(RuntimeError):
+    """ONNX Runtime raised while computing a batch (a server fault, logged with its traceback)."""
+
+
+class TextEncoder(Protocol):
+    def embed(self, texts: Sequence[str], max_batch_size: int) -> EncodedTexts: ...
+
+
+@dataclass(frozen=True)
+class WindowTiming:
+    started: float  # time.perf_counter() when the window went to the model
+    inference_seconds: float  # ONNX Runtime time of all runs in the window
+
+
+@dataclass(eq=False)
+class _Job:
+    text: str
+    enqueued: float
+    future: asyncio.Future[tuple[np.ndarray, WindowTiming]]
+    waiters: int = field(default=1)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: np.ndarray  # float32 [n, dim] in request order
+    queue_seconds: float  # longest wait of this request's texts before their window ran
+    inference_seconds: float  # model time of the windows this request's texts were in
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        metrics: Metrics,
+        *,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_items: int,
+    ) -> None:
+        self._encoder = encoder
+        self._metrics = metrics
+        self._max_batch_size = max_batch_size
+        self._max_wait = max_wait_ms / 1000
+        self._max_queue_items = max_queue_items
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._inflight: dict[str, _Job] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marc-onnx")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        metrics.queue_depth.set_function(self._queue.qsize)
+
+    @property
+    def queued_items(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="marc-batcher")
+
+    async def stop(self, timeout_seconds: float = 30.0) -> None:
+        """Refuse new work, finish what is queued, stop the worker thread."""
+        self._closing = True
+        if self._task is not None:
+            self._queue.put_nowait(None)  # FIFO: everything queued before it is still computed
+            try:
+                await asyncio.wait_for(self._task, timeout_seconds)
+            except TimeoutError:
+                log.warning("batcher did not drain within %.0f s; failing the rest", timeout_seconds)
+        for job in self._inflight.values():
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown("the service is shutting down"))
+        self._inflight.clear()
+        self._executor.shutdown(wait=True)
+
+    async def embed(self, texts: Sequence[str]) -> Embedded:
+        """Vectors for ``texts`` (already normalised), computed by the model."""
+        if self._closing:
+            raise ShuttingDown("the service is shutting down")
+        unique = list(dict.fromkeys(texts))
+        fresh = [t for t in unique if t not in self._inflight]
+        if self._queue.qsize() + len(fresh) > self._max_queue_items:
+            self._metrics.overload_rejections.inc()
+            raise Overloaded(
+                f"queue full ({self._queue.qsize()} items waiting, limit {self._max_queue_items}); "
+                "retry later"
+            )
+        # No await between the check above and the puts below: admission is atomic.
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        jobs: dict[str, _Job] = {}
+        for text in unique:
+            job = self._inflight.get(text)
+            if job is None:
+                job = _Job(text, now, loop.create_future())
+                self._inflight[text] = job
+                self._queue.put_nowait(job)
+            else:
+                job.waiters += 1
+                self._metrics.items_deduplicated.inc()
+            jobs[text] = job
+        try:
+            # asyncio.wait (unlike gather) leaves the shared futures alone if this request is cancelled.
+            await asyncio.wait([job.future for job in jobs.values()])
+            results = {text: job.future.result() for text, job in jobs.items()}
+        finally:
+            for job in jobs.values():
+                self._release(job)
+        windows = {id(timing): timing for _, timing in results.values()}
+        return Embedded(
+            vectors=np.stack([results[text][0] for text in texts]),
+            # A job this request joined may have been queued before the request arrived.
+            queue_seconds=max(
+                timing.started - max(jobs[text].enqueued, now) for text, (_, timing) in results.items()
+            ),
+            inference_seconds=sum(timing.inference_seconds for timing in windows.values()),
+        )
+
+    def _release(self, job: _Job) -> None:
+        """One request stopped waiting for ``job``; nobody waiting any more = drop it."""
+        job.waiters -= 1
+        if job.waiters == 0 and not job.future.done():
+            job.future.cancel()
+        if job.future.done() and self._inflight.get(job.text) is job:
+            del self._inflight[job.text]
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs, stop = await self._collect()
+            live = [job for job in jobs if not job.future.done()]
+            if len(live) < len(jobs):
+                self._metrics.items_dropped.inc(len(jobs) - len(live))
+            if live:
+                await self._compute(loop, live)
+            if stop:
+                return
+
+    async def _collect(self) -> tuple[list[_Job], bool]:
+        """One window of jobs, and whether the stop marker was reached."""
+        first = await self._queue.get()
+        if first is None:
+            return [], True
+        jobs = [first]
+        if self._take_ready(jobs, self._max_batch_size):
+            return jobs, True
+        deadline = time.monotonic() + self._max_wait
+        while len(jobs) < self._max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    job = await self._queue.get()
+            except TimeoutError:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            if self._take_ready(jobs, self._max_batch_size):
+                return jobs, True
+        return jobs, self._take_ready(jobs, self._max_batch_size * BACKLOG_RUNS)
+
+    def _take_ready(self, jobs: list[_Job], limit: int) -> bool:
+        """Move already-queued jobs into ``jobs`` up to ``limit``; True if the stop marker was taken."""
+        while len(jobs) < limit and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is None:
+                return True
+            jobs.append(job)
+        return False
+
+    async def _compute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            encoded = await loop.run_in_executor(
+                self._executor, self._encoder.embed, [job.text for job in jobs], self._max_batch_size
+            )
+        except Exception as exc:
+            log.exception("inference failed for a window of %d items", len(jobs))
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(InferenceFailed(f"inference failed: {type(exc).__name__}"))
+                self._forget(job)
+            return
+        timing = WindowTiming(started, sum(run.seconds for run in encoded.runs))
+        for run in encoded.runs:
+            self._metrics.batch_size.observe(run.items)
+            self._metrics.inference_duration.observe(run.seconds)
+        self._metrics.items_embedded.inc(len(jobs))
+        for job, vector in zip(jobs, encoded.vectors, strict=True):
+            if not job.future.done():
+                job.future.set_result((vector, timing))
+            self._forget(job)
+
+    def _forget(self, job: _Job) -> None:
+        if self._inflight.get(job.text) is job:
+            del self._inflight[job.text]

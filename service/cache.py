@@ -1,0 +1,213 @@
+"""Vector caches: Redis (shared by all replicas) and an in-process LRU (the embedded default).
+
+Both store raw little-endian float32 bytes under the keys from `service.keys`. A cache never fails a
+request: `RedisCache` raises `CacheUnavailable` for any Redis error or timeout, the caller counts it
+and carries on without the cache. After a connection failure Redis is skipped for
+`retry_seconds` (a small circuit breaker), so a dead server costs one timeout per interval, not one per
+request; redis-py reconnects by itself on the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, Protocol, TypeVar
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+
+CacheStatus = Literal["ok", "unavailable"]
+T = TypeVar("T")
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+class CacheUnavailable(RuntimeError):
+    """The cache could not answer; treat every key as a miss."""
+
+
+class Cache(Protocol):
+    backend: Literal["redis", "memory"]
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values in key order, None for a missing key. May raise CacheUnavailable."""
+        ...
+
+    async def set_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        """Store all entries with the cache's TTL in one round trip. May raise CacheUnavailable."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    def status(self) -> CacheStatus: ...
+
+    async def close(self) -> None: ...
+
+
+class LruCache:
+    """Bounded in-process cache (one per process, lost on restart)."""
+
+    backend: Literal["redis", "memory"] = "memory"
+
+    def __init__(self, max_items: int, ttl_seconds: int) -> None:
+        self._max_items = max_items
+        self._ttl = ttl_seconds
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = time.monotonic()
+        values: list[bytes | None] = []
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] < now:
+                values.append(None)
+                continue
+            self._entries.move_to_end(key)
+            values.append(entry[1])
+        return values
+
+    async def set_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        expires = time.monotonic() + self._ttl if self._ttl else float("inf")
+        for key, value in entries:
+            self._entries[key] = (expires, value)
+            self._entries.move_to_end(key)
+        while len(self._entries) > self._max_items:
+            self._entries.popitem(last=False)
+
+    async def ping(self) -> bool:
+        return True
+
+    def status(self) -> CacheStatus:
+        return "ok"
+
+    async def close(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class RedisCache:
+    """Redis or Redis Cluster through `redis.asyncio` (pooled connections, no client-side retries:
+    the request falls back to the model instead of waiting)."""
+
+    backend: Literal["redis", "memory"] = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_seconds: int,
+        timeout_seconds: float,
+        retry_seconds: float,
+        cluster: bool = False,
+        max_connections: int = 64,
+    ) -> None:
+        scheme, sep, rest = url.partition("://")
+        if scheme in CLUSTER_SCHEMES:
+            url, cluster = f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}", True
+        self.cluster = cluster
+        self._ttl = ttl_seconds
+        self._timeout = timeout_seconds
+        self._retry_seconds = retry_seconds
+        self._skip_until = 0.0
+        self._failing = False
+        options = {
+            "socket_timeout": timeout_seconds,
+            "socket_connect_timeout": timeout_seconds,
+            "retry": Retry(NoBackoff(), 0),
+            "max_connections": max_connections,
+        }
+        self._client: Redis | RedisCluster = (
+            RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
+        )
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        if isinstance(self._client, RedisCluster):
+            # Keys hash to different slots; the client splits the MGET per node.
+            client = self._client
+            return await self._guarded(lambda: client.mget_nonatomic(list(keys)))
+        redis = self._client
+        return await self._guarded(lambda: redis.mget(list(keys)))
+
+    async def set_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        if not entries:
+            return
+
+        async def write() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in entries:
+                    pipe.set(key, value, ex=self._ttl or None)
+                await pipe.execute()
+
+        await self._guarded(write)
+
+    async def ping(self) -> bool:
+        try:
+            await self._guarded(self._client.ping)
+        except CacheUnavailable:
+            return False
+        return True
+
+    def status(self) -> CacheStatus:
+        return "unavailable" if self._failing else "ok"
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
+        if time.monotonic() < self._skip_until:
+            raise CacheUnavailable("redis is unavailable; skipped until the retry interval passes")
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await operation()
+        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+            # Connection-level trouble: open the breaker so requests don't each wait for a timeout.
+            if not self._failing:
+                log.warning(
+                    "redis unavailable (%s: %s); serving from the model, retrying every %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    self._retry_seconds,
+                )
+            self._failing = True
+            self._skip_until = time.monotonic() + self._retry_seconds
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except RedisError as exc:
+            # Command-level errors (OOM, wrong type, ...) don't mean the server is gone.
+            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if self._failing:
+            log.info("redis reachable again")
+            self._failing = False
+        return result
+
+
+def build_cache(
+    redis_url: str,
+    *,
+    cluster: bool,
+    ttl_seconds: int,
+    timeout_seconds: float,
+    retry_seconds: float,
+    lru_max_items: int,
+) -> Cache:
+    """Redis when a URL is given, else the in-process LRU."""
+    if not redis_url:
+        return LruCache(lru_max_items, ttl_seconds)
+    return RedisCache(
+        redis_url,
+        ttl_seconds=ttl_seconds,
+        timeout_seconds=timeout_seconds,
+        retry_seconds=retry_seconds,
+        cluster=cluster,
+    )

@@ -1,0 +1,186 @@
+"""Texts -> vectors: tokenise (one batch call) -> sort by length -> pad per run -> ONNX Runtime.
+
+`OnnxEncoder._run` is the only place that calls the model. The execution provider is decided once,
+at load time: CUDA only when ONNX Runtime lists it *and* a session really comes up on it; else CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from tokenizers import Encoding, Tokenizer
+
+from service.artifact import (
+    INPUT_NAMES,
+    ArtifactError,
+    LoadedArtifact,
+    Variant,
+    load_artifact,
+    open_session,
+    ort_session_options,
+    read_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ORT_LOG_ERROR, ORT_LOG_FATAL = 3, 4
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """One ONNX Runtime run."""
+
+    items: int
+    padded_length: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    vectors: np.ndarray  # float32 [n, dim], rows in input order
+    runs: list[RunStats]
+
+
+class OnnxEncoder:
+    def __init__(
+        self, artifact: LoadedArtifact, session: onnxruntime.InferenceSession, provider: str
+    ) -> None:
+        self.artifact = artifact
+        self.provider = provider
+        self._session = session
+        # Our own copy without padding: each run is padded to its own longest row after sorting.
+        self._tokenizer = Tokenizer.from_str(artifact.tokenizer.to_str())
+        self._tokenizer.no_padding()
+        self._pad_id = int((artifact.tokenizer.padding or {}).get("pad_id", 0))
+        self._output = artifact.manifest.output
+
+    @property
+    def dim(self) -> int:
+        return self.artifact.dim
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text uses after truncation (OpenAI `usage`)."""
+        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+
+    def embed(self, texts: Sequence[str], max_batch_size: int) -> EncodedTexts:
+        """Vectors for ``texts`` in order, computed in runs of at most ``max_batch_size`` rows of
+        similar length (less padding). Blocking: call it from a worker thread."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        vectors = np.empty((len(encodings), self.dim), dtype=np.float32)
+        runs: list[RunStats] = []
+        for start in range(0, len(order), max_batch_size):
+            rows = order[start : start + max_batch_size]
+            input_ids, attention_mask = self._pad([encodings[i] for i in rows])
+            began = time.perf_counter()
+            vectors[rows] = self._run(input_ids, attention_mask)
+            runs.append(RunStats(len(rows), input_ids.shape[1], time.perf_counter() - began))
+        return EncodedTexts(vectors, runs)
+
+    def _pad(self, encodings: Sequence[Encoding]) -> tuple[np.ndarray, np.ndarray]:
+        """Right padding (the artifact's convention) to the longest row of this run."""
+        longest = max(len(e.ids) for e in encodings)
+        input_ids = np.full((len(encodings), longest), self._pad_id, dtype=np.int64)
+        attention_mask = np.zeros((len(encodings), longest), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            input_ids[row, : len(encoding.ids)] = encoding.ids
+            attention_mask[row, : len(encoding.ids)] = 1
+        return input_ids, attention_mask
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention_mask}
+        (embedding,) = self._session.run([self._output], feed)
+        return np.asarray(embedding, dtype=np.float32)
+
+
+def cuda_provider_options(device_id: int) -> dict[str, Any]:
+    return {
+        "device_id": device_id,
+        # Grow the memory arena by what is asked, not by doubling: shapes vary with every batch.
+        "arena_extend_strategy": "kSameAsRequested",
+        # Exhaustive cuDNN search would re-run for every new (batch, sequence) shape.
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "do_copy_in_default_stream": True,
+    }
+
+
+def _try_cuda(artifact: LoadedArtifact, options: onnxruntime.SessionOptions, device_id: int):
+    """A session on CUDA, or None when the CUDA provider does not really load (missing libraries,
+    no device). ORT's own error log about it is silenced: the caller logs one line."""
+    onnxruntime.set_default_logger_severity(ORT_LOG_FATAL)
+    try:
+        session = open_session(
+            artifact, providers=[(CUDA, cuda_provider_options(device_id)), CPU], options=options
+        )
+    except ArtifactError as exc:
+        log.debug("CUDA session failed: %s", exc)
+        return None
+    finally:
+        onnxruntime.set_default_logger_severity(ORT_LOG_ERROR)
+    return session if session.get_providers()[0] == CUDA else None
+
+
+def load_encoder(
+    directory: Path,
+    *,
+    variant: str = "auto",
+    provider: str = "auto",
+    cuda_device_id: int = 0,
+    intra_threads: int = 0,
+    inter_threads: int = 0,
+) -> OnnxEncoder:
+    """Verify the artifact, pick provider and variant once, and build the encoder.
+
+    variant "auto" serves fp16 on CUDA when the artifact has it, fp32 otherwise. provider "cuda"
+    fails loudly when CUDA cannot be used; "auto" falls back to CPU.
+    """
+    manifest = read_manifest(directory)
+    options = ort_session_options(intra_threads, inter_threads)
+    cuda_listed = CUDA in onnxruntime.get_available_providers()
+    if provider == "cuda" and not cuda_listed:
+        raise ArtifactError(
+            f"MARC_PROVIDER=cuda but this onnxruntime build has no {CUDA} "
+            f"(available: {onnxruntime.get_available_providers()}); install onnxruntime-gpu"
+        )
+    chosen: Variant
+    if variant != "auto":
+        chosen = variant  # type: ignore[assignment]
+    elif cuda_listed and provider != "cpu" and "fp16" in manifest.variants:
+        chosen = "fp16"
+    else:
+        chosen = "fp32"
+
+    why_cpu = "MARC_PROVIDER=cpu" if provider == "cpu" else "CUDA not available"
+    if cuda_listed and provider != "cpu":
+        artifact = load_artifact(directory, chosen)
+        session = _try_cuda(artifact, options, cuda_device_id)
+        if session is not None:
+            log.info(
+                "execution provider: %s (device %d), variant %s, model %s",
+                CUDA,
+                cuda_device_id,
+                chosen,
+                artifact.name,
+            )
+            return OnnxEncoder(artifact, session, CUDA)
+        if provider == "cuda":
+            raise ArtifactError(f"MARC_PROVIDER=cuda but {CUDA} failed to load on device {cuda_device_id}")
+        why_cpu = f"{CUDA} listed but failed to load"
+        if variant == "auto":
+            chosen = "fp32"  # fp16 was only picked for the GPU
+
+    artifact = load_artifact(directory, chosen)
+    session = open_session(artifact, providers=[CPU], options=options)
+    if chosen == "fp16":
+        log.warning("serving the fp16 variant on CPU is slow; fp32 or int8 suit CPUs better")
+    log.info("execution provider: %s (%s), variant %s, model %s", CPU, why_cpu, chosen, artifact.name)
+    return OnnxEncoder(artifact, session, CPU)

@@ -1,0 +1,72 @@
+"""Prometheus metrics (DESIGN §6). Each app owns its registry, so several apps can live in one process
+(tests) without clashing on the global default registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_duration = Histogram(
+            "marc_request_duration_seconds",
+            "HTTP request latency, from the first byte received to the response start.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "marc_inference_duration_seconds",
+            "Duration of one ONNX Runtime run (padding and session.run).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "marc_batch_size", "Items per ONNX Runtime run.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("marc_queue_depth", "Items waiting for the model.", registry=r)
+        self.cache_requests = Counter(
+            "marc_cache_requests_total",
+            "Cache lookups per key, by result (error = cache unavailable, served without it).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_writes = Counter(
+            "marc_cache_writes_total", "Cache write round trips, by result.", ["result"], registry=r
+        )
+        self.items_embedded = Counter("marc_items_embedded_total", "Items run through the model.", registry=r)
+        self.items_deduplicated = Counter(
+            "marc_items_deduplicated_total",
+            "Items that shared the result of an identical text already queued or running.",
+            registry=r,
+        )
+        self.items_dropped = Counter(
+            "marc_items_dropped_total",
+            "Queued items dropped before the model because every client waiting for them had gone.",
+            registry=r,
+        )
+        self.overload_rejections = Counter(
+            "marc_overload_rejections_total",
+            "Requests refused with 503 because the queue was full.",
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "marc_model_info",
+            "The served model (value is always 1).",
+            ["name", "fingerprint", "layer", "dim", "provider", "variant"],
+            registry=r,
+        )
+        for result in ("hit", "miss", "error"):
+            self.cache_requests.labels(result=result)
+        for result in ("ok", "error"):
+            self.cache_writes.labels(result=result)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

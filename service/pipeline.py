@@ -1,0 +1,133 @@
+"""The serving path (DESIGN §5): normalise -> cache keys -> one MGET -> misses to the micro-batcher
+-> one pipelined write -> vectors in request order.
+
+A cache that fails never fails the request: its keys count as ``result="error"`` and every item is
+computed by the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.batcher import MicroBatcher
+from service.cache import Cache, CacheUnavailable
+from service.keys import KeySpace, normalise_text
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+VECTOR_DTYPE = np.dtype("<f4")
+
+
+@dataclass(frozen=True)
+class EmbedOutcome:
+    vectors: np.ndarray  # float32 [n, dim], request order
+    cached: list[bool]
+    queue_seconds: float
+    inference_seconds: float
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(self.cached)
+
+
+class EmbeddingPipeline:
+    def __init__(
+        self, keys: KeySpace, cache: Cache, batcher: MicroBatcher, metrics: Metrics, dim: int
+    ) -> None:
+        self._keys = keys
+        self._cache = cache
+        self._batcher = batcher
+        self._metrics = metrics
+        self._value_bytes = dim * VECTOR_DTYPE.itemsize
+        self._dim = dim
+
+    async def embed(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> EmbedOutcome:
+        """Vectors for ``texts``; items with an id are also stored under it (id key space)."""
+        normalised = [normalise_text(text) for text in texts]
+        text_keys = [self._keys.text_key(text) for text in normalised]
+        with_id = [(i, item_id) for i, item_id in enumerate(ids or ()) if item_id is not None]
+        id_keys = [self._keys.id_key(item_id) for _, item_id in with_id]
+        # One round trip reads both: the id values tell us which id keys need (re)writing.
+        values = await self._read(text_keys + id_keys, counted=len(text_keys))
+        text_values, id_values = values[: len(text_keys)], values[len(text_keys) :]
+
+        vectors = np.empty((len(texts), self._dim), dtype=np.float32)
+        cached = [value is not None for value in text_values]
+        for row, value in enumerate(text_values):
+            if value is not None:
+                vectors[row] = np.frombuffer(value, dtype=VECTOR_DTYPE)
+        queue_seconds = inference_seconds = 0.0
+        writes: list[tuple[str, bytes]] = []
+        missing = [row for row, hit in enumerate(cached) if not hit]
+        if missing:
+            embedded = await self._batcher.embed([normalised[row] for row in missing])
+            vectors[missing] = embedded.vectors
+            queue_seconds, inference_seconds = embedded.queue_seconds, embedded.inference_seconds
+            written: set[str] = set()
+            for row in missing:
+                if text_keys[row] not in written:
+                    written.add(text_keys[row])
+                    writes.append((text_keys[row], self._to_bytes(vectors[row])))
+        for (row, _), key, stored in zip(with_id, id_keys, id_values, strict=True):
+            value = self._to_bytes(vectors[row])
+            if stored != value:
+                writes.append((key, value))
+        await self._write(writes)
+        return EmbedOutcome(vectors, cached, queue_seconds, inference_seconds)
+
+    async def lookup(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Vectors stored under ``ids`` (unknown ids are absent). Raises CacheUnavailable: without
+        the cache there is nothing to look up."""
+        keys = [self._keys.id_key(item_id) for item_id in ids]
+        try:
+            values = await self._cache.get_many(keys)
+        except CacheUnavailable:
+            self._metrics.cache_requests.labels(result="error").inc(len(keys))
+            raise
+        found = {
+            item_id: np.frombuffer(value, dtype=VECTOR_DTYPE)
+            for item_id, value in zip(ids, self._valid(values), strict=True)
+            if value is not None
+        }
+        self._count(hits=len(found), total=len(keys))
+        return found
+
+    async def _read(self, keys: list[str], counted: int) -> list[bytes | None]:
+        """Cache values (None = miss or unusable); an unavailable cache reads as all misses."""
+        try:
+            values = self._valid(await self._cache.get_many(keys))
+        except CacheUnavailable as exc:
+            log.debug("cache read failed: %s", exc)
+            self._metrics.cache_requests.labels(result="error").inc(counted)
+            return [None] * len(keys)
+        self._count(hits=sum(value is not None for value in values[:counted]), total=counted)
+        return values
+
+    async def _write(self, entries: list[tuple[str, bytes]]) -> None:
+        if not entries:
+            return
+        try:
+            await self._cache.set_many(entries)
+        except CacheUnavailable as exc:
+            log.debug("cache write failed: %s", exc)
+            self._metrics.cache_writes.labels(result="error").inc()
+        else:
+            self._metrics.cache_writes.labels(result="ok").inc()
+
+    def _valid(self, values: Sequence[bytes | None]) -> list[bytes | None]:
+        # A value of the wrong size (another writer, a corrupted key) is a miss, never served.
+        return [value if value is not None and len(value) == self._value_bytes else None for value in values]
+
+    def _count(self, *, hits: int, total: int) -> None:
+        if hits:
+            self._metrics.cache_requests.labels(result="hit").inc(hits)
+        if total - hits:
+            self._metrics.cache_requests.labels(result="miss").inc(total - hits)
+
+    @staticmethod
+    def _to_bytes(vector: np.ndarray) -> bytes:
+        return vector.astype(VECTOR_DTYPE, copy=False).tobytes()

@@ -1,0 +1,43 @@
+"""Liveness, readiness and Prometheus metrics. Never behind the API key (probes and scrapers)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from service.dependencies import Runtime
+from service.metrics import METRICS_CONTENT_TYPE
+from service.responses import OrjsonResponse
+from service.schemas import HealthResponse, ReadyResponse
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", response_model=HealthResponse)
+async def healthz() -> OrjsonResponse:
+    """The process is alive and its event loop answers."""
+    return OrjsonResponse({"status": "ok"})
+
+
+@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+async def readyz(runtime: Runtime) -> OrjsonResponse:
+    """Ready when the model is loaded and the service is not shutting down. A Redis outage does not
+    make it unready (requests are served from the model); it shows in `cache.status`."""
+    artifact = runtime.encoder.artifact
+    content = {
+        "status": "not ready" if runtime.draining else "ready",
+        "reason": "shutting down" if runtime.draining else None,
+        "model": artifact.name,
+        "fingerprint": artifact.fingerprint,
+        "variant": artifact.variant,
+        "provider": runtime.encoder.provider,
+        "queue_depth": runtime.batcher.queued_items,
+        "cache": {"backend": runtime.cache.backend, "status": runtime.cache.status()},
+    }
+    return OrjsonResponse(content, status_code=503 if runtime.draining else 200)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(runtime: Runtime) -> Response:
+    """Prometheus text exposition of this process's metrics."""
+    return Response(runtime.metrics.render(), media_type=METRICS_CONTENT_TYPE)

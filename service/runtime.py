@@ -1,0 +1,90 @@
+"""Everything a running service holds, built once in the app's lifespan and torn down in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from service.batcher import MicroBatcher
+from service.cache import Cache, build_cache
+from service.encoder import OnnxEncoder, load_encoder
+from service.keys import KeySpace
+from service.metrics import Metrics
+from service.pipeline import EmbeddingPipeline
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceRuntime:
+    settings: Settings
+    metrics: Metrics
+    encoder: OnnxEncoder
+    cache: Cache
+    batcher: MicroBatcher
+    pipeline: EmbeddingPipeline
+    draining: bool = field(default=False)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.encoder.artifact.fingerprint
+
+    @classmethod
+    async def start(cls, settings: Settings, metrics: Metrics) -> ServiceRuntime:
+        # Loading verifies sha256 of every file and builds the ORT session: seconds, off the loop.
+        encoder = await asyncio.to_thread(
+            load_encoder,
+            settings.artifact,
+            variant=settings.variant,
+            provider=settings.provider,
+            cuda_device_id=settings.cuda_device_id,
+            intra_threads=settings.ort_intra_threads,
+            inter_threads=settings.ort_inter_threads,
+        )
+        artifact = encoder.artifact
+        cache = build_cache(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            ttl_seconds=settings.cache_ttl_seconds,
+            timeout_seconds=settings.cache_timeout_ms / 1000,
+            retry_seconds=settings.cache_retry_seconds,
+            lru_max_items=settings.lru_max_items,
+        )
+        if not await cache.ping():
+            log.warning(
+                "cache %s not reachable at start-up; serving from the model until it is", cache.backend
+            )
+        batcher = MicroBatcher(
+            encoder,
+            metrics,
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue_items=settings.max_queue_items,
+        )
+        batcher.start()
+        keys = KeySpace(settings.cache_prefix, artifact.fingerprint)
+        metrics.model_info.labels(
+            name=artifact.name,
+            fingerprint=artifact.fingerprint,
+            layer=str(artifact.manifest.backbone.layer),
+            dim=str(artifact.dim),
+            provider=encoder.provider,
+            variant=artifact.variant,
+        ).set(1)
+        log.info(
+            "serving %s (variant %s, dim %d, fingerprint %s) with %s cache",
+            artifact.name,
+            artifact.variant,
+            artifact.dim,
+            artifact.fingerprint[:16],
+            cache.backend,
+        )
+        pipeline = EmbeddingPipeline(keys, cache, batcher, metrics, artifact.dim)
+        return cls(settings, metrics, encoder, cache, batcher, pipeline)
+
+    async def stop(self) -> None:
+        self.draining = True
+        await self.batcher.stop()
+        await self.cache.close()

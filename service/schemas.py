@@ -1,0 +1,221 @@
+"""Request and response bodies (DESIGN §4). Field descriptions feed the OpenAPI docs at /docs.
+
+Static rules live here (types, empty text, invalid Unicode); the configurable limits (items per
+request, characters per text) are checked by `service.limits` against the running settings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+VectorEncoding = Literal["float", "base64", "base64_fp16"]
+ENCODING_DESCRIPTION = (
+    "How vectors are returned: `float` = JSON numbers; `base64` = base64 of little-endian float32 "
+    "bytes (4·dim bytes, `numpy.frombuffer(base64.b64decode(s), '<f4')`); `base64_fp16` = base64 of "
+    "little-endian float16 bytes (half the size, ~3 significant digits)."
+)
+
+
+def _valid_unicode(value: str) -> str:
+    # JSON can carry lone surrogates ("\ud800"); they cannot be tokenised, hashed or echoed as UTF-8.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains invalid Unicode (lone surrogate at position {exc.start})") from None
+    return value
+
+
+def _non_blank_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or whitespace only")
+    return _valid_unicode(value)
+
+
+def _id_from_int(value: Any) -> Any:
+    # Integer ids are common in catalogues; they are served back as strings.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+ItemText = Annotated[str, AfterValidator(_non_blank_text)]
+ItemId = Annotated[
+    str,
+    BeforeValidator(_id_from_int),
+    Field(min_length=1, max_length=512),
+    AfterValidator(_valid_unicode),
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- POST /v1/embed -------------------------------------------------------------------------------
+
+
+class EmbedItem(_Request):
+    id: ItemId | None = Field(
+        None,
+        description="Optional item id (string, or integer served back as a string). When given, the "
+        "vector is also stored under this id for `POST /v1/items/lookup`.",
+        examples=["sku-1"],
+    )
+    text: ItemText = Field(
+        description="Item text (title, description, attributes). Unicode NFC-normalised and trimmed "
+        "before embedding; texts longer than the model's max_length tokens are truncated.",
+        examples=["Wireless waterproof bluetooth speaker, blue, 39 USD"],
+    )
+
+
+class EmbedRequest(_Request):
+    items: list[EmbedItem] = Field(min_length=1, description="Items to embed, answered in this order.")
+    encoding: VectorEncoding = Field("float", description=ENCODING_DESCRIPTION)
+
+
+class EmbeddedItem(BaseModel):
+    id: str | None = Field(description="The item id from the request, if any.")
+    embedding: list[float] | str = Field(description="The vector (list of floats or a base64 string).")
+    cached: bool = Field(description="True when the vector came from the cache, not the model.")
+
+
+class EmbedResponse(BaseModel):
+    model: str = Field(description="Name of the served model (artifact name).")
+    fingerprint: str = Field(description="Fingerprint of the served model variant's vectors.")
+    dim: int = Field(description="Vector size k.")
+    encoding: VectorEncoding = Field(description="Encoding of `embedding` in `data`.")
+    data: list[EmbeddedItem] = Field(description="One entry per request item, in request order.")
+
+
+# --- POST /v1/items/lookup ------------------------------------------------------------------------
+
+
+class LookupRequest(_Request):
+    ids: list[ItemId] = Field(min_length=1, description="Item ids to look up (no inference is done).")
+    encoding: VectorEncoding = Field("float", description=ENCODING_DESCRIPTION)
+
+
+class FoundItem(BaseModel):
+    id: str = Field(description="Item id.")
+    embedding: list[float] | str = Field(description="The stored vector.")
+
+
+class LookupResponse(BaseModel):
+    model: str = Field(description="Name of the served model.")
+    fingerprint: str = Field(description="Fingerprint of the served model variant's vectors.")
+    dim: int = Field(description="Vector size k.")
+    encoding: VectorEncoding = Field(description="Encoding of `embedding` in `data`.")
+    data: list[FoundItem] = Field(description="Ids that have a stored vector, in request order.")
+    unknown: list[str] = Field(description="Ids with no stored vector for this model.")
+
+
+# --- POST /v1/embeddings (OpenAI-compatible) ----------------------------------------------------
+
+
+class OpenAIEmbeddingsRequest(BaseModel):
+    # Unknown OpenAI fields (e.g. `user`) are accepted and ignored, as clients send them.
+    model_config = ConfigDict(extra="ignore")
+
+    input: ItemText | list[ItemText] = Field(
+        description="A text or a list of texts. Token arrays are not supported.",
+        examples=["Wireless waterproof bluetooth speaker"],
+    )
+    model: str | None = Field(
+        None, description="Accepted for compatibility; the served model answers whatever is named."
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`float`, or `base64` of little-endian float32 bytes (the openai SDK default)."
+    )
+    dimensions: int | None = Field(None, description="If given, must equal the served model's dim.")
+    user: str | None = Field(None, description="Ignored.")
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _no_token_arrays(cls, value: Any) -> Any:
+        def is_tokens(x: Any) -> bool:
+            return isinstance(x, int | list) and not isinstance(x, bool)
+
+        if isinstance(value, list) and value and all(is_tokens(x) for x in value):
+            raise ValueError("token arrays are not supported; send a string or a list of strings")
+        if isinstance(value, list) and not value:
+            raise ValueError("must contain at least one text")
+        return value
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int = Field(description="Position of the input.")
+    embedding: list[float] | str = Field(description="The vector (floats or base64 float32).")
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens in the inputs (after truncation).")
+    total_tokens: int = Field(description="Same as prompt_tokens.")
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+# --- GET /v1/models -------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str = Field(description="Model name (use it as `model` in /v1/embeddings).")
+    object: Literal["model"] = "model"
+    created: int = Field(description="Export time, Unix seconds.")
+    owned_by: str = "marc-serve"
+    fingerprint: str = Field(description="Fingerprint of the served variant's vectors.")
+    variant: str = Field(description="Served precision variant: fp32, int8 or fp16.")
+    provider: str = Field(description="ONNX Runtime execution provider in use.")
+    dim: int = Field(description="Vector size k.")
+    manifest: dict[str, Any] = Field(description="The artifact's manifest.json.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# --- health ---------------------------------------------------------------------------------------
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class CacheState(BaseModel):
+    backend: Literal["redis", "memory"] = Field(description="redis, or the in-process LRU (memory).")
+    status: Literal["ok", "unavailable"] = Field(
+        description="unavailable = Redis errors; requests are served from the model meanwhile."
+    )
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not ready"]
+    reason: str | None = Field(None, description="Why the service is not ready.")
+    model: str | None = None
+    fingerprint: str | None = None
+    variant: str | None = None
+    provider: str | None = None
+    queue_depth: int | None = None
+    cache: CacheState | None = None
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    message: str = Field(description="What is wrong, naming the field.")
+    type: str = Field(description="Error class, e.g. invalid_request_error, overloaded.")
+    param: str | None = Field(None, description="The offending field, dotted (e.g. items.2.text).")
+    code: int = Field(description="HTTP status code.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
