@@ -11,7 +11,12 @@ import sys
 from collections.abc import Sequence
 
 # One module per subcommand group, in the order `marc --help` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("marc.commands.data", "marc.commands.train", "export.cli", "service.cli")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "marc.commands.data",
+    "marc.commands.train",
+    "export.cli",
+    "service.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
