@@ -1,8 +1,9 @@
 """Export-time parity check: ONNX Runtime on the written artifact files vs PyTorch on the checkpoint.
 
 Runs on batch sizes and sequence lengths the graph was NOT traced with (batch 1, odd batches, one-token
-texts, texts truncated at max_length, padded rows), feeding ONNX Runtime the ids of the artifact's own
-``tokenizer.json`` (so the serving tokenizer is checked too) and PyTorch the Hugging Face tokenizer's.
+texts, texts truncated at max_length, padded rows). Both sides get the ids of the artifact's own
+``tokenizer.json``, after checking they equal the Hugging Face tokenizer's (so the serving tokenizer
+is checked too).
 """
 
 from __future__ import annotations
@@ -47,40 +48,34 @@ class ParityError(RuntimeError):
 
 
 @dataclass
-class _Rows:
-    reference: list[np.ndarray]
-    shapes: list[list[int]]
+class _Batch:
+    feed: dict[str, np.ndarray]
+    """ONNX Runtime inputs, from the artifact's tokenizer.json."""
+    reference: np.ndarray
+    """PyTorch output on the Hugging Face tokenizer's ids."""
 
 
-def _reference(encoder: ItemEncoder, tokenizer: PreTrainedTokenizerFast, max_length: int) -> _Rows:
-    reference, shapes = [], []
+def _batches(
+    encoder: ItemEncoder, tokenizer: PreTrainedTokenizerFast, serving: Tokenizer, max_length: int
+) -> list[_Batch]:
+    batches = []
     for texts in PARITY_BATCHES:
-        batch = tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        expected = tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="np"
         )
-        with torch.no_grad():
-            reference.append(encoder(batch["input_ids"], batch["attention_mask"]).numpy())
-        shapes.append(list(batch["input_ids"].shape))
-    return _Rows(reference, shapes)
-
-
-def _serving_feeds(
-    tokenizer: PreTrainedTokenizerFast, serving: Tokenizer, max_length: int
-) -> list[dict[str, np.ndarray]]:
-    feeds = []
-    for texts in PARITY_BATCHES:
-        expected = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length)
         encodings = serving.encode_batch(list(texts))
-        ids = [e.ids for e in encodings]
-        mask = [e.attention_mask for e in encodings]
-        if ids != expected["input_ids"] or mask != expected["attention_mask"]:
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        if not (
+            np.array_equal(ids, expected["input_ids"]) and np.array_equal(mask, expected["attention_mask"])
+        ):
             raise ParityError(
                 f"tokenizer.json gives different ids than the checkpoint's tokenizer for {texts!r}"
             )
-        feeds.append(
-            {INPUT_NAMES[0]: np.array(ids, dtype=np.int64), INPUT_NAMES[1]: np.array(mask, dtype=np.int64)}
-        )
-    return feeds
+        with torch.no_grad():
+            reference = encoder(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        batches.append(_Batch({INPUT_NAMES[0]: ids, INPUT_NAMES[1]: mask}, reference))
+    return batches
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -99,12 +94,11 @@ def check_parity(
     failure, else return the numbers for ``manifest.parity``."""
     import onnxruntime
 
-    rows = _reference(encoder, tokenizer, max_length)
-    feeds = _serving_feeds(tokenizer, Tokenizer.from_file(str(serving_tokenizer)), max_length)
-    reference = np.concatenate(rows.reference)
+    batches = _batches(encoder, tokenizer, Tokenizer.from_file(str(serving_tokenizer)), max_length)
+    reference = np.concatenate([batch.reference for batch in batches])
     report: dict[str, Any] = {
         "reference": "PyTorch fp32 on the checkpoint",
-        "batch_shapes": rows.shapes,
+        "batch_shapes": [list(batch.feed[INPUT_NAMES[0]].shape) for batch in batches],
         "thresholds": {
             "fp32_max_abs_diff": FP32_MAX_ABS_DIFF,
             **{f"{k}_mean_cosine": v for k, v in MIN_MEAN_COSINE.items()},
@@ -113,7 +107,7 @@ def check_parity(
     failures = []
     for variant, path in models.items():
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        output = np.concatenate([session.run(None, feed)[0] for feed in feeds])
+        output = np.concatenate([session.run(None, batch.feed)[0] for batch in batches])
         if output.shape != reference.shape:
             raise ParityError(f"{path}: output shape {output.shape}, PyTorch gives {reference.shape}")
         cosine = _cosine(output, reference)
