@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILES = [REPO / "docker-compose.yml", REPO / "deploy" / "compose" / "gpu.yml"]
 K8S = REPO / "deploy" / "k8s"
-K8S_OVERLAYS = [K8S, K8S / "overlays" / "gpu"]
+K8S_OVERLAYS = [K8S, K8S / "overlays" / "gpu", K8S / "overlays" / "bundled"]
 DOCKERFILE = REPO / "Dockerfile"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "marc.json"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -89,8 +89,8 @@ def _marc_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def _route_paths(artifact: Path) -> set[str]:
     from service.app import create_app
 
-    app = create_app(_make_settings(artifact, {}))
-    return {route.path for route in app.routes if hasattr(route, "path")}
+    # The OpenAPI paths: the route table as published (routers included into the app, prefixes applied).
+    return set(create_app(_make_settings(artifact, {})).openapi()["paths"])
 
 
 # --- docker-compose ------------------------------------------------------------------------------
@@ -238,16 +238,11 @@ def test_dockerfile_marc_variables_are_settings() -> None:
 @pytest.mark.parametrize("overlay", K8S_OVERLAYS, ids=lambda p: str(p.relative_to(REPO)))
 def test_k8s_manifests_render_and_agree_with_the_service(overlay: Path, tiny_artifact: Path) -> None:
     docs = _kustomize(overlay)
+    gpu, bundled = overlay.name == "gpu", overlay.name == "bundled"
     kinds = {d["kind"] for d in docs}
-    assert kinds >= {
-        "Deployment",
-        "Service",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "ConfigMap",
-        "StatefulSet",
-        "PersistentVolumeClaim",
-    }
+    assert kinds >= {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap"}
+    assert "StatefulSet" in kinds  # Redis
+    assert ("PersistentVolumeClaim" in kinds) != bundled
     deployment = _one(docs, "Deployment", "marc")
     pod = deployment["spec"]["template"]["spec"]
     container = _marc_container(docs)
@@ -282,10 +277,16 @@ def test_k8s_manifests_render_and_agree_with_the_service(overlay: Path, tiny_art
     assert config["data"]["MARC_REDIS_URL"] == "redis://marc-redis:6379/0"
     _one(docs, "Service", "marc-redis")
 
-    # The artifact volume is mounted read-only where MARC_ARTIFACT points.
+    # The artifact volume is mounted read-only where MARC_ARTIFACT points (bundled: it is in the image).
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert config["data"]["MARC_ARTIFACT"].startswith(mounts["models"]["mountPath"] + "/")
-    assert mounts["models"]["readOnly"] is True
+    assert ("models" in mounts) != bundled
+    if not bundled:
+        assert config["data"]["MARC_ARTIFACT"].startswith(mounts["models"]["mountPath"] + "/")
+        assert mounts["models"]["readOnly"] is True
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if v["name"] == "models"]
+        _one(docs, "PersistentVolumeClaim", claims[0])
+        loader = yaml.safe_load((K8S / "tools" / "models-loader.yaml").read_text())
+        assert loader["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == claims[0]
 
     # Hardened, graceful: non-root, read-only root fs, preStop sleep shorter than the grace period.
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -300,9 +301,9 @@ def test_k8s_manifests_render_and_agree_with_the_service(overlay: Path, tiny_art
     pdb = _one(docs, "PodDisruptionBudget", "marc")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
-    gpu = "gpu" in overlay.name
     assert ("nvidia.com/gpu" in container["resources"]["limits"]) == gpu
-    assert container["image"] == ("marc-serve:gpu" if gpu else "marc-serve:cpu")
+    assert container["image"] == "marc-serve:" + ("gpu" if gpu else "cpu-bundled" if bundled else "cpu")
+    assert ("gpu" if gpu else "cpu-bundled" if bundled else "cpu") in _dockerfile_stages()
     assert config["data"]["MARC_PROVIDER"] == ("cuda" if gpu else "cpu")
 
 
