@@ -80,7 +80,9 @@ def export_checkpoint(
         config = checkpoint.config
         raw_config = json.loads((checkpoint_dir / CONFIG_FILE).read_text())
 
-    with _step(f"export ONNX (opset {opset}, {config.layer} of {checkpoint.total_layers} layers)"):
+    with _step(
+        f"export ONNX (opset {opset}, {config.layer} of {checkpoint.total_layers} layers) + tokenizer.json"
+    ):
         example = checkpoint.tokenizer(
             _EXAMPLE_TEXTS, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt"
         )
