@@ -84,6 +84,8 @@ async def _validation_error(_: Request, exc: Exception) -> OrjsonResponse:
 async def _http_error(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, HTTPException)
     kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+    if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. JSON nested too deeply)
+        return error_response(400, f"body: {exc.detail}", type=kind, param="body")
     return error_response(exc.status_code, str(exc.detail), type=kind, headers=exc.headers)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 VectorEncoding = Literal["float", "base64", "base64_fp16"]
 ENCODING_DESCRIPTION = (
@@ -114,12 +114,40 @@ class LookupResponse(BaseModel):
 # --- POST /v1/embeddings (OpenAI-compatible) ----------------------------------------------------
 
 
+def _inputs_as_list(value: Any) -> Any:
+    """A single string becomes a one-element list (answers are indexed the same way); token arrays
+    (lists of ints, lists of lists) get a clear refusal instead of a type error per element."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("must contain at least one text")
+        if all(isinstance(x, int | list) and not isinstance(x, bool) for x in value):
+            raise ValueError("token arrays are not supported; send a string or a list of strings")
+    return value
+
+
+OpenAIInput = Annotated[
+    list[ItemText],
+    BeforeValidator(_inputs_as_list),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            ]
+        }
+    ),
+]
+
+
 class OpenAIEmbeddingsRequest(BaseModel):
     # Unknown OpenAI fields (e.g. `user`) are accepted and ignored, as clients send them.
     model_config = ConfigDict(extra="ignore")
 
-    input: ItemText | list[ItemText] = Field(
-        description="A text or a list of texts. Token arrays are not supported.",
+    input: OpenAIInput = Field(
+        description="A text or a list of texts (errors name `input.<index>`; a single text is index 0). "
+        "Token arrays are not supported.",
         examples=["Wireless waterproof bluetooth speaker"],
     )
     model: str | None = Field(
@@ -130,18 +158,6 @@ class OpenAIEmbeddingsRequest(BaseModel):
     )
     dimensions: int | None = Field(None, description="If given, must equal the served model's dim.")
     user: str | None = Field(None, description="Ignored.")
-
-    @field_validator("input", mode="before")
-    @classmethod
-    def _no_token_arrays(cls, value: Any) -> Any:
-        def is_tokens(x: Any) -> bool:
-            return isinstance(x, int | list) and not isinstance(x, bool)
-
-        if isinstance(value, list) and value and all(is_tokens(x) for x in value):
-            raise ValueError("token arrays are not supported; send a string or a list of strings")
-        if isinstance(value, list) and not value:
-            raise ValueError("must contain at least one text")
-        return value
 
 
 class OpenAIEmbedding(BaseModel):

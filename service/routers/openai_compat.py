@@ -26,12 +26,11 @@ async def create_embeddings(
     """OpenAI-compatible embeddings. `model` is accepted whatever it names; `dimensions`, if given,
     must equal the served dim."""
     settings, artifact = runtime.settings, runtime.encoder.artifact
-    single = isinstance(body.input, str)
-    texts = [body.input] if isinstance(body.input, str) else body.input
+    texts = body.input
     enforce_limits(
         texts,
         count_loc=("input",),
-        text_loc=lambda i: ("input",) if single else ("input", i),
+        text_loc=lambda i: ("input", i),
         max_items=settings.max_items_per_request,
         max_text_chars=settings.max_text_chars,
     )

@@ -1,0 +1,159 @@
+"""Test helpers for the service: a real uvicorn server in a thread, a private redis-server process,
+Prometheus text parsing and the ONNX Runtime reference the service must agree with."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime
+import redis
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import create_app
+from service.artifact import load_artifact
+from service.settings import Settings
+
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def unique_prefix() -> str:
+    return f"marctest-{uuid.uuid4().hex[:10]}"
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with bound_socket() as sock:
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """`create_app(settings)` served by uvicorn in a background thread on a free port."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = Settings(**{"max_wait_ms": 2.0, "cache_ttl_seconds": 600, **settings})
+        self._socket = bound_socket()
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(self.settings), log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start (see the log above)")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
+        self._socket.close()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+        return samples
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        return sum(
+            value
+            for sample_labels, value in self.metrics().get(name, [])
+            if all(sample_labels.get(k) == v for k, v in labels.items())
+        )
+
+
+class RedisProcess:
+    """A private redis-server on a free port that a test may stop and start again."""
+
+    def __init__(self) -> None:
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+            self._process = None
+
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def onnx_reference(artifact_dir: Path, texts: list[str], variant: str = "fp32") -> np.ndarray:
+    """The artifact's model run directly with ONNX Runtime on one padded batch of ``texts``."""
+    artifact = load_artifact(artifact_dir, variant)
+    session = onnxruntime.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
+    return session.run(["embedding"], artifact.tokenize(texts))[0]
