@@ -54,9 +54,11 @@ FROM cpu-base AS cpu
 COPY --from=cpu-deps /opt/venv /opt/venv
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl
+# HOME=/tmp: the only writable place when the root filesystem is read-only (compose, k8s).
 ENV MARC_ARTIFACT=/models/current \
     MARC_HOST=0.0.0.0 \
-    MARC_PORT=8000
+    MARC_PORT=8000 \
+    HOME=/tmp
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8000
@@ -98,9 +100,11 @@ FROM gpu-base AS gpu
 COPY --from=gpu-deps /opt/venv /opt/venv
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl
+# HOME=/tmp: the only writable place when the root filesystem is read-only (compose, k8s).
 ENV MARC_ARTIFACT=/models/current \
     MARC_HOST=0.0.0.0 \
     MARC_PORT=8000 \
+    HOME=/tmp \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /tmp
