@@ -103,26 +103,20 @@ class LiveServer:
 class RedisProcess:
     """A private redis-server on a free port that a test may stop and start again."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str, cwd: Path | None = None) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._args = extra_args
+        self._cwd = cwd
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         self._process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            [*command, "--appendonly", "no", *self._args],
+            cwd=self._cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -1,0 +1,135 @@
+"""Redis behaviour on real servers: fingerprints keep models apart, bad values are misses, an outage
+never fails a request and the cache comes back by itself, Redis Cluster URLs work."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from service_support import (
+    SHARED_REDIS_URL,
+    LiveServer,
+    RedisProcess,
+    delete_prefix,
+    onnx_reference,
+    unique_prefix,
+)
+
+from service.keys import KeySpace
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    value = unique_prefix()
+    yield value
+    delete_prefix(SHARED_REDIS_URL, value)
+
+
+def _embed(live: LiveServer, *texts: str, ids: list[str] | None = None) -> dict:
+    items = [{"text": t} | ({"id": ids[i]} if ids else {}) for i, t in enumerate(texts)]
+    with live.client() as client:
+        response = client.post("/v1/embed", json={"items": items})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_another_fingerprint_never_reads_the_first_models_vectors(
+    tiny_artifact: Path, tiny_artifact_other: Path, prefix: str
+) -> None:
+    text = "shared text of two different models"
+    settings = {"redis_url": SHARED_REDIS_URL, "cache_prefix": prefix}
+    with (
+        LiveServer(artifact=tiny_artifact, **settings) as first,
+        LiveServer(artifact=tiny_artifact_other, **settings) as second,
+    ):
+        a = _embed(first, text, ids=["item-1"])
+        b = _embed(second, text)
+        b_again = _embed(second, text)
+        with second.client() as client:
+            lookup = client.post("/v1/items/lookup", json={"ids": ["item-1"]}).json()
+    assert a["fingerprint"] != b["fingerprint"]
+    assert b["data"][0]["cached"] is False and b_again["data"][0]["cached"] is True
+    np.testing.assert_allclose(
+        b["data"][0]["embedding"], onnx_reference(tiny_artifact_other, [text])[0], atol=1e-5
+    )
+    assert not np.allclose(a["data"][0]["embedding"], b["data"][0]["embedding"])
+    assert lookup["data"] == [] and lookup["unknown"] == ["item-1"]
+    client = redis.Redis.from_url(SHARED_REDIS_URL)
+    namespaces = {key.decode().split(":")[1] for key in client.scan_iter(f"{prefix}:*")}
+    client.close()
+    assert namespaces == {a["fingerprint"][:16], b["fingerprint"][:16]}
+
+
+def test_a_value_of_the_wrong_length_is_a_miss_not_a_vector(tiny_artifact: Path, prefix: str) -> None:
+    text = "a vector somebody overwrote"
+    with LiveServer(artifact=tiny_artifact, redis_url=SHARED_REDIS_URL, cache_prefix=prefix) as live:
+        fingerprint = _embed(live, "warm-up")["fingerprint"]
+        client = redis.Redis.from_url(SHARED_REDIS_URL)
+        client.set(KeySpace(prefix, fingerprint).text_key(text), b"\x00" * 10)
+        client.close()
+        body = _embed(live, text)
+    assert body["data"][0]["cached"] is False
+    np.testing.assert_allclose(
+        body["data"][0]["embedding"], onnx_reference(tiny_artifact, [text])[0], atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_redis_outage_is_served_from_the_model_and_the_cache_comes_back(tiny_artifact: Path) -> None:
+    with (
+        RedisProcess() as own_redis,
+        LiveServer(
+            artifact=tiny_artifact, redis_url=own_redis.url, cache_retry_seconds=0.2, cache_timeout_ms=250
+        ) as live,
+    ):
+        assert _embed(live, "before the outage")["data"][0]["cached"] is False
+        assert _embed(live, "before the outage")["data"][0]["cached"] is True
+
+        own_redis.stop()
+        errors_before = live.metric("marc_cache_requests_total", result="error")
+        during = [_embed(live, "before the outage", "during the outage") for _ in range(5)]
+        with live.client() as client:
+            ready = client.get("/readyz")
+        assert all(not item["cached"] for body in during for item in body["data"])
+        assert live.metric("marc_cache_requests_total", result="error") > errors_before
+        assert ready.status_code == 200 and ready.json()["cache"]["status"] == "unavailable"
+
+        own_redis.start()  # same port, empty: the service reconnects by itself
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if _embed(live, "after the outage")["data"][0]["cached"]:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("no cache hit within 15 s of Redis coming back")
+        with live.client() as client:
+            assert client.get("/readyz").json()["cache"]["status"] == "ok"
+
+
+def test_redis_cluster_url(tiny_artifact: Path, tmp_path: Path) -> None:
+    with RedisProcess(
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", cwd=tmp_path
+    ) as node:
+        client = redis.Redis(port=node.port)
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + 10
+        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "single-node cluster did not come up"
+            time.sleep(0.05)
+        client.close()
+        url = f"redis+cluster://127.0.0.1:{node.port}"
+        with LiveServer(artifact=tiny_artifact, redis_url=url) as live:
+            texts = [f"cluster item {i}" for i in range(6)]  # keys spread over many hash slots
+            first = _embed(live, *texts, ids=[f"c{i}" for i in range(6)])
+            second = _embed(live, *texts)
+            with live.client() as http:
+                found = http.post("/v1/items/lookup", json={"ids": ["c0", "c5"]}).json()
+            errors = live.metric("marc_cache_requests_total", result="error")
+    assert [d["cached"] for d in first["data"]] == [False] * 6
+    assert [d["cached"] for d in second["data"]] == [True] * 6
+    assert [d["id"] for d in found["data"]] == ["c0", "c5"]
+    assert errors == 0
