@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from service.errors import install_error_handlers
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.middleware import RequestGuardMiddleware, RequestMetricsMiddleware
 from service.responses import OrjsonResponse
@@ -24,12 +25,15 @@ Vectors in `base64` are little-endian float32 bytes; `base64_fp16` little-endian
 Responses carry `x-queue-time-ms`, `x-inference-time-ms`, `x-total-time-ms` and `x-cache-hits`."""
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """The app for ``settings``. ``lifecycle`` lets a server flip readiness off before it stops
+    (see `service.lifecycle.DrainingServer`)."""
     metrics = Metrics()
+    lifecycle = lifecycle or Lifecycle()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, ServiceRuntime]]:
-        runtime = await ServiceRuntime.start(settings, metrics)
+        runtime = await ServiceRuntime.start(settings, metrics, lifecycle)
         try:
             yield {"runtime": runtime}  # -> request.state.runtime (see service.dependencies)
         finally:

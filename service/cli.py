@@ -24,6 +24,7 @@ SERVE_FLAGS = {
     "max_batch_size": "max_batch_size",
     "max_wait_ms": "max_wait_ms",
     "max_queue_items": "max_queue_items",
+    "drain_seconds": "drain_seconds",
     "log_level": "log_level",
 }
 
@@ -51,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch-size", type=int, help="items per ONNX run (MARC_MAX_BATCH_SIZE, 32)")
     serve.add_argument("--max-wait-ms", type=float, help="batch fill wait (MARC_MAX_WAIT_MS, 2)")
     serve.add_argument("--max-queue-items", type=int, help="queue limit before 503 (MARC_MAX_QUEUE_ITEMS)")
+    serve.add_argument(
+        "--drain-seconds", type=float, help="on SIGTERM, stay up not-ready this long (MARC_DRAIN_SECONDS, 0)"
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="MARC_LOG_LEVEL")
     serve.set_defaults(handler=run_serve)
 
@@ -100,11 +104,13 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.lifecycle import DrainingServer, Lifecycle
 
     settings = _settings(args, SERVE_FLAGS)
     logging.getLogger().setLevel(settings.log_level.upper())
-    uvicorn.run(
-        create_app(settings),
+    lifecycle = Lifecycle()
+    config = uvicorn.Config(
+        create_app(settings, lifecycle),
         host=settings.host,
         port=settings.port,
         workers=1,  # one model per process; scale with processes or replicas
@@ -112,6 +118,7 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=settings.log_level == "debug",  # per-request lines cost throughput; metrics cover it
         timeout_graceful_shutdown=30,
     )
+    DrainingServer(config, lifecycle, settings.drain_seconds).run()
     return 0
 
 

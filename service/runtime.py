@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.batcher import MicroBatcher
 from service.cache import Cache, build_cache
 from service.encoder import OnnxEncoder, load_encoder
 from service.keys import KeySpace
+from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.pipeline import EmbeddingPipeline
 from service.settings import Settings
@@ -25,14 +26,18 @@ class ServiceRuntime:
     cache: Cache
     batcher: MicroBatcher
     pipeline: EmbeddingPipeline
-    draining: bool = field(default=False)
+    lifecycle: Lifecycle
+
+    @property
+    def draining(self) -> bool:
+        return self.lifecycle.draining
 
     @property
     def fingerprint(self) -> str:
         return self.encoder.artifact.fingerprint
 
     @classmethod
-    async def start(cls, settings: Settings, metrics: Metrics) -> ServiceRuntime:
+    async def start(cls, settings: Settings, metrics: Metrics, lifecycle: Lifecycle) -> ServiceRuntime:
         # Loading verifies sha256 of every file and builds the ORT session: seconds, off the loop.
         encoder = await asyncio.to_thread(
             load_encoder,
@@ -82,9 +87,9 @@ class ServiceRuntime:
             cache.backend,
         )
         pipeline = EmbeddingPipeline(keys, cache, batcher, metrics, artifact.dim)
-        return cls(settings, metrics, encoder, cache, batcher, pipeline)
+        return cls(settings, metrics, encoder, cache, batcher, pipeline, lifecycle)
 
     async def stop(self) -> None:
-        self.draining = True
+        self.lifecycle.draining = True
         await self.batcher.stop()
         await self.cache.close()

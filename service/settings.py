@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     api_key: str = Field("", description="Bearer token required on /v1/* when set.")
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 to listen on all interfaces).")
     port: int = Field(8000, ge=0, le=65535, description="Bind port.")
+    drain_seconds: float = Field(
+        0.0, ge=0, description="On SIGTERM, report not-ready this long while still serving, then stop."
+    )
     log_level: LogLevel = Field("info", description="Log level of the service and uvicorn.")
 
     @field_validator("log_level", mode="before")

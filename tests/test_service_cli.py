@@ -100,17 +100,19 @@ def test_precompute_refuses_bad_input(tiny_artifact: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_marc_serve_runs_and_stops_on_sigterm(tiny_artifact: Path) -> None:
+def test_marc_serve_runs_and_drains_on_sigterm(tiny_artifact: Path) -> None:
     port = free_port()
+    command = ["serve", "--artifact", str(tiny_artifact), "--port", str(port), "--drain-seconds", "1.5"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "marc.cli", "serve", "--artifact", str(tiny_artifact), "--port", str(port)],
+        [sys.executable, "-m", "marc.cli", *command],
         env={**os.environ, "MARC_LOG_LEVEL": "WARNING", "MARC_REDIS_URL": ""},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    url = f"http://127.0.0.1:{port}"
+    body = {"items": [{"text": "served by the CLI"}]}
     try:
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -120,11 +122,19 @@ def test_marc_serve_runs_and_stops_on_sigterm(tiny_artifact: Path) -> None:
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "marc serve did not come up"
             time.sleep(0.1)
-        response = httpx.post(f"{url}/v1/embed", json={"items": [{"text": "served by the CLI"}]}, timeout=10)
+        response = httpx.post(f"{url}/v1/embed", json=body, timeout=10)
         assert response.status_code == 200 and len(response.json()["data"][0]["embedding"]) == 16
-    finally:
+
         process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        # Draining: not ready any more, but still answering.
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 503
+        assert httpx.post(f"{url}/v1/embed", json=body, timeout=10).status_code == 200
         output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     # uvicorn shuts down gracefully, then re-raises the captured SIGTERM (the conventional exit).
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Traceback" not in output
