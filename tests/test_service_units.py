@@ -1,0 +1,84 @@
+"""Service building blocks without HTTP: key layout, the LRU cache, encoder loading and provider choice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from service_support import onnx_reference
+
+from service.artifact import ArtifactError
+from service.cache import LruCache
+from service.encoder import load_encoder
+from service.keys import KeySpace, normalise_text
+
+
+def test_key_layout_and_normalisation() -> None:
+    keys = KeySpace("marc", "ab" * 32)
+    assert normalise_text("  Cafe\u0301 au lait \n") == "Caf\u00e9 au lait"
+    assert re.fullmatch(r"marc:abababababababab:t:[0-9a-f]{64}", keys.text_key("x"))
+    assert keys.text_key(normalise_text(" Cafe\u0301")) == keys.text_key("Caf\u00e9")
+    assert keys.id_key("sku-1") == "marc:abababababababab:i:sku-1"
+
+
+def test_lru_cache_evicts_the_least_recently_used() -> None:
+    async def scenario() -> list[bytes | None]:
+        cache = LruCache(max_items=2, ttl_seconds=0)
+        await cache.set_many([("a", b"1"), ("b", b"2")])
+        await cache.get_many(["a"])  # a is now the most recent
+        await cache.set_many([("c", b"3")])
+        return await cache.get_many(["a", "b", "c"])
+
+    assert asyncio.run(scenario()) == [b"1", None, b"3"]
+
+
+def test_encoder_on_cpu_logs_one_line_and_matches_onnx(
+    tiny_artifact: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="service.encoder"):
+        encoder = load_encoder(tiny_artifact)
+    assert encoder.provider == "CPUExecutionProvider" and encoder.artifact.variant == "fp32"
+    assert [r.getMessage() for r in caplog.records if "execution provider" in r.getMessage()] == [
+        "execution provider: CPUExecutionProvider (CUDA not available), variant fp32, model tiny-artifact"
+    ]
+    texts = ["short", "a much longer text about a red leather sofa and a lamp", "medium length text"]
+    encoded = encoder.embed(texts, max_batch_size=2)
+    assert [run.items for run in encoded.runs] == [2, 1]
+    np.testing.assert_allclose(encoded.vectors, onnx_reference(tiny_artifact, texts), atol=1e-5)
+
+
+def test_int8_variant_has_its_own_fingerprint(tiny_artifact: Path) -> None:
+    fp32, int8 = load_encoder(tiny_artifact), load_encoder(tiny_artifact, variant="int8")
+    assert int8.artifact.variant == "int8" and int8.artifact.fingerprint != fp32.artifact.fingerprint
+    texts = ["red shoes", "blue wireless speaker"]
+    a, b = fp32.embed(texts, 8).vectors, int8.embed(texts, 8).vectors
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.9
+
+
+def test_cuda_requested_without_cuda_is_refused_clearly(tiny_artifact: Path) -> None:
+    with pytest.raises(ArtifactError, match="MARC_PROVIDER=cuda"):
+        load_encoder(tiny_artifact, provider="cuda")
+
+
+def test_service_never_imports_torch_or_transformers() -> None:
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import service.app, service.cli, service.precompute, service.vector_files\n"
+        "from marc.cli import build_parser\n"
+        "build_parser().parse_args(['serve', '--help'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "blocked" not in result.stderr, result.stderr
+    assert "usage: marc serve" in result.stdout
