@@ -81,11 +81,19 @@ async def _validation_error(_: Request, exc: Exception) -> OrjsonResponse:
     return error_response(422, message, type="invalid_request_error", param=param)
 
 
+def _unparsable_body(cause: BaseException | None) -> str:
+    if isinstance(cause, UnicodeDecodeError):
+        return f"malformed JSON: not valid UTF-8 (byte {cause.start}: {cause.reason})"
+    if isinstance(cause, RecursionError):
+        return "malformed JSON: nested too deeply"
+    return f"malformed JSON ({type(cause).__name__ if cause else 'unreadable body'})"
+
+
 async def _http_error(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, HTTPException)
     kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-    if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. JSON nested too deeply)
-        return error_response(400, f"body: {exc.detail}", type=kind, param="body")
+    if exc.status_code == 400:  # FastAPI's "error parsing the body": the JSON decoder raised
+        return error_response(422, f"body: {_unparsable_body(exc.__cause__)}", type=kind, param="body")
     return error_response(exc.status_code, str(exc.detail), type=kind, headers=exc.headers)
 
 

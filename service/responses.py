@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 
 from service.schemas import VectorEncoding
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
-class OrjsonResponse(Response):
-    media_type = "application/json"
+class OrjsonResponse(JSONResponse):
+    # A JSONResponse subclass, so FastAPI documents each route's response_model in the OpenAPI schema.
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=ORJSON_OPTIONS)

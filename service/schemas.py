@@ -40,12 +40,15 @@ def _id_from_int(value: Any) -> Any:
     return value
 
 
-ItemText = Annotated[str, AfterValidator(_non_blank_text)]
+# The documented schema says what the validator enforces: at least one non-whitespace character.
+NON_BLANK_STRING_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
+ItemText = Annotated[str, AfterValidator(_non_blank_text), WithJsonSchema(NON_BLANK_STRING_SCHEMA)]
 ItemId = Annotated[
     str,
     BeforeValidator(_id_from_int),
     Field(min_length=1, max_length=512),
     AfterValidator(_valid_unicode),
+    WithJsonSchema({"anyOf": [{"type": "string", "minLength": 1, "maxLength": 512}, {"type": "integer"}]}),
 ]
 
 
@@ -133,8 +136,8 @@ OpenAIInput = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "minLength": 1},
-                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+                NON_BLANK_STRING_SCHEMA,
+                {"type": "array", "items": NON_BLANK_STRING_SCHEMA, "minItems": 1},
             ]
         }
     ),
