@@ -14,8 +14,11 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "marc.commands.data",
     "marc.commands.train",
+    "marc.commands.evaluate",
+    "marc.commands.probe",
     "export.cli",
     "service.cli",
+    "loadtest.cli",
 )
 
 

@@ -1,0 +1,94 @@
+"""`marc bench` (also `python -m loadtest.bench`): the headless benchmark of loadtest.bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Benchmark the service against its limits in one run, on 127.0.0.1 only: starts a private
+redis-server, `marc serve` on the artifact and two reference servers (a naive one-run-per-request
+server and a bare FastAPI endpoint), drives them with a load generator in a separate process, measures
+ONNX Runtime directly, stops everything, and prints one markdown table (and writes JSON). Rows: cold
+path vs raw ORT (and the naive server), hot path vs the bare endpoint (+ p99 at half peak), truncation
+L vs full depth, int8 vs fp32, Redis bytes per cached item and artifact size. The truncation row
+exports the checkpoint at full depth once (cached in --cache-dir).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--artifact", type=Path, default=Path("artifacts/default"), help="artifact directory (%(default)s)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint the artifact was exported from, for the truncation row (default: the one the "
+        "manifest records)",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny loads and sweeps (smoke test, ~30 s)")
+    parser.add_argument("--duration", type=float, help="seconds per load phase (10; --quick: 1.5)")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (%(default)s)")
+    parser.add_argument("--hot-items", type=int, default=1, help="items per hot-path request (%(default)s)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds; each throughput is the best round's (2; --quick: 1)"
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(".cache/bench"), help="full-depth export cache (%(default)s)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/bench.json"), help="JSON report (%(default)s)"
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the markdown table to this file")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark the service against raw ONNX Runtime and a bare endpoint (headless)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run_bench)
+
+
+def build_standalone_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.bench",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return parser
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from loadtest.bench import BenchOptions, run_benchmark, write_report
+    from service.artifact import ArtifactError
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll otherwise
+    if args.concurrency < 1 or args.hot_items < 1:
+        raise SystemExit("--concurrency and --hot-items must be >= 1")
+    options = BenchOptions(
+        artifact=args.artifact,
+        checkpoint=args.checkpoint,
+        quick=args.quick,
+        duration=args.duration or (1.5 if args.quick else 10.0),
+        concurrency=args.concurrency,
+        hot_items=args.hot_items,
+        rounds=args.rounds or (1 if args.quick else 2),
+        cache_dir=args.cache_dir,
+    )
+    try:
+        report = run_benchmark(options)
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        print(f"marc bench: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(write_report(report, args.out, args.markdown))
+    print(f"JSON report: {args.out}", file=sys.stderr)
+    return 0

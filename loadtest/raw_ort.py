@@ -1,0 +1,75 @@
+"""ONNX Runtime on an artifact, offline, with nothing around it: the cold path's limit, and the
+truncation and precision comparisons. Each measured batch includes tokenisation and padding to its
+longest text (what the service does per run), with the service's session options."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from service.artifact import LoadedArtifact, load_artifact, open_session
+
+
+@dataclass(frozen=True)
+class Throughput:
+    batch_size: int
+    items: int
+    seconds: float
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / self.seconds
+
+
+@dataclass(frozen=True)
+class RawModel:
+    artifact: LoadedArtifact
+    session: onnxruntime.InferenceSession
+
+    @classmethod
+    def open(cls, directory: Path, variant: str = "fp32") -> RawModel:
+        artifact = load_artifact(directory, variant)
+        return cls(artifact, open_session(artifact))
+
+    @property
+    def model_bytes(self) -> int:
+        return self.artifact.model_path.stat().st_size
+
+    def run(self, texts: Sequence[str]) -> np.ndarray:
+        (vectors,) = self.session.run([self.artifact.manifest.output], self.artifact.tokenize(texts))
+        return vectors
+
+    def embed(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        return np.concatenate([self.run(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+
+    def throughput(self, texts: Sequence[str], batch_size: int, max_seconds: float) -> Throughput:
+        """Items/s over consecutive batches of ``texts`` (cycled) after one warm-up batch, for
+        ``max_seconds`` (and at least two batches)."""
+        self.run(texts[:batch_size])
+        items, batches = 0, 0
+        began = time.perf_counter()
+        while True:
+            start = (batches * batch_size) % max(len(texts) - batch_size + 1, 1)
+            self.run(texts[start : start + batch_size])
+            items += len(texts[start : start + batch_size])
+            batches += 1
+            elapsed = time.perf_counter() - began
+            if batches >= 2 and elapsed >= max_seconds:
+                return Throughput(batch_size, items, elapsed)
+
+
+def best_throughput(
+    model: RawModel, texts: Sequence[str], batch_sizes: Sequence[int], max_seconds: float
+) -> tuple[Throughput, list[Throughput]]:
+    """The best batch size's throughput, and every batch size's."""
+    sweep = [model.throughput(texts, size, max_seconds) for size in batch_sizes]
+    return max(sweep, key=lambda t: t.items_per_second), sweep
+
+
+def cosine_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
