@@ -113,7 +113,9 @@ def cuda_provider_options(device_id: int) -> dict[str, Any]:
     }
 
 
-def _try_cuda(artifact: LoadedArtifact, options: onnxruntime.SessionOptions, device_id: int):
+def _try_cuda(
+    artifact: LoadedArtifact, options: onnxruntime.SessionOptions, device_id: int
+) -> onnxruntime.InferenceSession | None:
     """A session on CUDA, or None when the CUDA provider does not really load (missing libraries,
     no device). ORT's own error log about it is silenced: the caller logs one line."""
     onnxruntime.set_default_logger_severity(ORT_LOG_FATAL)

@@ -17,7 +17,7 @@ class Metrics:
         r = self.registry
         self.request_duration = Histogram(
             "marc_request_duration_seconds",
-            "HTTP request latency, from the first byte received to the response start.",
+            "HTTP request latency, from the request reaching the app until the response is sent.",
             ["route", "status"],
             buckets=LATENCY_BUCKETS,
             registry=r,
