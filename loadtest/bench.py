@@ -168,7 +168,7 @@ def _full_depth_speed(
     return _best_of(lambda: full.throughput(texts, batch, seconds)), full.model_bytes
 
 
-def measure_raw(options: BenchOptions, manifest: Manifest) -> dict[str, Any]:
+def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> dict[str, Any]:
     """Rows 3 and 4 and the cold limit's batch size: ONNX Runtime alone, before any server runs."""
     texts = item_texts(RAW_TEXTS_START, 512)
     fp32 = RawModel.open(options.artifact, "fp32")
@@ -176,7 +176,6 @@ def measure_raw(options: BenchOptions, manifest: Manifest) -> dict[str, Any]:
     best, sweep = best_throughput(fp32, texts, options.batch_sizes, options.raw_seconds)
     batch = best.batch_size
 
-    checkpoint = checkpoint_of(manifest, options.checkpoint)
     full_dir = full_depth_artifact(manifest, checkpoint, options.cache_dir)
     log.info(
         "truncation: L=%d vs N=%d at batch %d", manifest.backbone.layer, manifest.backbone.total_layers, batch
@@ -215,9 +214,10 @@ def _service_env() -> dict[str, str]:
 
 def run_benchmark(options: BenchOptions) -> BenchReport:
     manifest = read_manifest(options.artifact)
+    checkpoint = checkpoint_of(manifest, options.checkpoint)  # fail before anything starts
     options.cache_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    raw = measure_raw(options, manifest)
+    raw = measure_raw(options, manifest, checkpoint)
     batch = raw["best"].batch_size
     limit_model = RawModel.open(options.artifact, "fp32")
     limit_texts = item_texts(RAW_TEXTS_START, 512)
