@@ -465,6 +465,7 @@ def test_make_artifact_builds_and_then_reuses_a_small_artifact(tmp_path: Path) -
         f"RUN_DIR={tmp_path / 'run'}",
         # Small synthetic data, two epochs: the build path is under test here, not the model quality.
         f"TRAIN_ARGS=--items 200 --users 100 --epochs 2 --cache-dir {tmp_path / 'features'}",
+        "EXPORT_ARGS=--int8",
     ]
     first = subprocess.run(command, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stdout + first.stderr
