@@ -1,0 +1,162 @@
+"""`marc evaluate`: score a checkpoint's item vectors in the downstream CTR harness, optionally next
+to every baseline (ids only, final layer full / PCA / linear compressor, mid layer PCA)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+DESCRIPTION = """\
+Score item vectors as frozen side features of a standard CTR model (user and item id embeddings +
+the projected item vector + the user's history profile), trained on the train split, early-stopped
+on validation AUC. Items never seen in training (cold items) have no id embedding, so cold AUC
+measures what the vectors carry. Prints AUC and LogLoss on warm and cold test items; with
+--baselines also the comparison table, all in the same harness and with the same seeds.
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None ones (their help says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default_data: str | None) -> None:
+    """--data, --data-seed, --items, --users, --seeds, --cache-dir (shared with `marc probe`)."""
+    group = parser.add_argument_group("data and seeds")
+    group.add_argument(
+        "--data",
+        default=default_data,
+        help="dataset: 'synthetic', 'entities', 'movielens:<dir>' or 'jsonl:<dir>'"
+        + ("" if default_data else " (default: the dataset the checkpoint was trained on)"),
+    )
+    group.add_argument(
+        "--data-seed", type=int, default=0, help="seed of the dataset generator / random split"
+    )
+    group.add_argument(
+        "--items", type=int, default=None, help="generated items (synthetic/entities; default 2000)"
+    )
+    group.add_argument(
+        "--users", type=int, default=None, help="generated users (synthetic/entities; default 1000)"
+    )
+    group.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=[0],
+        help="comma-separated seeds of the downstream model (and of trained baselines); "
+        "metrics are the mean, with the std over seeds",
+    )
+    group.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".cache/features"),
+        help="where pooled backbone states are cached (one .npy per layer)",
+    )
+
+
+def load_data(args: argparse.Namespace) -> Any:
+    from marc.data import load_dataset
+
+    sizes = {k: v for k, v in (("num_items", args.items), ("num_users", args.users)) if v is not None}
+    return load_dataset(args.data, seed=args.data_seed, **sizes)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a checkpoint's item vectors (and the baselines) in the downstream CTR harness",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint folder written by `marc train`"
+    )
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also score ids only, final layer full size / + PCA to k / + trained linear compressor, "
+        "and the checkpoint's layer + PCA to k (loads the full backbone; trains one linear "
+        "compressor per seed)",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="items per backbone forward pass")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the report as JSON here (default: don't)"
+    )
+    add_data_arguments(parser, default_data=None)
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from marc.baselines import checkpoint_vectors, format_table, run_baselines, score
+    from marc.checkpoint import read_config
+    from marc.data import DataError
+
+    try:
+        config, extra = read_config(args.checkpoint)
+        args.data = args.data or extra.get("data", {}).get("spec") or "synthetic"
+        dataset = load_data(args)
+        print(
+            f"evaluating {args.checkpoint} ({config.backbone} L{config.layer}, k={config.dim}) on "
+            f"{dataset.name}: {dataset.num_items} items ({int(dataset.cold_items.sum())} cold), "
+            f"seeds {args.seeds}"
+        )
+        vectors = checkpoint_vectors(args.checkpoint, dataset.item_texts, args.batch_size, args.cache_dir)
+        if args.baselines:
+            from marc.backbone import load_backbone
+
+            backbone = load_backbone(config.backbone, config.tiny)
+            rows = run_baselines(
+                dataset,
+                backbone,
+                config.dim,
+                mid_layer=config.layer,
+                seeds=args.seeds,
+                pooling=config.pooling,
+                max_length=config.max_length,
+                cache_dir=args.cache_dir,
+                marc_vectors=vectors,
+            )
+        else:
+            rows = [
+                score(
+                    f"MARC L{config.layer}",
+                    dataset,
+                    lambda seed: vectors,
+                    args.seeds,
+                    method="marc",
+                    layer=config.layer,
+                )
+            ]
+    except (DataError, ValueError, FileNotFoundError) as error:
+        print(f"marc evaluate: error: {error}", file=sys.stderr)
+        return 2
+
+    print(format_table(rows))
+    if args.out:
+        report = {
+            "checkpoint": str(args.checkpoint),
+            "model": config.to_dict(),
+            "data": args.data,
+            "seeds": args.seeds,
+            "rows": rows,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=str))
+        print(f"report written to {args.out}")
+    return 0
