@@ -13,6 +13,7 @@ from service.errors import install_error_handlers
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.middleware import RequestGuardMiddleware, RequestMetricsMiddleware
+from service.openapi import document_limits
 from service.responses import OrjsonResponse
 from service.routers import embed, items, models, openai_compat, system
 from service.runtime import ServiceRuntime
@@ -47,6 +48,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         default_response_class=OrjsonResponse,
     )
     install_error_handlers(app)
+    document_limits(app, settings)
     routers = [module.router for module in (embed, openai_compat, items, models, system)]
     for router in routers:
         app.include_router(router)

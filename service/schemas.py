@@ -40,8 +40,9 @@ def _id_from_int(value: Any) -> Any:
     return value
 
 
-# The documented schema says what the validator enforces: at least one non-whitespace character.
-NON_BLANK_STRING_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"\S"}
+# The documented schema says what the validator enforces: at least one character that str.strip() keeps
+# (Python also strips \x1c-\x1f and \x85, which JSON Schema regexes do not count as \s).
+NON_BLANK_STRING_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"[^\s\x1c-\x1f\x85]"}
 ItemText = Annotated[str, AfterValidator(_non_blank_text), WithJsonSchema(NON_BLANK_STRING_SCHEMA)]
 ItemId = Annotated[
     str,
