@@ -17,7 +17,7 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def get_runtime(request: Request) -> ServiceRuntime:
+async def get_runtime(request: Request) -> ServiceRuntime:
     # Set by the lifespan (Starlette copies the lifespan state into every request).
     return request.state.runtime
 
@@ -29,7 +29,7 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def require_api_key(
+async def require_api_key(
     runtime: Runtime,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> None:
