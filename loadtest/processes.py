@@ -3,6 +3,7 @@ a free port of 127.0.0.1."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -52,6 +53,15 @@ class ServerProcess:
         if self._process is None:
             raise RuntimeError(f"{self.name} is not running")
         return self._process.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used so far (all its threads); NaN off Linux."""
+        stat = Path(f"/proc/{self.pid}/stat")
+        if not stat.is_file():
+            return math.nan
+        # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def __enter__(self) -> ServerProcess:
         # The server's output goes to a file: a full pipe would block it, and it is shown on failure.
@@ -151,7 +161,3 @@ class RedisServer:
             self._process.terminate()
             self._process.wait(10)
             self._process = None
-
-
-def directory_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())

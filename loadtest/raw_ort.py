@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from service.artifact import LoadedArtifact, load_artifact, open_session
+from service.artifact import LoadedArtifact, load_artifact, open_session, ort_session_options
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,26 @@ class Throughput:
 class RawModel:
     artifact: LoadedArtifact
     session: onnxruntime.InferenceSession
+    model_path: Path
 
     @classmethod
     def open(cls, directory: Path, variant: str = "fp32") -> RawModel:
         artifact = load_artifact(directory, variant)
-        return cls(artifact, open_session(artifact))
+        return cls(artifact, open_session(artifact), artifact.model_path)
+
+    @classmethod
+    def from_file(cls, directory: Path, model_path: Path) -> RawModel:
+        """A model file outside the artifact (e.g. a variant the benchmark made) with the artifact's
+        tokenizer and the service's session options."""
+        artifact = load_artifact(directory, "fp32")
+        session = onnxruntime.InferenceSession(
+            str(model_path), sess_options=ort_session_options(), providers=["CPUExecutionProvider"]
+        )
+        return cls(artifact, session, model_path)
 
     @property
     def model_bytes(self) -> int:
-        return self.artifact.model_path.stat().st_size
+        return self.model_path.stat().st_size
 
     def run(self, texts: Sequence[str]) -> np.ndarray:
         (vectors,) = self.session.run([self.artifact.manifest.output], self.artifact.tokenize(texts))
