@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -135,3 +136,74 @@ async def post_all(
 
         await asyncio.gather(*(one(body) for body in bodies))
     return result
+
+
+@dataclass
+class Sent:
+    started: float  # time.monotonic()
+    finished: float
+    status: int | None  # None = transport error
+    error: str = ""
+    cached: list[bool] = field(default_factory=list)
+
+
+class LoadLoop:
+    """Clients in threads sending POST /v1/embed one after another until stopped or ``max_requests``
+    are sent: a bounded steady load to run while a fault is injected."""
+
+    def __init__(
+        self,
+        url: str,
+        texts: list[str],
+        *,
+        clients: int = 4,
+        items_per_request: int = 2,
+        max_requests: int = 5000,
+        timeout: float = 10,
+    ) -> None:
+        self.url, self.texts, self.timeout = url, texts, timeout
+        self.items_per_request, self.max_requests = items_per_request, max_requests
+        self.sent: list[Sent] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self) -> LoadLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def stop(self) -> None:
+        self.__exit__()
+
+    def _run(self, client_index: int) -> None:
+        counter = client_index
+        with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
+            while not self._stop.is_set():
+                with self._lock:
+                    if len(self.sent) >= self.max_requests:
+                        return
+                pool = self.texts
+                items = [{"text": pool[(counter + k) % len(pool)]} for k in range(self.items_per_request)]
+                counter += 7
+                started = time.monotonic()
+                try:
+                    response = client.post("/v1/embed", json={"items": items})
+                    cached = [d["cached"] for d in response.json()["data"]] if response.is_success else []
+                    outcome = Sent(started, time.monotonic(), response.status_code, cached=cached)
+                except httpx.TransportError as exc:
+                    outcome = Sent(started, time.monotonic(), None, error=type(exc).__name__)
+                with self._lock:
+                    self.sent.append(outcome)
+
+    def snapshot(self) -> list[Sent]:
+        with self._lock:
+            return list(self.sent)
+
+    def failures(self) -> list[Sent]:
+        return [s for s in self.snapshot() if s.status != 200]

@@ -4,6 +4,7 @@ Prometheus text parsing and the ONNX Runtime reference the service must agree wi
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -139,6 +140,22 @@ class RedisProcess:
             self._process.terminate()
             self._process.wait(10)
             self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes without closing its connections cleanly."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers (a hung or swapping server)."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> RedisProcess:
         self.start()

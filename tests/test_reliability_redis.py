@@ -1,0 +1,130 @@
+"""Redis faults under a steady load on a real server with its own redis-server: killed and restarted
+(no request fails, errors are counted, hits come back by themselves) and paused (requests are served
+from the model after the cache timeout instead of waiting for Redis)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from reliability_report import record
+from reliability_support import LoadLoop
+from service_support import LiveServer, RedisProcess
+
+HOT_TEXTS = [f"hot catalogue item {i}: linen shirt, size {i % 5}, colour {i % 7}" for i in range(24)]
+CACHE_TIMEOUT_MS = 150
+CACHE_RETRY_SECONDS = 0.3
+
+
+def _wait_for(condition: object, seconds: float, what: str) -> float:
+    """Poll ``condition()`` until true; return how long it took."""
+    started = time.monotonic()
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() - started > seconds:
+            pytest.fail(f"{what} not within {seconds} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_redis_killed_and_restarted_during_load(tiny_artifact: Path) -> None:
+    with (
+        RedisProcess() as own_redis,
+        LiveServer(
+            artifact=tiny_artifact,
+            redis_url=own_redis.url,
+            cache_timeout_ms=CACHE_TIMEOUT_MS,
+            cache_retry_seconds=CACHE_RETRY_SECONDS,
+        ) as live,
+        LoadLoop(live.url, HOT_TEXTS, clients=4) as load,
+    ):
+        _wait_for(lambda: live.metric("marc_cache_requests_total", result="hit") > 50, 30, "warm cache hits")
+        errors_before = live.metric("marc_cache_requests_total", result="error")
+        sent_before_kill = len(load.snapshot())
+
+        own_redis.kill()
+        killed_at = time.monotonic()
+        _wait_for(lambda: len(load.snapshot()) > sent_before_kill + 100, 30, "100 requests during the outage")
+        errors_during = live.metric("marc_cache_requests_total", result="error") - errors_before
+        ready_during = httpx.get(f"{live.url}/readyz", timeout=5)
+
+        own_redis.start()  # same port, empty
+        restarted_at = time.monotonic()
+        hits_at_restart = live.metric("marc_cache_requests_total", result="hit")
+        recovery = _wait_for(
+            lambda: live.metric("marc_cache_requests_total", result="hit") > hits_at_restart + 20,
+            30,
+            "cache hits after the restart",
+        )
+        load.stop()
+        sent = load.snapshot()
+
+    during = [s for s in sent if killed_at <= s.started < restarted_at]
+    failures = [s for s in sent if s.status != 200]
+    record(
+        "redis_kill",
+        requests_sent=len(sent),
+        requests_during_outage=len(during),
+        failed_requests=len(failures),
+        cache_errors_counted=errors_during,
+        outage_seconds=restarted_at - killed_at,
+        recovery_seconds_to_hits=recovery,
+    )
+    assert failures == [], failures[:5]
+    assert len(during) >= 100
+    assert all(not any(s.cached) for s in during if s.started > killed_at + 0.05)  # nothing from a dead cache
+    assert errors_during > 0  # counted as marc_cache_requests_total{result="error"}
+    assert ready_during.status_code == 200 and ready_during.json()["cache"]["status"] == "unavailable"
+
+
+@pytest.mark.slow
+def test_paused_redis_costs_at_most_the_cache_timeout(tiny_artifact: Path) -> None:
+    stall_seconds = 4.0
+    with (
+        RedisProcess() as own_redis,
+        LiveServer(
+            artifact=tiny_artifact,
+            redis_url=own_redis.url,
+            cache_timeout_ms=CACHE_TIMEOUT_MS,
+            cache_retry_seconds=CACHE_RETRY_SECONDS,
+        ) as live,
+        # Client timeout well below the stall: a request that waited for Redis would fail here.
+        LoadLoop(live.url, HOT_TEXTS, clients=4, timeout=stall_seconds / 2) as load,
+    ):
+        _wait_for(lambda: live.metric("marc_cache_requests_total", result="hit") > 50, 30, "warm hits")
+        own_redis.pause()
+        paused_at = time.monotonic()
+        try:
+            time.sleep(stall_seconds)
+            errors_during = live.metric("marc_cache_requests_total", result="error")
+            computed = live.metric("marc_items_embedded_total")
+        finally:
+            own_redis.resume()
+        resumed_at = time.monotonic()
+        hits_at_resume = live.metric("marc_cache_requests_total", result="hit")
+        recovery = _wait_for(
+            lambda: live.metric("marc_cache_requests_total", result="hit") > hits_at_resume + 20,
+            30,
+            "cache hits after Redis resumed",
+        )
+        load.stop()
+        sent = load.snapshot()
+
+    during = [s for s in sent if paused_at <= s.started and s.finished < resumed_at]
+    slowest = max((s.finished - s.started for s in during), default=0.0)
+    failures = [s for s in sent if s.status != 200]
+    record(
+        "redis_pause",
+        cache_timeout_ms=CACHE_TIMEOUT_MS,
+        pause_seconds=stall_seconds,
+        requests_during_pause=len(during),
+        failed_requests=len(failures),
+        slowest_request_during_pause_ms=slowest * 1000,
+        recovery_seconds_to_hits=recovery,
+    )
+    assert failures == [], failures[:5]  # none hit the client timeout (half the pause)
+    assert len(during) >= 20  # requests kept completing while Redis hung
+    assert all(not any(s.cached) for s in during)  # served by the model
+    assert errors_during > 0 and computed > 0
