@@ -126,16 +126,20 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _closed(url: str, workload: Workload, options: BenchOptions, warmup: int) -> LoadResult:
+def _closed(server: ServerProcess, workload: Workload, options: BenchOptions, warmup: int) -> LoadResult:
+    """Closed-loop load on ``server``; the result carries the server's CPU time per request."""
     spec = LoadSpec(
-        base_url=url,
+        base_url=server.url,
         workload=workload,
         max_requests=1_000_000,
         max_seconds=options.duration,
         concurrency=options.concurrency,
         warmup_requests=warmup,
     )
-    return run_in_subprocess(spec)
+    cpu_before = server.cpu_seconds()
+    result = run_in_subprocess(spec)
+    result.server_cpu_ms_per_request = (server.cpu_seconds() - cpu_before) * 1000 / max(result.requests, 1)
+    return result
 
 
 def _open(url: str, workload: Workload, options: BenchOptions, rate: float) -> LoadResult:
@@ -298,9 +302,9 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
 def _round(
     options: BenchOptions,
     number: int,
-    service_url: str,
-    naive_url: str,
-    bare_url: str,
+    service: ServerProcess,
+    naive: ServerProcess,
+    bare: ServerProcess,
     hot: Workload,
     limit_model: RawModel,
     limit_texts: list[str],
@@ -315,13 +319,13 @@ def _round(
         options.concurrency,
     )
     limit = limit_model.throughput(limit_texts, batch, options.raw_seconds)
-    service_cold = _closed(service_url, cold_service, options, warmup=options.concurrency)
-    naive_cold = _closed(naive_url, cold_naive, options, warmup=options.concurrency)
+    service_cold = _closed(service, cold_service, options, warmup=options.concurrency)
+    naive_cold = _closed(naive, cold_naive, options, warmup=options.concurrency)
     log.info("  hot path: service and bare endpoint, closed loop then open loop at half peak")
-    service_hot = _closed(service_url, hot, options, warmup=options.concurrency * 4)
-    bare_hot = _closed(bare_url, hot, options, warmup=options.concurrency * 4)
-    service_half = _open(service_url, hot, options, rate=service_hot.requests_per_second / 2)
-    bare_half = _open(bare_url, hot, options, rate=bare_hot.requests_per_second / 2)
+    service_hot = _closed(service, hot, options, warmup=options.concurrency * 4)
+    bare_hot = _closed(bare, hot, options, warmup=options.concurrency * 4)
+    service_half = _open(service.url, hot, options, rate=service_hot.requests_per_second / 2)
+    bare_half = _open(bare.url, hot, options, rate=bare_hot.requests_per_second / 2)
     return {
         "limit": limit,
         "service_cold": service_cold,
@@ -394,8 +398,10 @@ def _report(
         {
             "row": "2. hot path",
             "measured": f"service {service_hot.requests_per_second:.0f} req/s ({options.hot_items} item/req, "
-            f"hit ratio {service_hot.cache_hit_ratio:.2f}), {lat(service_hot)}",
-            "limit": f"bare endpoint {bare_hot.requests_per_second:.0f} req/s, {lat(bare_hot)}",
+            f"hit ratio {service_hot.cache_hit_ratio:.2f}), {lat(service_hot)}, "
+            f"server CPU {service_hot.server_cpu_ms_per_request * 1000:.0f} us/req",
+            "limit": f"bare endpoint {bare_hot.requests_per_second:.0f} req/s, {lat(bare_hot)}, "
+            f"server CPU {bare_hot.server_cpu_ms_per_request * 1000:.0f} us/req",
             "ratio": hot_ratio,
             "target": f">= {TARGETS['hot_ratio']}",
             "met": _met(hot_ratio, TARGETS["hot_ratio"]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import random
 import subprocess
 import sys
@@ -73,6 +74,7 @@ class LoadResult:
     inference_ms_mean: float = 0.0
     cache_hit_ratio: float = 0.0
     response_bytes_mean: float = 0.0
+    server_cpu_ms_per_request: float = math.nan  # filled in by the caller, who can see the server
 
     @property
     def requests_per_second(self) -> float:
