@@ -160,8 +160,12 @@ class LoadLoop:
         items_per_request: int = 2,
         max_requests: int = 5000,
         timeout: float = 10,
+        routing: threading.Event | None = None,
     ) -> None:
+        """``routing``: when given, new requests are sent only while it is set (a load balancer that
+        stops routing to a replica once its readiness fails); requests in flight still complete."""
         self.url, self.texts, self.timeout = url, texts, timeout
+        self.routing = routing
         self.items_per_request, self.max_requests = items_per_request, max_requests
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
@@ -185,6 +189,9 @@ class LoadLoop:
         counter = client_index
         with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
             while not self._stop.is_set():
+                if self.routing is not None and not self.routing.is_set():
+                    time.sleep(0.01)
+                    continue
                 with self._lock:
                     if len(self.sent) >= self.max_requests:
                         return
