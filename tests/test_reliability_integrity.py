@@ -1,0 +1,202 @@
+"""Never serve a wrong vector: `marc serve` refuses a tampered, truncated or inconsistent artifact
+(the message names the file); two models on one Redis never read each other's vectors; a cached
+value of the wrong byte length is a miss that is recomputed and overwritten, never served."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from reliability_report import record
+from reliability_support import ServeProcess
+from service_support import LiveServer, RedisProcess, onnx_reference, unique_prefix
+
+from service.artifact import (
+    MANIFEST_FILE,
+    compute_fingerprint,
+    fingerprint_settings,
+    read_manifest,
+    sha256_file,
+    variant_fingerprint,
+)
+from service.keys import KeySpace
+
+# --- the service's start path refuses a bad artifact ------------------------------------------------
+
+
+def _flip_middle_byte(directory: Path) -> None:
+    path = directory / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate_model(directory: Path) -> None:
+    path = directory / "model.onnx"
+    path.write_bytes(path.read_bytes()[:-1000])
+
+
+def _edit_tokenizer(directory: Path) -> None:
+    path = directory / "tokenizer.json"
+    edited = path.read_bytes().replace(b"a", b"b", 1)  # same size: only the sha256 can tell
+    path.write_bytes(edited)
+
+
+def _wrong_fingerprint(directory: Path) -> None:
+    path = directory / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["fingerprint"] = "0" * 64
+    path.write_text(json.dumps(manifest))
+
+
+def _rename_graph_input(directory: Path) -> None:
+    """A model whose input is called `tokens`, with a manifest made consistent with it (sizes, sha256
+    and fingerprints all match): only the graph check can catch it."""
+    import onnx
+
+    model_path = directory / "model.onnx"
+    model = onnx.load(str(model_path))
+    for node in model.graph.node:
+        node.input[:] = ["tokens" if name == "input_ids" else name for name in node.input]
+    for graph_input in model.graph.input:
+        if graph_input.name == "input_ids":
+            graph_input.name = "tokens"
+    onnx.save(model, str(model_path))
+
+    manifest_path = directory / MANIFEST_FILE
+    raw = json.loads(manifest_path.read_text())
+    manifest = read_manifest(directory)
+    model_sha = sha256_file(model_path)
+    raw["variants"]["fp32"].update(sha256=model_sha, bytes=model_path.stat().st_size)
+    settings = fingerprint_settings(
+        backbone_source=manifest.backbone.source,
+        layer=manifest.backbone.layer,
+        pooling=manifest.pooling,
+        dim=manifest.dim,
+        max_length=manifest.max_length,
+    )
+    fingerprint = compute_fingerprint(model_sha, manifest.tokenizer.sha256, settings)
+    raw["fingerprint"] = raw["variants"]["fp32"]["fingerprint"] = fingerprint
+    for name, entry in raw["variants"].items():
+        entry["fingerprint"] = variant_fingerprint(fingerprint, name, entry["sha256"])
+    manifest_path.write_text(json.dumps(raw))
+
+
+BAD_ARTIFACTS: list[tuple[str, Callable[[Path], None], str, str]] = [
+    # id, damage, file the message must name, words it must contain
+    ("tampered-model", _flip_middle_byte, "model.onnx", "sha256"),
+    ("truncated-model", _truncate_model, "model.onnx", "truncated"),
+    ("edited-tokenizer", _edit_tokenizer, "tokenizer.json", "sha256"),
+    ("wrong-fingerprint", _wrong_fingerprint, MANIFEST_FILE, "fingerprint"),
+    ("wrong-input-names", _rename_graph_input, "model.onnx", "graph inputs"),
+]
+
+
+@pytest.mark.parametrize(
+    ("damage", "file", "words"), [b[1:] for b in BAD_ARTIFACTS], ids=[b[0] for b in BAD_ARTIFACTS]
+)
+def test_marc_serve_refuses_a_bad_artifact(
+    tiny_artifact: Path, tmp_path: Path, damage: Callable[[Path], None], file: str, words: str
+) -> None:
+    artifact = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact, artifact)
+    damage(artifact)
+    server = ServeProcess(tmp_path / "serve.log", artifact=artifact, variant="fp32")
+    server.start(wait_ready=False)
+    try:
+        exit_code = server.wait_exit(60)
+    finally:
+        server.stop()
+    log = server.log()
+    assert exit_code != 0
+    assert f"{artifact / file}:" in log and words in log, log
+    assert "Application startup failed" in log
+    record("integrity_refusals", **{damage.__name__.strip("_").replace("_", " "): "refused, file named"})
+
+
+# --- cache keys carry the model fingerprint ----------------------------------------------------------
+
+
+def _embed(live: LiveServer, texts: list[str], ids: list[str] | None = None) -> dict:
+    items = [{"text": t} | ({"id": i} if ids else {}) for t, i in zip(texts, ids or texts, strict=True)]
+    with live.client() as client:
+        response = client.post("/v1/embed", json={"items": items})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.slow
+def test_two_artifacts_on_one_redis_never_share_vectors(
+    tiny_artifact: Path, tiny_artifact_other: Path
+) -> None:
+    texts = [f"shared catalogue text {i}" for i in range(8)]
+    ids = [f"sku-{i}" for i in range(8)]
+    prefix = unique_prefix()
+    with RedisProcess() as own_redis:
+        common = {"redis_url": own_redis.url, "cache_prefix": prefix}
+        with LiveServer(artifact=tiny_artifact, **common) as first:
+            by_first = _embed(first, texts, ids)
+            again_first = _embed(first, texts)
+        with LiveServer(artifact=tiny_artifact_other, **common) as second:
+            by_second = _embed(second, texts)
+            with second.client() as client:
+                lookup = client.post("/v1/items/lookup", json={"ids": ids}).json()
+        keys = redis.Redis.from_url(own_redis.url).keys(f"{prefix}:*")
+    first_vectors = np.array([d["embedding"] for d in by_first["data"]])
+    second_vectors = np.array([d["embedding"] for d in by_second["data"]])
+    namespaces = {key.decode().split(":")[1] for key in keys}
+    record(
+        "two_models_one_redis",
+        texts=len(texts),
+        hits_for_the_same_model=sum(d["cached"] for d in again_first["data"]),
+        hits_for_the_other_model=sum(d["cached"] for d in by_second["data"]),
+        ids_visible_to_the_other_model=len(lookup["data"]),
+        key_namespaces=len(namespaces),
+    )
+    assert by_first["fingerprint"] != by_second["fingerprint"]
+    assert all(d["cached"] for d in again_first["data"])  # the cache works ...
+    assert not any(d["cached"] for d in by_second["data"])  # ... but never across models
+    np.testing.assert_allclose(first_vectors, onnx_reference(tiny_artifact, texts), atol=1e-5)
+    np.testing.assert_allclose(second_vectors, onnx_reference(tiny_artifact_other, texts), atol=1e-5)
+    assert lookup["data"] == [] and lookup["unknown"] == ids
+    assert namespaces == {by_first["fingerprint"][:16], by_second["fingerprint"][:16]}
+
+
+def test_cached_bytes_of_the_wrong_length_are_recomputed_not_served(tiny_artifact: Path) -> None:
+    dim = read_manifest(tiny_artifact).dim
+    # Empty, one byte, one short, one long, an fp16-sized vector of the right dim, twice the size.
+    wrong_lengths = [0, 1, 4 * dim - 1, 4 * dim + 4, 2 * dim, 8 * dim]
+    texts = [f"corrupted entry {n}" for n in wrong_lengths]
+    ids = [f"corrupt-{n}" for n in wrong_lengths]
+    prefix = unique_prefix()
+    with RedisProcess() as own_redis:
+        store = redis.Redis.from_url(own_redis.url)
+        with LiveServer(artifact=tiny_artifact, redis_url=own_redis.url, cache_prefix=prefix) as live:
+            keys = KeySpace(prefix, _embed(live, ["warm-up"])["fingerprint"])
+            for text, item_id, length in zip(texts, ids, wrong_lengths, strict=True):
+                store.set(keys.text_key(text), b"\x7f" * length)
+                store.set(keys.id_key(item_id), b"\x7f" * length)
+            with live.client() as client:
+                lookup = client.post("/v1/items/lookup", json={"ids": ids}).json()
+            body = _embed(live, texts)
+            misses = live.metric("marc_cache_requests_total", result="miss")
+        stored = [len(store.get(keys.text_key(text)) or b"") for text in texts]
+    record(
+        "wrong_length_values",
+        lengths_tried=wrong_lengths,
+        served_from_cache=sum(d["cached"] for d in body["data"]),
+        returned_by_lookup=len(lookup["data"]),
+        rewritten_with_the_right_length=sum(n == 4 * dim for n in stored),
+    )
+    assert lookup["data"] == [] and lookup["unknown"] == ids
+    assert not any(d["cached"] for d in body["data"])
+    np.testing.assert_allclose(
+        np.array([d["embedding"] for d in body["data"]]), onnx_reference(tiny_artifact, texts), atol=1e-5
+    )
+    assert misses >= len(texts)
+    assert stored == [4 * dim] * len(texts)  # the bad values were replaced by the recomputed vectors
