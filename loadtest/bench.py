@@ -195,6 +195,7 @@ def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> 
     log.info("raw ONNX Runtime: batch-size sweep %s", options.batch_sizes)
     best, sweep = best_throughput(fp32, texts, options.batch_sizes, options.raw_seconds)
     batch = best.batch_size
+    log.info("  items/s by batch size: %s", {t.batch_size: round(t.items_per_second, 1) for t in sweep})
 
     full_dir = full_depth_artifact(manifest, checkpoint, options.cache_dir)
     log.info(
@@ -202,6 +203,7 @@ def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> 
     )
     cut_speed = _best_of(lambda: fp32.throughput(texts, batch, options.raw_seconds))
     full_speed, full_bytes = _full_depth_speed(full_dir, texts, batch, options.raw_seconds)
+    log.info("  items/s: L %.1f, full depth %.1f", cut_speed.items_per_second, full_speed.items_per_second)
 
     int8 = _int8_model(options, manifest)
     log.info("precision: int8 vs fp32 at batch %d", batch)
@@ -278,9 +280,9 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                         _round(
                             options,
                             number,
-                            service.url,
-                            naive.url,
-                            bare.url,
+                            service,
+                            naive,
+                            bare,
                             hot,
                             limit_model,
                             limit_texts,
