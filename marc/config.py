@@ -44,3 +44,39 @@ class ModelConfig:
         if isinstance(values.get("tiny"), dict):
             values["tiny"] = TinySpec(**values["tiny"])
         return cls(**values)
+
+
+@dataclass
+class TrainConfig:
+    """How a MARC model is trained (saved next to ModelConfig in every checkpoint's config.json)."""
+
+    mode: str = "frozen"
+    """'frozen': backbone frozen, pooled states computed once; 'lora': LoRA on the kept layers."""
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    patience: int = 4
+    """Stop after this many epochs without a better validation AUC (best weights are restored)."""
+    history_len: int = 20
+    """Positive train items per user pooled into the user's history vector."""
+    adapter_dropout: float = 0.1
+    use_adapter: bool = True
+    """False = ablation 'MARC without A': z meets the user through a dot-product head."""
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_lr: float = 2e-4
+    """Learning rate of the LoRA weights (the modules on top use ``lr``)."""
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("frozen", "lora"):
+            raise ValueError(f"train mode must be 'frozen' or 'lora', got {self.mode!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.history_len < 1:
+            raise ValueError("epochs, batch_size and history_len must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

