@@ -106,3 +106,11 @@ BENCH_ARGS ?=
 
 bench: artifact
 	$(BIN)/marc bench --artifact $(ARTIFACT_DIR) --out reports/bench.json --markdown reports/bench.md $(BENCH_ARGS)
+
+# ---- Reliability: fuzzing, faults, overload, shutdown, integrity, security; figures -> RELIABILITY.md ----
+.PHONY: reliability
+
+reliability: install
+	rm -f reports/reliability.json
+	MARC_RELIABILITY_REPORT=reports/reliability.json $(BIN)/pytest -q tests/test_reliability_*.py
+	$(PY) tests/reliability_report.py --report reports/reliability.json --doc RELIABILITY.md

@@ -44,7 +44,9 @@ def record(section: str, **figures: Any) -> None:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.3g}"
+        if value.is_integer():
+            return str(int(value))
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_cell(v)}" for k, v in sorted(value.items()))
     if isinstance(value, list):
