@@ -261,7 +261,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         naive_args = ["loadtest.reference_servers", "naive", "--artifact", str(options.artifact)]
         naive = ServerProcess("naive server", naive_args)
         with service, naive:
-            memory_before, keys_before = redis_server.used_memory(), redis_server.key_count()
+            memory_before, keys_before = redis_server.data_memory(), redis_server.key_count()
             _warm_pool(service.url, POOL_START, options.pool_size)
             payload = httpx.post(
                 service.url + "/v1/embed",
@@ -289,12 +289,14 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                             batch,
                         )
                     )
-            memory_after, keys_after = redis_server.used_memory(), redis_server.key_count()
+            memory_after, keys_after = redis_server.data_memory(), redis_server.key_count()
+            memory_usage_sample = redis_server.sampled_key_bytes()
 
     cached_items = keys_after - keys_before
     memory = {
         "items": cached_items,
         "redis_bytes_per_item": (memory_after - memory_before) / max(cached_items, 1),
+        "memory_usage_command_mean": memory_usage_sample,
         "value_bytes": manifest.dim * 4,
         "raw_state_bytes": manifest.backbone.hidden_size * 4,
     }
@@ -443,8 +445,9 @@ def _report(
         {
             "row": "5. memory per cached item",
             "measured": f"vector {memory['value_bytes']} B (float32 x {manifest.dim}); Redis "
-            f"{memory['redis_bytes_per_item']:.0f} B/item with key and overhead "
-            f"({memory['items']} items, {redis_fraction:.3f} of the raw state)",
+            f"{memory['redis_bytes_per_item']:.0f} B/item with key, expiry and overhead "
+            f"({memory['items']} items, {redis_fraction:.3f} of the raw state; MEMORY USAGE says "
+            f"{memory['memory_usage_command_mean']:.0f} B/key)",
             "limit": f"raw float32 state {memory['raw_state_bytes']} B "
             f"(hidden {manifest.backbone.hidden_size})",
             "ratio": vector_fraction,

@@ -147,8 +147,20 @@ class RedisServer:
             raise RuntimeError("redis-server is not running")
         return self._client
 
-    def used_memory(self) -> int:
-        return int(self.client.info("memory")["used_memory"])
+    def data_memory(self) -> int:
+        """``used_memory`` less the client connections' buffers: what stored keys cost (plus a
+        constant), not how many connections the service happens to have open."""
+        info = self.client.info("memory")
+        return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
+
+    def sampled_key_bytes(self, count: int = 200) -> float:
+        """Mean ``MEMORY USAGE`` of up to ``count`` keys (key + value + per-key structures; the
+        expiry entry and the hash tables' growth are not in it)."""
+        sizes = [
+            int(self.client.memory_usage(key) or 0)
+            for key, _ in zip(self.client.scan_iter(count=count), range(count), strict=False)
+        ]
+        return sum(sizes) / len(sizes) if sizes else math.nan
 
     def key_count(self) -> int:
         return int(self.client.dbsize())
