@@ -114,3 +114,13 @@ reliability: install
 	rm -f reports/reliability.json
 	MARC_RELIABILITY_REPORT=reports/reliability.json $(BIN)/pytest -q tests/test_reliability_*.py
 	$(PY) tests/reliability_report.py --report reports/reliability.json --doc RELIABILITY.md
+
+# ---- Experiments: `make experiments` regenerates reports/experiments/ and EXPERIMENTS.md's results ----
+# About 30 minutes on 2 CPU cores (the SmolLM2 pass over all items is cached in .cache/features);
+# e.g. EXPERIMENTS_ARGS="--quick --out /tmp/quick" for the CI size, or "--datasets movielens:/path/to/ml-1m".
+EXPERIMENTS_ARGS ?= --out reports/experiments --update-doc EXPERIMENTS.md
+
+.PHONY: experiments
+
+experiments: install
+	$(BIN)/marc experiments $(EXPERIMENTS_ARGS)

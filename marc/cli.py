@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "marc.commands.train",
     "marc.commands.evaluate",
     "marc.commands.probe",
+    "marc.commands.experiments",
     "export.cli",
     "service.cli",
     "loadtest.cli",

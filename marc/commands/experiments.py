@@ -1,0 +1,145 @@
+"""`marc experiments`: the reproducible experiment run behind EXPERIMENTS.md (layer sweep, compression
+table, ablations) writing summary.json, results.md and PNG plots."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from marc.commands.evaluate import HelpFormatter, parse_seeds
+
+DESCRIPTION = """\
+One time-bounded run (about 30 minutes on 2 CPU cores in the default size) that measures the paper's
+claims on the real backbone: (1) layer sweep - each layer's pooled state, full size and PCA to k,
+scored by the downstream CTR harness on cold and warm items; (2) compression table at each k - ids
+only, final layer full size, final + PCA, final + trained linear compressor, mid layer + PCA, MARC;
+(3) ablations - MARC + reconstruction, without A, without the information constraint, with C and A
+alike, cut at the final layer, and a beta sweep. The backbone runs once per dataset (pooled states
+cached under --cache-dir); the rest is fanned out over --workers processes. Writes summary.json
+(everything, incl. the served-layer choice), results.md (tables) and plots to --out.
+--quick: tiny random backbone, tiny data, one seed, for CI (about a minute).
+"""
+
+
+def _datasets(text: str) -> list[str]:
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError("--datasets needs at least one dataset spec")
+    return specs
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "experiments",
+        help="layer sweep, compression table and ablations on the real backbone -> reports/experiments",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="CI size: tiny backbone and data, one seed")
+    parser.add_argument(
+        "--datasets",
+        type=_datasets,
+        default=None,
+        help="comma-separated dataset specs: 'synthetic', 'entities', 'movielens:<dir>', 'jsonl:<dir>' "
+        "(default: synthetic,entities)",
+    )
+    parser.add_argument(
+        "--seeds", type=parse_seeds, default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)"
+    )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="'smollm2', 'tiny' or a Hugging Face model folder (default: smollm2; quick: tiny)",
+    )
+    parser.add_argument(
+        "--sweep-every", type=int, default=None, help="probe every n-th layer (default 1; the final always)"
+    )
+    parser.add_argument(
+        "--lora-epochs",
+        type=int,
+        default=None,
+        help="also train MARC with LoRA for this many epochs at the mid and the final layer, first seed "
+        "only (default: 0 = skipped; quick: 1 on the tiny backbone)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes for the downstream jobs (default 2; quick 1)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/experiments"), help="output folder")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path(".cache/features"), help="cache of pooled backbone states"
+    )
+    parser.add_argument(
+        "--update-doc",
+        type=Path,
+        default=None,
+        help="also replace the generated block of this markdown file (e.g. EXPERIMENTS.md) with the results",
+    )
+    parser.set_defaults(handler=run_experiments_command)
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that regenerates this run (the options given, in a fixed order)."""
+    parts = ["marc", "experiments"] + (["--quick"] if args.quick else [])
+    for flag, value in (
+        ("--datasets", ",".join(args.datasets) if args.datasets else None),
+        ("--seeds", ",".join(map(str, args.seeds)) if args.seeds else None),
+        ("--backbone", args.backbone),
+        ("--sweep-every", args.sweep_every),
+        ("--lora-epochs", args.lora_epochs),
+        ("--workers", args.workers),
+        ("--out", args.out),
+        ("--update-doc", args.update_doc),
+    ):
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+def run_experiments_command(args: argparse.Namespace) -> int:
+    from marc.data import DataError
+    from marc.experiments import default_plan, quick_plan, run_experiments
+    from marc.experiments_report import update_doc, write_outputs
+
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("datasets", tuple(args.datasets) if args.datasets else None),
+            ("seeds", tuple(args.seeds) if args.seeds else None),
+            ("backbone", args.backbone),
+            ("sweep_every", args.sweep_every),
+            ("lora_epochs", args.lora_epochs),
+            ("workers", args.workers),
+        )
+        if value is not None
+    }
+    if args.seeds:
+        overrides["sweep_seeds"] = (args.seeds[0],)
+    plan = (quick_plan if args.quick else default_plan)(**overrides)
+    command = _command(args)
+    print(
+        f"experiments ({plan.size}): backbone {plan.backbone}, datasets {list(plan.datasets)}, seeds "
+        f"{list(plan.seeds)}, k {list(plan.dims)}, {plan.workers} worker(s) -> {args.out}"
+    )
+    try:
+        summary = run_experiments(plan, cache_dir=args.cache_dir)
+    except (DataError, ValueError, FileNotFoundError) as error:
+        print(f"marc experiments: error: {error}", file=sys.stderr)
+        return 2
+    written = write_outputs(summary, args.out, command)
+    if args.update_doc is not None:
+        try:
+            update_doc(args.update_doc, summary, args.out, command)
+        except ValueError as error:
+            print(f"marc experiments: error: {error}", file=sys.stderr)
+            return 2
+        print(f"updated the generated block of {args.update_doc}")
+    for name, result in summary["datasets"].items():
+        print(f"{name}: mid layer L{result['mid_layer']} (by validation cold AUC)")
+    choice = summary["layer_choice"]
+    print(f"served-layer choice: L{choice['layer']} ({choice['rule']})")
+    minutes = summary["timings"]["total_seconds"] / 60
+    print(f"done in {minutes:.1f} min; wrote {', '.join(map(str, written.values()))}")
+    return 0
