@@ -19,8 +19,9 @@ import torch
 
 from export.graph import export_onnx
 from export.parity import check_parity
+from export.quantize import quantize_int8
 from export.tokenizer_file import write_tokenizer
-from export.variants import VARIANT_FILES, convert_fp16, quantize_int8
+from export.variants import VARIANT_FILES, convert_fp16
 from marc.checkpoint import CONFIG_FILE, load_checkpoint
 from service.artifact import (
     FORMAT_VERSION,
@@ -91,9 +92,10 @@ def export_checkpoint(
         )
         write_tokenizer(checkpoint.tokenizer, config.max_length, out_dir / TOKENIZER_FILE)
 
+    int8_report = None
     if int8:
-        with _step("quantise int8 (dynamic, per channel)"):
-            quantize_int8(models["fp32"], models["int8"])
+        with _step("quantise int8 (dynamic, per channel, outlier MatMuls kept fp32)"):
+            int8_report = quantize_int8(models["fp32"], models["int8"], out_dir / TOKENIZER_FILE)
     if fp16:
         with _step("convert fp16"):
             convert_fp16(models["fp32"], models["fp16"])
@@ -145,7 +147,7 @@ def export_checkpoint(
                 "checkpoint": str(checkpoint_dir),
                 "opset": opset,
                 "torch": torch.__version__,
-                "int8": "onnxruntime quantize_dynamic, QInt8 weights, per channel" if int8 else None,
+                "int8": int8_report,
                 "fp16": "onnxruntime float16 conversion, float32 inputs/outputs kept" if fp16 else None,
             },
         )

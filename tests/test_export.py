@@ -388,3 +388,28 @@ def test_smollm2_cut_at_two_layers_exports_with_parity(tmp_path: Path) -> None:
     artifact = load_artifact(tmp_path / "artifact", "int8")
     texts = ["Apple iPhone 13, 128 GB, blue", "Harry Potter and the Philosopher's Stone"]
     assert open_session(artifact).run(None, artifact.tokenize(texts))[0].shape == (2, 16)
+
+
+def test_int8_keeps_outlier_matmuls_in_fp32_until_the_target_is_met(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("export.quantize.TARGET_MEAN_COSINE", 2.0)  # unreachable: all MatMuls stay fp32
+    manifest = export_checkpoint(tiny_checkpoint, tmp_path / "artifact", int8=True)
+    report = manifest.export["int8"]
+    graph = onnx.load(str(tmp_path / "artifact" / "model.int8.onnx")).graph
+    weight_matmuls = [n for n in graph.node if n.op_type == "MatMul" and "_proj/" in n.name]
+    assert len(weight_matmuls) == 2 * 7  # q k v o gate up down per block
+    assert set(report["fp32_nodes"]) == {n.name for n in weight_matmuls} | {
+        "/compressor/mean/Gemm",
+        "/compressor/mean/Gemm_MatMul",
+    }
+    assert not any(n.op_type == "MatMulInteger" for n in graph.node)
+    # The embedding table (a Gather, not a MatMul) is still int8.
+    assert manifest.variants["int8"].bytes < manifest.variants["fp32"].bytes
+
+    monkeypatch.setattr("export.quantize.TARGET_MEAN_COSINE", 0.0)  # anything passes: nothing kept fp32
+    manifest = export_checkpoint(tiny_checkpoint, tmp_path / "artifact", int8=True)
+    assert manifest.export["int8"]["fp32_nodes"] == ["/compressor/mean/Gemm", "/compressor/mean/Gemm_MatMul"]
+    graph = onnx.load(str(tmp_path / "artifact" / "model.int8.onnx")).graph
+    quantised = [n.name for n in graph.node if n.op_type == "MatMulInteger"]
+    assert len(quantised) == 14 and not any("compressor" in name for name in quantised)
