@@ -583,3 +583,36 @@ def _dataset_info(dataset: RecDataset) -> dict[str, Any]:
         "cold_test_interactions": int(cold[dataset.test.items].sum()),
         "positive_rate_train": round(float(dataset.train.labels.mean()), 4),
     }
+
+
+def read_layer_choice(summary_path: Path) -> dict[str, Any]:
+    """The served-layer choice of an experiments run's ``summary.json``, with the file it came from."""
+    import json
+
+    summary_path = Path(summary_path)
+    try:
+        choice = json.loads(summary_path.read_text())["layer_choice"]
+        layer = int(choice["layer"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{summary_path}: not found (run `make experiments` to write it)") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"{summary_path}: not a `marc experiments` summary (no 'layer_choice.layer')"
+        ) from None
+    return {**choice, "layer": layer, "evidence": str(summary_path)}
+
+
+def record_layer_choice(checkpoint_dir: Path, choice: dict[str, Any], layer: int) -> dict[str, Any]:
+    """Write ``choice`` (from `read_layer_choice`) into a checkpoint's metrics as ``layer_choice``
+    (export copies the metrics into the artifact manifest), noting the layer the checkpoint really
+    uses. -> the entry written."""
+    import json
+
+    from marc.checkpoint import METRICS_FILE
+
+    entry = {**choice, "layer_used": layer, "follows_evidence": layer == choice["layer"]}
+    metrics_path = Path(checkpoint_dir) / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics["layer_choice"] = entry
+    metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
+    return entry

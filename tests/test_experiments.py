@@ -211,3 +211,35 @@ def test_worker_processes_give_the_same_results_as_one_process() -> None:
         assert {k: v for k, v in pooled.items() if k != "seconds"} == {
             k: v for k, v in inline.items() if k != "seconds"
         }, job
+
+
+@pytest.mark.slow
+def test_train_records_the_layer_choice_evidence_for_the_manifest(
+    quick_run: tuple[Path, dict[str, Any], Path], tmp_path: Path
+) -> None:
+    out, summary, _ = quick_run
+    common = ["train", "--backbone", "tiny", "--dim", "8", "--data", "synthetic", "--items", "60"]
+    common += ["--users", "30", "--epochs", "1", "--max-length", "24"]
+    assert main([*common, "--evidence", str(tmp_path / "missing.json"), "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()  # refused before training
+
+    layer = summary["layer_choice"]["layer"]
+    checkpoint = tmp_path / "run"
+    assert (
+        main(
+            [
+                *common,
+                "--layer",
+                str(layer),
+                "--evidence",
+                str(out / "summary.json"),
+                "--out",
+                str(checkpoint),
+            ]
+        )
+        == 0
+    )
+    recorded = json.loads((checkpoint / "metrics.json").read_text())["layer_choice"]
+    assert recorded["layer"] == recorded["layer_used"] == layer and recorded["follows_evidence"] is True
+    assert recorded["evidence"] == str(out / "summary.json")
+    assert recorded["mean_valid_auc_cold_by_layer"] == summary["layer_choice"]["mean_valid_auc_cold_by_layer"]

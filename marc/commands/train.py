@@ -127,6 +127,13 @@ def register(subparsers: Any) -> None:
     io.add_argument(
         "--out", type=Path, default=None, help="checkpoint folder (default: runs/<backbone>-l<L>-k<dim>)"
     )
+    io.add_argument(
+        "--evidence",
+        type=Path,
+        default=None,
+        help="summary.json of `marc experiments`: its served-layer choice is recorded in the checkpoint's "
+        "metrics (and so in the exported manifest) as layer_choice",
+    )
     parser.set_defaults(handler=run_train)
 
 
@@ -134,9 +141,12 @@ def run_train(args: argparse.Namespace) -> int:
     from marc.backbone import load_backbone
     from marc.config import ModelConfig, TrainConfig
     from marc.data import DataError, load_dataset
+    from marc.experiments import read_layer_choice, record_layer_choice
     from marc.train import train_marc
 
     try:
+        # Checked before training, so a wrong path fails in seconds, not after the run.
+        evidence = read_layer_choice(args.evidence) if args.evidence is not None else None
         sizes = {k: v for k, v in (("num_items", args.items), ("num_users", args.users)) if v is not None}
         dataset = load_dataset(args.data, seed=args.data_seed, **sizes)
         backbone = load_backbone(args.backbone)
@@ -198,5 +208,9 @@ def run_train(args: argparse.Namespace) -> int:
         warm, cold = fmt(f"{split}_auc_warm"), fmt(f"{split}_auc_cold")
         print(f"{label} {fmt(f'{split}_auc')} (warm items {warm}, cold items {cold})")
     print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['seconds']:.1f} s")
+    if evidence is not None and result.checkpoint_dir is not None:
+        entry = record_layer_choice(result.checkpoint_dir, evidence, config.layer)
+        agrees = "follows" if entry["follows_evidence"] else "does NOT follow"
+        print(f"layer {config.layer} {agrees} the experiments' choice L{entry['layer']} ({args.evidence})")
     print(f"checkpoint written to {result.checkpoint_dir}")
     return 0
