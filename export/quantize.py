@@ -28,8 +28,9 @@ from service.artifact import INPUT_NAMES
 
 log = logging.getLogger(__name__)
 
-# Margin above the parity threshold (0.99) so other texts pass too.
-TARGET_MEAN_COSINE = 0.995
+# Well above the parity threshold (0.99): at 0.995 on these texts, SmolLM2 L15 reached only 0.9896 on
+# the synthetic catalogue, so the margin is wide.
+TARGET_MEAN_COSINE = 0.998
 CALIBRATION_TEXTS = (
     "Nordik premium formal cotton shoes in red, vegan, 82 USD",
     "Pink cream by Tidewell. Vegan. Price: 33 USD",
