@@ -118,6 +118,7 @@ def plot_probe(report: dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     records = report["records"]
     layers = [r["layer"] for r in records]
@@ -164,6 +165,7 @@ def plot_probe(report: dict[str, Any], path: Path) -> Path:
         linestyle="none",
         label=f"best: layer {best['layer']} (by {report['select_by']})",
     )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"layer (of {report['num_layers']})")
     ax.set_ylabel("test AUC")
     ax.set_title(f"Layer probe: {report['backbone']} on {report['dataset']}, k={report['dim']}")
