@@ -2,9 +2,14 @@
 
 Both store raw little-endian float32 bytes under the keys from `service.keys`. A cache never fails a
 request: `RedisCache` raises `CacheUnavailable` for any Redis error or timeout, the caller counts it
-and carries on without the cache. After a connection failure Redis is skipped for
-`retry_seconds` (a small circuit breaker), so a dead server costs one timeout per interval, not one per
-request; redis-py reconnects by itself on the next attempt.
+and carries on without the cache.
+
+A small circuit breaker keeps a dead or hung Redis from costing every request a timeout: it opens
+(Redis is skipped for `retry_seconds`, then one attempt probes it) on a connection failure (refused,
+reset, unknown host), or after `timeouts_to_open` consecutive timeouts. A single slow call - e.g. the
+event loop starved of CPU for longer than the timeout - only fails its own request. Timeouts of calls
+that were already in flight together (one stall) count once; any successful call resets the count.
+redis-py reconnects by itself on the next attempt.
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ class RedisCache:
         ttl_seconds: int,
         timeout_seconds: float,
         retry_seconds: float,
+        timeouts_to_open: int = 3,
         cluster: bool = False,
         max_connections: int = 64,
     ) -> None:
@@ -118,8 +124,11 @@ class RedisCache:
         self._ttl = ttl_seconds
         self._timeout = timeout_seconds
         self._retry_seconds = retry_seconds
+        self._timeouts_to_open = timeouts_to_open
         self._skip_until = 0.0
         self._failing = False
+        self._timeout_streak = 0  # consecutive timeouts (one per stall) since the last success
+        self._last_timeout_at = -float("inf")
         options = {
             "socket_timeout": timeout_seconds,
             "socket_connect_timeout": timeout_seconds,
@@ -166,30 +175,45 @@ class RedisCache:
         await self._client.aclose()
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
-        if time.monotonic() < self._skip_until:
+        started = time.monotonic()
+        if started < self._skip_until:
             raise CacheUnavailable("redis is unavailable; skipped until the retry interval passes")
         try:
             async with asyncio.timeout(self._timeout):
                 result = await operation()
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-            # Connection-level trouble: open the breaker so requests don't each wait for a timeout.
-            if not self._failing:
-                log.warning(
-                    "redis unavailable (%s: %s); serving from the model, retrying every %.1f s",
-                    type(exc).__name__,
-                    exc,
-                    self._retry_seconds,
-                )
-            self._failing = True
-            self._skip_until = time.monotonic() + self._retry_seconds
+        except (RedisTimeoutError, TimeoutError) as exc:
+            self._timed_out(started)
+            raise CacheUnavailable(f"redis call timed out after {self._timeout * 1000:.0f} ms") from exc
+        except (RedisConnectionError, OSError) as exc:
+            # The server is gone (refused, reset, unknown host): open at once, don't wait per request.
+            self._open(f"{type(exc).__name__}: {exc}")
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except RedisError as exc:
             # Command-level errors (OOM, wrong type, ...) don't mean the server is gone.
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self._timeout_streak = 0
         if self._failing:
             log.info("redis reachable again")
             self._failing = False
         return result
+
+    def _timed_out(self, started: float) -> None:
+        # Calls that were in flight when the previous timeout fired belong to the same stall.
+        if started >= self._last_timeout_at:
+            self._timeout_streak += 1
+        self._last_timeout_at = time.monotonic()
+        if self._timeout_streak >= self._timeouts_to_open:
+            self._open(f"{self._timeout_streak} consecutive timeouts of {self._timeout * 1000:.0f} ms")
+
+    def _open(self, reason: str) -> None:
+        if not self._failing:
+            log.warning(
+                "redis unavailable (%s); serving from the model, retrying every %.1f s",
+                reason,
+                self._retry_seconds,
+            )
+        self._failing = True
+        self._skip_until = time.monotonic() + self._retry_seconds
 
 
 def build_cache(
@@ -199,6 +223,7 @@ def build_cache(
     ttl_seconds: int,
     timeout_seconds: float,
     retry_seconds: float,
+    timeouts_to_open: int,
     lru_max_items: int,
 ) -> Cache:
     """Redis when a URL is given, else the in-process LRU."""
@@ -209,5 +234,6 @@ def build_cache(
         ttl_seconds=ttl_seconds,
         timeout_seconds=timeout_seconds,
         retry_seconds=retry_seconds,
+        timeouts_to_open=timeouts_to_open,
         cluster=cluster,
     )

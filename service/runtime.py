@@ -55,6 +55,7 @@ class ServiceRuntime:
             ttl_seconds=settings.cache_ttl_seconds,
             timeout_seconds=settings.cache_timeout_ms / 1000,
             retry_seconds=settings.cache_retry_seconds,
+            timeouts_to_open=settings.cache_breaker_timeouts,
             lru_max_items=settings.lru_max_items,
         )
         if not await cache.ping():

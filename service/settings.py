@@ -43,10 +43,21 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = Field(7 * 24 * 3600, ge=0, description="Expiry of cached vectors; 0 = never.")
     cache_prefix: str = Field("marc", min_length=1, description="First segment of every cache key.")
     cache_timeout_ms: float = Field(
-        100.0, gt=0, description="Per Redis call; slower calls count as errors and fall back to the model."
+        100.0,
+        gt=0,
+        description="Per Redis call; a slower call counts as an error, its request is served by the model.",
+    )
+    cache_breaker_timeouts: int = Field(
+        3,
+        ge=1,
+        description="Consecutive Redis timeouts (one per stall) after which Redis is skipped like a "
+        "refused connection.",
     )
     cache_retry_seconds: float = Field(
-        1.0, gt=0, description="After a Redis failure, skip Redis for this long before trying again."
+        1.0,
+        gt=0,
+        description="After a Redis connection failure (or cache_breaker_timeouts timeouts), skip Redis "
+        "for this long before trying again.",
     )
     lru_max_items: int = Field(100_000, ge=1, description="Capacity of the in-process LRU cache.")
 

@@ -3,6 +3,7 @@ never fails a request and the cache comes back by itself, Redis Cluster URLs wor
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from service_support import (
     unique_prefix,
 )
 
+from service.cache import CacheUnavailable, RedisCache
 from service.keys import KeySpace
 
 
@@ -76,6 +78,50 @@ def test_a_value_of_the_wrong_length_is_a_miss_not_a_vector(tiny_artifact: Path,
     np.testing.assert_allclose(
         body["data"][0]["embedding"], onnx_reference(tiny_artifact, [text])[0], atol=1e-5
     )
+
+
+def test_breaker_opens_on_refusal_or_repeated_timeouts_not_on_one_slow_call() -> None:
+    async def scenario(redis_process: RedisProcess) -> dict[str, object]:
+        cache = RedisCache(
+            redis_process.url, ttl_seconds=60, timeout_seconds=0.1, retry_seconds=60, timeouts_to_open=3
+        )
+        seen: dict[str, object] = {}
+        await cache.set_many([("k", b"v")])
+        # One stall: several calls in flight time out together, then Redis answers again.
+        redis_process.pause()
+        stalled = await asyncio.gather(*(cache.get_many(["k"]) for _ in range(5)), return_exceptions=True)
+        redis_process.resume()
+        seen["stalled"] = [type(result).__name__ for result in stalled]
+        seen["after_stall"] = (cache.status(), await cache.get_many(["k"]))
+        # Sequential timeouts: the breaker opens after the third, then Redis is skipped.
+        redis_process.pause()
+        statuses = []
+        for _ in range(3):
+            with pytest.raises(CacheUnavailable, match="timed out"):
+                await cache.get_many(["k"])
+            statuses.append(cache.status())
+        with pytest.raises(CacheUnavailable, match="skipped"):
+            await cache.get_many(["k"])
+        redis_process.resume()
+        seen["sequential"] = statuses
+        await cache.close()
+        # A refused connection opens it at once.
+        refused = RedisCache(
+            redis_process.url, ttl_seconds=60, timeout_seconds=0.1, retry_seconds=60, timeouts_to_open=3
+        )
+        redis_process.stop()
+        with pytest.raises(CacheUnavailable):
+            await refused.get_many(["k"])
+        seen["refused"] = refused.status()
+        await refused.close()
+        return seen
+
+    with RedisProcess() as own_redis:
+        seen = asyncio.run(scenario(own_redis))
+    assert seen["stalled"] == ["CacheUnavailable"] * 5
+    assert seen["after_stall"] == ("ok", [b"v"])  # the stall did not open the breaker
+    assert seen["sequential"] == ["ok", "ok", "unavailable"]
+    assert seen["refused"] == "unavailable"
 
 
 @pytest.mark.slow
