@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
+NUL = "\x00"
 VectorEncoding = Literal["float", "base64", "base64_fp16"]
 ENCODING_DESCRIPTION = (
     "How vectors are returned: `float` = JSON numbers; `base64` = base64 of little-endian float32 "
@@ -30,6 +31,9 @@ def _valid_unicode(value: str) -> str:
 def _non_blank_text(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or whitespace only")
+    # NUL is never item text: it marks a binary or truncated payload (C strings end there).
+    if NUL in value:
+        raise ValueError(f"must not contain NUL characters (\\u0000 at position {value.index(NUL)})")
     return _valid_unicode(value)
 
 
@@ -40,9 +44,13 @@ def _id_from_int(value: Any) -> Any:
     return value
 
 
-# The documented schema says what the validator enforces: at least one character that str.strip() keeps
-# (Python also strips \x1c-\x1f and \x85, which JSON Schema regexes do not count as \s).
-NON_BLANK_STRING_SCHEMA = {"type": "string", "minLength": 1, "pattern": r"[^\s\x1c-\x1f\x85]"}
+# The documented schema says what the validator enforces: no NUL, and at least one character that
+# str.strip() keeps (Python also strips \x1c-\x1f and \x85, which JSON Schema regexes do not count as \s).
+NON_BLANK_STRING_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": r"^[^\x00]*[^\s\x00\x1c-\x1f\x85][^\x00]*$",
+}
 ItemText = Annotated[str, AfterValidator(_non_blank_text), WithJsonSchema(NON_BLANK_STRING_SCHEMA)]
 ItemId = Annotated[
     str,

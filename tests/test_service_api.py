@@ -155,6 +155,14 @@ BAD_REQUESTS = [
     ("/v1/embed", {"items": [{"text": "a", "id": [1]}]}, "application/json", 422, "items.0.id"),
     ("/v1/embed", {"items": [{"text": "a"}], "encoding": "hex"}, "application/json", 422, "encoding"),
     ("/v1/embed", b'{"items": [{"text": "\\ud800"}]}', "application/json", 422, "items.0.text"),
+    (
+        "/v1/embed",
+        {"items": [{"text": "a"}, {"text": "nul \x00 byte"}]},
+        "application/json",
+        422,
+        "items.1.text",
+    ),
+    ("/v1/embeddings", {"input": "nul \x00"}, "application/json", 422, "input.0"),
     ("/v1/embed", b"[" * 5000 + b"]" * 5000, "application/json", 422, "body"),
     ("/v1/embed", b'{"items": [{"text": "' + b"a" * 70_000 + b'"}]}', "application/json", 413, "body"),
     ("/v1/embeddings", {"input": [[1, 2, 3]], "model": "m"}, "application/json", 422, "input"),
@@ -190,7 +198,7 @@ def test_bad_input_gets_a_4xx_naming_the_field(
 def test_nothing_bad_reaches_a_500(server: LiveServer) -> None:
     with server.client() as client:
         odd = [
-            client.post("/v1/embed", json={"items": [{"text": "nul \x00 byte"}]}),
+            client.post("/v1/embed", json={"items": [{"text": "bell \x07 and tab \t"}]}),
             client.post("/v1/embed", json={"items": [{"text": "\u200b\u00a0emoji 🎉 ünïcödé"}]}),
             client.post("/v1/embed", json={"items": [{"text": "same"}, {"text": "same"}]}),
             client.post("/v1/embed", json={"items": [{"text": "a", "id": True}]}),
