@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from service.encoder import OnnxEncoder
 from service.errors import install_error_handlers
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
@@ -26,15 +27,18 @@ Vectors in `base64` are little-endian float32 bytes; `base64_fp16` little-endian
 Responses carry `x-queue-time-ms`, `x-inference-time-ms`, `x-total-time-ms` and `x-cache-hits`."""
 
 
-def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, lifecycle: Lifecycle | None = None, encoder: OnnxEncoder | None = None
+) -> FastAPI:
     """The app for ``settings``. ``lifecycle`` lets a server flip readiness off before it stops
-    (see `service.lifecycle.DrainingServer`)."""
+    (see `service.lifecycle.DrainingServer`); ``encoder``, when given, is the already loaded model
+    (`marc serve` loads it first so a bad artifact is refused before the server starts)."""
     metrics = Metrics()
     lifecycle = lifecycle or Lifecycle()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, ServiceRuntime]]:
-        runtime = await ServiceRuntime.start(settings, metrics, lifecycle)
+        runtime = await ServiceRuntime.start(settings, metrics, lifecycle, encoder)
         try:
             yield {"runtime": runtime}  # -> request.state.runtime (see service.dependencies)
         finally:

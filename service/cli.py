@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,21 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.artifact import ArtifactError
     from service.lifecycle import DrainingServer, Lifecycle
+    from service.runtime import load_service_encoder
 
     settings = _settings(args, SERVE_FLAGS)
     logging.getLogger().setLevel(settings.log_level.upper())
+    try:
+        # Before the server starts: a bad artifact is one clear line and exit code 2, not a traceback.
+        encoder = load_service_encoder(settings)
+    except ArtifactError as exc:
+        print(f"marc serve: refusing to start: {exc}", file=sys.stderr)
+        return 2
     lifecycle = Lifecycle()
     config = uvicorn.Config(
-        create_app(settings, lifecycle),
+        create_app(settings, lifecycle, encoder),
         host=settings.host,
         port=settings.port,
         workers=1,  # one model per process; scale with processes or replicas

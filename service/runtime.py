@@ -18,6 +18,18 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def load_service_encoder(settings: Settings) -> OnnxEncoder:
+    """The artifact verified and loaded as ``settings`` say. Raises ArtifactError naming the file."""
+    return load_encoder(
+        settings.artifact,
+        variant=settings.variant,
+        provider=settings.provider,
+        cuda_device_id=settings.cuda_device_id,
+        intra_threads=settings.ort_intra_threads,
+        inter_threads=settings.ort_inter_threads,
+    )
+
+
 @dataclass
 class ServiceRuntime:
     settings: Settings
@@ -37,17 +49,17 @@ class ServiceRuntime:
         return self.encoder.artifact.fingerprint
 
     @classmethod
-    async def start(cls, settings: Settings, metrics: Metrics, lifecycle: Lifecycle) -> ServiceRuntime:
-        # Loading verifies sha256 of every file and builds the ORT session: seconds, off the loop.
-        encoder = await asyncio.to_thread(
-            load_encoder,
-            settings.artifact,
-            variant=settings.variant,
-            provider=settings.provider,
-            cuda_device_id=settings.cuda_device_id,
-            intra_threads=settings.ort_intra_threads,
-            inter_threads=settings.ort_inter_threads,
-        )
+    async def start(
+        cls,
+        settings: Settings,
+        metrics: Metrics,
+        lifecycle: Lifecycle,
+        encoder: OnnxEncoder | None = None,
+    ) -> ServiceRuntime:
+        """Bring the service up on ``encoder`` (loaded here, off the loop, when not given)."""
+        if encoder is None:
+            # Loading verifies sha256 of every file and builds the ORT session: seconds, off the loop.
+            encoder = await asyncio.to_thread(load_service_encoder, settings)
         artifact = encoder.artifact
         cache = build_cache(
             settings.redis_url,
