@@ -25,24 +25,43 @@ VectorsForSeed = Callable[[int], "np.ndarray | None"]
 
 
 def checkpoint_vectors(
-    checkpoint_dir: Path, texts: list[str], batch_size: int = 32, cache_dir: Path | None = None
+    checkpoint_dir: Path,
+    texts: list[str],
+    batch_size: int = 32,
+    cache_dir: Path | None = None,
+    backbone: Backbone | None = None,
 ) -> np.ndarray:
-    """The served vectors z (compressor mean) of a MARC checkpoint for ``texts``, [len(texts), k]."""
+    """The served vectors z (compressor mean) of a MARC checkpoint for ``texts``, [len(texts), k].
+
+    A frozen-mode checkpoint (no backbone delta) given its full, unmodified ``backbone`` reuses it:
+    its layer-L states equal the cut backbone's, and they are likely cached already (probe, training).
+    Otherwise the checkpoint's own cut (and possibly LoRA-merged) backbone runs.
+    """
     import torch
+    from safetensors.torch import load_file
 
-    from marc.checkpoint import load_checkpoint
+    from marc.checkpoint import BACKBONE_DELTA_FILE, COMPRESSOR_FILE, load_checkpoint, read_config
+    from marc.modules import Compressor
 
-    checkpoint = load_checkpoint(checkpoint_dir)
-    config, encoder = checkpoint.config, checkpoint.encoder
-    # The encoder's backbone is already cut at L, so its last hidden state is layer L.
-    truncated = Backbone(
-        encoder.backbone, checkpoint.tokenizer, config.backbone, config.layer, checkpoint.hidden_size
-    )
+    checkpoint_dir = Path(checkpoint_dir)
+    config, _ = read_config(checkpoint_dir)
+    if backbone is not None and not (checkpoint_dir / BACKBONE_DELTA_FILE).is_file():
+        source = backbone
+        compressor = Compressor(backbone.hidden_size, config.dim, config.compressor_hidden)
+        compressor.load_state_dict(load_file(checkpoint_dir / COMPRESSOR_FILE))
+    else:
+        checkpoint = load_checkpoint(checkpoint_dir)
+        encoder = checkpoint.encoder
+        # The encoder's backbone is already cut at L, so its last hidden state is layer L.
+        source = Backbone(
+            encoder.backbone, checkpoint.tokenizer, config.backbone, config.layer, checkpoint.hidden_size
+        )
+        compressor = encoder.compressor
     states = pooled_states(
-        truncated, texts, [config.layer], config.pooling, config.max_length, batch_size, cache_dir
+        source, texts, [config.layer], config.pooling, config.max_length, batch_size, cache_dir
     )[config.layer]
     with torch.inference_mode():
-        mean, _ = encoder.compressor(torch.from_numpy(states))
+        mean, _ = compressor.eval()(torch.from_numpy(states))
     return mean.float().numpy()
 
 

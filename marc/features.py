@@ -7,8 +7,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,10 @@ from transformers import PreTrainedModel
 from marc.backbone import Backbone, Pooling, pool, truncate
 
 log = logging.getLogger(__name__)
+
+# Part of every cache key: bump it when the computation changes, so stale files are never read.
+# v2: layer states captured by hooks (v1 read wrong states for mid-layer-only requests).
+CACHE_VERSION = 2
 
 
 def backbone_fingerprint(backbone: Backbone) -> str:
@@ -36,7 +41,7 @@ def backbone_fingerprint(backbone: Backbone) -> str:
 def _cache_key(backbone: Backbone, texts: Sequence[str], pooling: Pooling, max_length: int) -> str:
     digest = hashlib.sha256()
     digest.update(backbone_fingerprint(backbone).encode())
-    digest.update(f"|{pooling}|{max_length}|{len(texts)}|".encode())
+    digest.update(f"|v{CACHE_VERSION}|{pooling}|{max_length}|{len(texts)}|".encode())
     for text in texts:
         encoded = text.encode("utf-8", "surrogatepass")
         digest.update(len(encoded).to_bytes(8, "little"))  # length prefix: no ambiguity between texts
@@ -126,6 +131,20 @@ def _compute(
     order = np.argsort([len(ids) for ids in token_ids], kind="stable")
     out = {layer: np.empty((len(texts), backbone.hidden_size), dtype=np.float32) for layer in layers}
 
+    # Layer outputs are captured by forward hooks rather than output_hidden_states: on the
+    # parameter-sharing cut copy, transformers' hidden-state recording returns wrong states.
+    captured: dict[int, torch.Tensor] = {}
+
+    def capture(layer: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    final = backbone.num_layers  # its state is the model output: after the final norm
+    handles = [
+        model.layers[layer - 1].register_forward_hook(capture(layer)) for layer in layers if layer < final
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -140,13 +159,13 @@ def _compute(
                 batch = tokenizer.pad(
                     {"input_ids": [token_ids[i] for i in rows]}, padding=True, return_tensors="pt"
                 )
-                hidden = model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    output_hidden_states=True,
-                ).hidden_states
+                mask = batch["attention_mask"]
+                output = model(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
                 for layer in layers:
-                    out[layer][rows] = pool(hidden[layer], batch["attention_mask"], pooling).float().numpy()
+                    hidden = output if layer == final else captured[layer]
+                    out[layer][rows] = pool(hidden, mask, pooling).float().numpy()
     finally:
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
     return out

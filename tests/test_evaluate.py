@@ -42,6 +42,26 @@ def test_pooled_states_match_hidden_states(tiny):
     assert len(tiny.model.layers) == tiny.num_layers
 
 
+def test_mid_layer_then_full_requests_on_one_backbone_match_a_fresh_model():
+    # A mid-layer request runs a parameter-sharing cut copy of the model. Regression: with
+    # output_hidden_states on that copy, the caller's model then returned wrong hidden states.
+    from marc.data import make_synthetic
+
+    texts = make_synthetic(num_items=64, num_users=20).item_texts
+    backbone = load_backbone("tiny:3")
+    mid = pooled_states(backbone, texts, [2], batch_size=64)[2]
+    both = pooled_states(backbone, texts, [1, 4], batch_size=64)
+    enc = backbone.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        after = backbone.model(**enc, output_hidden_states=True).hidden_states
+        expected = load_backbone("tiny:3").model(**enc, output_hidden_states=True).hidden_states
+    for layer, got in ((2, mid), (1, both[1]), (4, both[4])):
+        reference = pool(expected[layer], enc["attention_mask"], "mean").numpy()
+        np.testing.assert_allclose(got, reference, atol=1e-5, err_msg=f"layer {layer}")
+    for layer in (1, 2, 4):
+        torch.testing.assert_close(after[layer], expected[layer], atol=1e-5, rtol=0)
+
+
 def test_pooled_states_cache_returns_same_arrays_without_recomputing(tiny, tmp_path: Path, monkeypatch):
     first = pooled_states(tiny, TEXTS, [1, 4], cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == 2
@@ -102,13 +122,16 @@ def marc_run(small_data, tiny, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_trained_marc_beats_random_and_ids_only_on_cold_items(small_data, marc_run):
+def test_trained_marc_beats_random_and_ids_only_on_cold_items(small_data, marc_run, tiny):
     from marc.baselines import checkpoint_vectors
     from marc.evaluate import evaluate_vectors
 
     # The checkpoint rebuilds the same served vectors as training produced.
     reloaded = checkpoint_vectors(marc_run.checkpoint_dir, small_data.item_texts)
     np.testing.assert_allclose(reloaded, marc_run.item_vectors(), atol=1e-4)
+    # Frozen checkpoint + the full backbone (the fast path `marc evaluate --baselines` takes): same z.
+    via_full = checkpoint_vectors(marc_run.checkpoint_dir, small_data.item_texts, backbone=tiny)
+    np.testing.assert_allclose(via_full, reloaded, atol=1e-4)
 
     marc = evaluate_vectors(small_data, reloaded, seed=0)
     ids_only = evaluate_vectors(small_data, None, seed=0)

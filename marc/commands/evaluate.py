@@ -103,6 +103,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from marc.backbone import load_backbone
     from marc.baselines import checkpoint_vectors, format_table, run_baselines, score
     from marc.checkpoint import read_config
     from marc.data import DataError
@@ -116,11 +117,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{dataset.name}: {dataset.num_items} items ({int(dataset.cold_items.sum())} cold), "
             f"seeds {args.seeds}"
         )
-        vectors = checkpoint_vectors(args.checkpoint, dataset.item_texts, args.batch_size, args.cache_dir)
-        if args.baselines:
-            from marc.backbone import load_backbone
-
-            backbone = load_backbone(config.backbone, config.tiny)
+        # The baselines need the full backbone; the checkpoint's vectors can reuse it (frozen mode).
+        backbone = load_backbone(config.backbone, config.tiny) if args.baselines else None
+        vectors = checkpoint_vectors(
+            args.checkpoint, dataset.item_texts, args.batch_size, args.cache_dir, backbone
+        )
+        if backbone is not None:
             rows = run_baselines(
                 dataset,
                 backbone,
