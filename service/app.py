@@ -11,6 +11,7 @@ from fastapi.routing import APIRoute
 
 from service.encoder import OnnxEncoder
 from service.errors import install_error_handlers
+from service.hot_path import CachedEmbedMiddleware
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
 from service.middleware import RequestGuardMiddleware, RequestMetricsMiddleware
@@ -57,7 +58,9 @@ def create_app(
     for router in routers:
         app.include_router(router)
     known_paths = [route.path for router in routers for route in router.routes if isinstance(route, APIRoute)]
-    # Added last = outermost: metrics see every response, including the guard's refusals.
+    # Added last = outermost: metrics see every response, including the guard's refusals; the
+    # all-hits lane only sees bodies the guard let through.
+    app.add_middleware(CachedEmbedMiddleware)
     app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, known_paths=known_paths)
     return app

@@ -130,7 +130,10 @@ class RedisCache:
         self._timeout_streak = 0  # consecutive timeouts (one per stall) since the last success
         self._last_timeout_at = -float("inf")
         options = {
-            "socket_timeout": timeout_seconds,
+            # No socket timeout: every call already runs under `asyncio.timeout` in `_guarded`, and
+            # redis-py implements socket_timeout with an extra task per command (asyncio.wait_for).
+            # A call cancelled by the timeout closes its connection, so no reply is ever misread.
+            "socket_timeout": None,
             "socket_connect_timeout": timeout_seconds,
             "retry": Retry(NoBackoff(), 0),
             "max_connections": max_connections,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from prometheus_client import Histogram
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,6 +28,32 @@ def _is_json(content_type: str | None) -> bool:
     return media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that delivers ``body`` (already read) in one message, then the server's."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # later calls wait for http.disconnect, as the server's would
+
+    return replay
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body; None if the client disconnected before sending it all."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 class RequestGuardMiddleware:
@@ -65,16 +92,7 @@ class RequestGuardMiddleware:
                 await self._too_large(scope, receive, send)
                 return
 
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()  # later calls wait for http.disconnect, as the server's would
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(bytes(body), receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
@@ -91,6 +109,8 @@ class RequestMetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.known_paths = frozenset(known_paths)
+        # Histogram children by (route, status): labels() takes a lock and builds a key per call.
+        self._durations: dict[tuple[str, int], Histogram] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,6 +134,8 @@ class RequestMetricsMiddleware:
             path = getattr(route, "path", None) or scope["path"]
             # Unknown paths share one label so scanners can't blow up the metric's cardinality.
             label = path if path in self.known_paths else "unmatched"
-            self.metrics.request_duration.labels(route=label, status=str(status)).observe(
-                time.perf_counter() - started
-            )
+            histogram = self._durations.get((label, status))
+            if histogram is None:
+                histogram = self.metrics.request_duration.labels(route=label, status=str(status))
+                self._durations[label, status] = histogram
+            histogram.observe(time.perf_counter() - started)

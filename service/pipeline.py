@@ -1,5 +1,6 @@
-"""The serving path (DESIGN §5): normalise -> cache keys -> one MGET -> misses to the micro-batcher
--> one pipelined write -> vectors in request order.
+"""The serving path (DESIGN §5): normalise -> cache keys -> one MGET (`read`) -> misses to the
+micro-batcher -> one pipelined write (`complete`) -> vectors in request order. A read that found
+everything is answered by `cached_outcome` without the batcher (the all-hits fast path).
 
 A cache that fails never fails the request: its keys count as ``result="error"`` and every item is
 computed by the model.
@@ -34,6 +35,23 @@ class EmbedOutcome:
         return sum(self.cached)
 
 
+@dataclass(frozen=True)
+class CacheRead:
+    """What the request's one MGET found: a value (or None) per text, and per item id."""
+
+    normalised: list[str]
+    text_keys: list[str]
+    text_values: list[bytes | None]
+    with_id: list[tuple[int, str]]  # (row, id) of the items that carry an id
+    id_keys: list[str]
+    id_values: list[bytes | None]
+
+    @property
+    def missing(self) -> list[int]:
+        """Rows the model has to compute."""
+        return [row for row, value in enumerate(self.text_values) if value is None]
+
+
 class EmbeddingPipeline:
     def __init__(
         self, keys: KeySpace, cache: Cache, batcher: MicroBatcher, metrics: Metrics, dim: int
@@ -47,32 +65,52 @@ class EmbeddingPipeline:
 
     async def embed(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> EmbedOutcome:
         """Vectors for ``texts``; items with an id are also stored under it (id key space)."""
+        return await self.complete(await self.read(texts, ids))
+
+    async def read(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> CacheRead:
+        """One round trip for the texts' keys and the ids' keys (the id values tell which id keys
+        need (re)writing). Counts hits and misses; an unavailable cache reads as all misses."""
         normalised = [normalise_text(text) for text in texts]
         text_keys = [self._keys.text_key(text) for text in normalised]
         with_id = [(i, item_id) for i, item_id in enumerate(ids or ()) if item_id is not None]
         id_keys = [self._keys.id_key(item_id) for _, item_id in with_id]
-        # One round trip reads both: the id values tell us which id keys need (re)writing.
         values = await self._read(text_keys + id_keys, counted=len(text_keys))
-        text_values, id_values = values[: len(text_keys)], values[len(text_keys) :]
+        split = len(text_keys)
+        return CacheRead(normalised, text_keys, values[:split], with_id, id_keys, values[split:])
 
-        vectors = np.empty((len(texts), self._dim), dtype=np.float32)
+    def cached_outcome(self, read: CacheRead) -> EmbedOutcome | None:
+        """The answer when the cache holds everything (every text hit, every id key up to date),
+        else None: then `complete` runs the model and writes."""
+        if any(value is None for value in read.text_values):
+            return None
+        id_rows = [row for row, _ in read.with_id]
+        if any(read.text_values[row] != stored for row, stored in zip(id_rows, read.id_values, strict=True)):
+            return None
+        joined = b"".join(read.text_values)  # type: ignore[arg-type]  # no None: checked above
+        vectors = np.frombuffer(joined, dtype=VECTOR_DTYPE).reshape(len(read.text_values), self._dim)
+        return EmbedOutcome(vectors, [True] * len(read.text_values), 0.0, 0.0)
+
+    async def complete(self, read: CacheRead) -> EmbedOutcome:
+        """Compute what ``read`` missed (micro-batcher), write it back in one pipelined call."""
+        text_values = read.text_values
+        vectors = np.empty((len(text_values), self._dim), dtype=np.float32)
         cached = [value is not None for value in text_values]
         for row, value in enumerate(text_values):
             if value is not None:
                 vectors[row] = np.frombuffer(value, dtype=VECTOR_DTYPE)
         queue_seconds = inference_seconds = 0.0
         writes: list[tuple[str, bytes]] = []
-        missing = [row for row, hit in enumerate(cached) if not hit]
+        missing = read.missing
         if missing:
-            embedded = await self._batcher.embed([normalised[row] for row in missing])
+            embedded = await self._batcher.embed([read.normalised[row] for row in missing])
             vectors[missing] = embedded.vectors
             queue_seconds, inference_seconds = embedded.queue_seconds, embedded.inference_seconds
             written: set[str] = set()
             for row in missing:
-                if text_keys[row] not in written:
-                    written.add(text_keys[row])
-                    writes.append((text_keys[row], self._to_bytes(vectors[row])))
-        for (row, _), key, stored in zip(with_id, id_keys, id_values, strict=True):
+                if read.text_keys[row] not in written:
+                    written.add(read.text_keys[row])
+                    writes.append((read.text_keys[row], self._to_bytes(vectors[row])))
+        for (row, _), key, stored in zip(read.with_id, read.id_keys, read.id_values, strict=True):
             value = self._to_bytes(vectors[row])
             if stored != value:
                 writes.append((key, value))

@@ -70,6 +70,31 @@ def test_second_request_is_a_cache_hit(server: LiveServer) -> None:
     assert server.metric("marc_cache_requests_total", result="miss") == misses_before + 1
 
 
+def test_all_hit_requests_are_answered_like_the_route_and_counted_once(server: LiveServer) -> None:
+    warm, fresh = "a hot catalogue item: oak desk, 120 cm", "a cold catalogue item: walnut shelf"
+    with server.client() as client:
+        client.post("/v1/embed", json={"items": [{"text": warm}]})
+        hits, misses = (server.metric("marc_cache_requests_total", result=r) for r in ("hit", "miss"))
+        mixed = client.post("/v1/embed", json={"items": [{"text": warm, "id": "d-1"}, {"text": fresh}]})
+        counted = [server.metric("marc_cache_requests_total", result=r) for r in ("hit", "miss")]
+        all_hits = client.post("/v1/embed", json={"items": [{"text": warm, "id": "d-1"}, {"text": fresh}]})
+        # Cached texts never excuse invalid input: the 4xx still names the field.
+        extra_field = client.post("/v1/embed", json={"items": [{"text": warm, "colour": "red"}]})
+        too_many = client.post("/v1/embed", json={"items": [{"text": warm}] * 9})
+    assert counted == [hits + 1, misses + 1]  # one cache read for the mixed request, not two
+    assert [d["cached"] for d in mixed.json()["data"]] == [True, False]
+    assert [d["cached"] for d in all_hits.json()["data"]] == [True, True]
+    assert all_hits.headers["x-cache-hits"] == "2" and float(all_hits.headers["x-inference-time-ms"]) == 0
+    assert all_hits.headers["content-type"] == "application/json"
+    without_flags = [{k: v for k, v in d.items() if k != "cached"} for d in all_hits.json()["data"]]
+    assert without_flags == [{k: v for k, v in d.items() if k != "cached"} for d in mixed.json()["data"]]
+    assert {k: v for k, v in all_hits.json().items() if k != "data"} == {
+        k: v for k, v in mixed.json().items() if k != "data"
+    }
+    assert extra_field.status_code == 422 and extra_field.json()["error"]["param"] == "items.0.colour"
+    assert too_many.status_code == 422 and too_many.json()["error"]["param"] == "items"
+
+
 def test_openai_sdk_gets_the_same_vectors(server: LiveServer) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     default = client.embeddings.create(model="tiny-artifact", input=TEXTS)  # SDK asks for base64
@@ -216,11 +241,13 @@ def test_api_key(tiny_artifact: Path) -> None:
         missing = client.post("/v1/embed", json=body)
         wrong = client.post("/v1/embed", json=body, headers={"authorization": "Bearer nope"})
         right = client.post("/v1/embed", json=body, headers={"authorization": "Bearer s3cret"})
+        wrong_on_a_hit = client.post("/v1/embed", json=body, headers={"authorization": "Bearer nope"})
         models = client.get("/v1/models")
         open_routes = [client.get(path).status_code for path in ("/healthz", "/readyz", "/metrics")]
         sdk = openai.OpenAI(base_url=f"{live.url}/v1", api_key="s3cret", max_retries=0)
         sdk_vector = sdk.embeddings.create(model="m", input="auth probe").data[0].embedding
     assert missing.status_code == wrong.status_code == models.status_code == 401
+    assert wrong_on_a_hit.status_code == 401  # a cached answer is no reason to skip the key
     assert missing.headers["www-authenticate"].startswith("Bearer")
     assert missing.json()["error"]["param"] == "authorization"
     assert right.status_code == 200
