@@ -12,7 +12,8 @@ Rows (ratios; absolute numbers on a shared 2-core machine mean little):
     p99 at half the peak rate (open loop)
  3. truncation: raw ORT items/s at the cut layer L / the same checkpoint at full depth N
  4. precision: raw ORT int8 / fp32 items/s, cosine similarity between their vectors
- 5. memory: Redis bytes per cached item / a float32 final-layer state; artifact size / full model
+ 5. memory: Redis bytes per cached item (float16 and float32 values) / a float32 final-layer state;
+    artifact size / full model
 
 Throughputs are the best of ``rounds`` rounds (interference only ever slows a run down); limits are
 re-measured in every round next to what they limit.
@@ -296,14 +297,28 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                     )
             memory_after, keys_after = redis_server.data_memory(), redis_server.key_count()
             memory_usage_sample = redis_server.sampled_key_bytes()
+        # The same pool texts cached as float16 values (MARC_CACHE_DTYPE=float16, own key space).
+        half_args = [*service_args, "--cache-dtype", "float16"]
+        with ServerProcess(
+            "marc serve (float16 cache)", half_args, ready_path="/readyz", env=_service_env()
+        ) as half:
+            half_before, half_keys_before = redis_server.data_memory(), redis_server.key_count()
+            _warm_pool(half.url, POOL_START, options.pool_size)
+            half_after, half_keys_after = redis_server.data_memory(), redis_server.key_count()
 
     cached_items = keys_after - keys_before
+    half_items = half_keys_after - half_keys_before
     memory = {
         "items": cached_items,
         "redis_bytes_per_item": (memory_after - memory_before) / max(cached_items, 1),
         "memory_usage_command_mean": memory_usage_sample,
         "value_bytes": manifest.dim * 4,
         "raw_state_bytes": manifest.backbone.hidden_size * 4,
+        "float16": {
+            "items": half_items,
+            "redis_bytes_per_item": (half_after - half_before) / max(half_items, 1),
+            "value_bytes": manifest.dim * 2,
+        },
     }
     return _report(options, manifest, machine, raw, rounds, memory, len(payload))
 
@@ -384,8 +399,10 @@ def _report(
     truncation_cpu = raw["cut"].items_per_cpu_second / raw["full"].items_per_cpu_second
     int8_speedup = raw["int8"].items_per_second / raw["fp32"].items_per_second
     int8_speedup_cpu = raw["int8"].items_per_cpu_second / raw["fp32"].items_per_cpu_second
-    vector_fraction = memory["value_bytes"] / memory["raw_state_bytes"]
+    half = memory["float16"]
+    vector_fraction = half["value_bytes"] / memory["raw_state_bytes"]
     redis_fraction = memory["redis_bytes_per_item"] / memory["raw_state_bytes"]
+    half_redis_fraction = half["redis_bytes_per_item"] / memory["raw_state_bytes"]
     c = options.concurrency
 
     def lat(r: LoadResult) -> str:
@@ -456,10 +473,12 @@ def _report(
         },
         {
             "row": "5. memory per cached item",
-            "measured": f"vector {memory['value_bytes']} B (float32 x {manifest.dim}); Redis "
-            f"{memory['redis_bytes_per_item']:.0f} B/item with key, expiry and overhead "
-            f"({memory['items']} items, {redis_fraction:.3f} of the raw state; MEMORY USAGE says "
-            f"{memory['memory_usage_command_mean']:.0f} B/key)",
+            "measured": f"MARC_CACHE_DTYPE=float16: vector {half['value_bytes']} B (float16 x "
+            f"{manifest.dim}), Redis {half['redis_bytes_per_item']:.0f} B/item ({half['items']} items, "
+            f"{half_redis_fraction:.3f} of the raw state); float32 (default): vector "
+            f"{memory['value_bytes']} B, Redis {memory['redis_bytes_per_item']:.0f} B/item with key, "
+            f"expiry and overhead ({memory['items']} items, {redis_fraction:.3f} of the raw state; "
+            f"MEMORY USAGE says {memory['memory_usage_command_mean']:.0f} B/key)",
             "limit": f"raw float32 state {memory['raw_state_bytes']} B "
             f"(hidden {manifest.backbone.hidden_size})",
             "ratio": vector_fraction,

@@ -25,6 +25,7 @@ SERVE_FLAGS = {
     "max_batch_size": "max_batch_size",
     "max_wait_ms": "max_wait_ms",
     "max_queue_items": "max_queue_items",
+    "cache_dtype": "cache_dtype",
     "drain_seconds": "drain_seconds",
     "log_level": "log_level",
 }
@@ -50,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--provider", choices=["auto", "cpu", "cuda"], help="execution provider (MARC_PROVIDER, default auto)"
     )
     serve.add_argument("--redis-url", help="redis://, rediss:// or redis+cluster:// URL (MARC_REDIS_URL)")
+    serve.add_argument(
+        "--cache-dtype",
+        choices=["float32", "float16"],
+        help="cached value type (MARC_CACHE_DTYPE, default float32; float16 = half the memory)",
+    )
     serve.add_argument("--max-batch-size", type=int, help="items per ONNX run (MARC_MAX_BATCH_SIZE, 32)")
     serve.add_argument("--max-wait-ms", type=float, help="batch fill wait (MARC_MAX_WAIT_MS, 2)")
     serve.add_argument("--max-queue-items", type=int, help="queue limit before 503 (MARC_MAX_QUEUE_ITEMS)")
@@ -82,6 +88,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pre.add_argument("--cache-prefix", help="key prefix (MARC_CACHE_PREFIX, default marc)")
     pre.add_argument(
         "--ttl-seconds", type=int, help="expiry of written keys, 0 = never (MARC_CACHE_TTL_SECONDS)"
+    )
+    pre.add_argument(
+        "--cache-dtype",
+        choices=["float32", "float16"],
+        help="value type in Redis; must match the service's (MARC_CACHE_DTYPE, default float32)",
     )
     pre.set_defaults(handler=run_precompute)
 
@@ -135,6 +146,7 @@ def run_precompute(args: argparse.Namespace) -> int:
     from marc.data.errors import DataError
     from service.artifact import ArtifactError
     from service.cache import CacheUnavailable, RedisCache
+    from service.cache_values import ValueCodec
     from service.encoder import load_encoder
     from service.keys import KeySpace
     from service.precompute import count_lines, iter_items, precompute
@@ -147,6 +159,7 @@ def run_precompute(args: argparse.Namespace) -> int:
         "provider": "provider",
         "cache_prefix": "cache_prefix",
         "ttl_seconds": "cache_ttl_seconds",
+        "cache_dtype": "cache_dtype",
     }
     settings = _settings(args, flags)
     if not settings.redis_url and args.out is None:
@@ -164,7 +177,8 @@ def run_precompute(args: argparse.Namespace) -> int:
         writer = open_vector_writer(args.out, encoder.dim) if args.out else None
     except (ArtifactError, ValueError) as exc:
         raise SystemExit(str(exc)) from None
-    keys = KeySpace(settings.cache_prefix, encoder.artifact.fingerprint)
+    keys = KeySpace(settings.cache_prefix, encoder.artifact.fingerprint, settings.cache_dtype)
+    codec = ValueCodec(settings.cache_dtype, encoder.dim)
 
     async def run() -> Any:
         redis = None
@@ -182,6 +196,7 @@ def run_precompute(args: argparse.Namespace) -> int:
                 encoder,
                 iter_items(args.items),
                 keys=keys,
+                codec=codec,
                 redis=redis,
                 writer=writer,
                 batch_size=args.batch_size,

@@ -2,8 +2,10 @@
 
 Text keys: ``<prefix>:<fingerprint[:16]>:t:<sha256(normalised text)>``
 Id keys:   ``<prefix>:<fingerprint[:16]>:i:<item id>``
+With ``MARC_CACHE_DTYPE=float16`` the namespace is ``<prefix>:<fingerprint[:16]>:f16``.
 
-The fingerprint is the served model variant's, so a new model can never read an old model's vectors.
+The fingerprint is the served model variant's, so a new model can never read an old model's vectors;
+float16 and float32 values live in different key spaces, so they never mix.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 
 FINGERPRINT_CHARS = 16
+DTYPE_TAGS = {"float16": "f16"}
 
 
 def normalise_text(text: str) -> str:
@@ -25,10 +28,13 @@ def normalise_text(text: str) -> str:
 class KeySpace:
     prefix: str
     fingerprint: str
+    value_dtype: str = "float32"
 
     @property
     def namespace(self) -> str:
-        return f"{self.prefix}:{self.fingerprint[:FINGERPRINT_CHARS]}"
+        base = f"{self.prefix}:{self.fingerprint[:FINGERPRINT_CHARS]}"
+        # float32 keeps the original layout, so existing caches stay valid.
+        return base if self.value_dtype == "float32" else f"{base}:{DTYPE_TAGS[self.value_dtype]}"
 
     def text_key(self, normalised_text: str) -> str:
         digest = hashlib.sha256(normalised_text.encode("utf-8")).hexdigest()

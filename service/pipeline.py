@@ -16,11 +16,11 @@ import numpy as np
 
 from service.batcher import MicroBatcher
 from service.cache import Cache, CacheUnavailable
+from service.cache_values import ValueCodec
 from service.keys import KeySpace, normalise_text
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
-VECTOR_DTYPE = np.dtype("<f4")
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,14 @@ class CacheRead:
 
 class EmbeddingPipeline:
     def __init__(
-        self, keys: KeySpace, cache: Cache, batcher: MicroBatcher, metrics: Metrics, dim: int
+        self, keys: KeySpace, cache: Cache, batcher: MicroBatcher, metrics: Metrics, codec: ValueCodec
     ) -> None:
         self._keys = keys
         self._cache = cache
         self._batcher = batcher
         self._metrics = metrics
-        self._value_bytes = dim * VECTOR_DTYPE.itemsize
-        self._dim = dim
+        self._codec = codec
+        self._dim = codec.dim
 
     async def embed(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> EmbedOutcome:
         """Vectors for ``texts``; items with an id are also stored under it (id key space)."""
@@ -86,8 +86,7 @@ class EmbeddingPipeline:
         id_rows = [row for row, _ in read.with_id]
         if any(read.text_values[row] != stored for row, stored in zip(id_rows, read.id_values, strict=True)):
             return None
-        joined = b"".join(read.text_values)  # type: ignore[arg-type]  # no None: checked above
-        vectors = np.frombuffer(joined, dtype=VECTOR_DTYPE).reshape(len(read.text_values), self._dim)
+        vectors = self._codec.decode(read.text_values)  # type: ignore[arg-type]  # no None: checked
         return EmbedOutcome(vectors, [True] * len(read.text_values), 0.0, 0.0)
 
     async def complete(self, read: CacheRead) -> EmbedOutcome:
@@ -95,15 +94,16 @@ class EmbeddingPipeline:
         text_values = read.text_values
         vectors = np.empty((len(text_values), self._dim), dtype=np.float32)
         cached = [value is not None for value in text_values]
-        for row, value in enumerate(text_values):
-            if value is not None:
-                vectors[row] = np.frombuffer(value, dtype=VECTOR_DTYPE)
+        hits = [row for row, hit in enumerate(cached) if hit]
+        if hits:
+            vectors[hits] = self._codec.decode([text_values[row] for row in hits])  # type: ignore[misc]
         queue_seconds = inference_seconds = 0.0
         writes: list[tuple[str, bytes]] = []
         missing = read.missing
         if missing:
             embedded = await self._batcher.embed([read.normalised[row] for row in missing])
-            vectors[missing] = embedded.vectors
+            # Served as the cache will serve it later: the same answer, cached or not.
+            vectors[missing] = self._codec.round_trip(embedded.vectors)
             queue_seconds, inference_seconds = embedded.queue_seconds, embedded.inference_seconds
             written: set[str] = set()
             for row in missing:
@@ -127,7 +127,7 @@ class EmbeddingPipeline:
             self._metrics.cache_requests.labels(result="error").inc(len(keys))
             raise
         found = {
-            item_id: np.frombuffer(value, dtype=VECTOR_DTYPE)
+            item_id: self._codec.decode([value])[0]
             for item_id, value in zip(ids, self._valid(values), strict=True)
             if value is not None
         }
@@ -158,7 +158,7 @@ class EmbeddingPipeline:
 
     def _valid(self, values: Sequence[bytes | None]) -> list[bytes | None]:
         # A value of the wrong size (another writer, a corrupted key) is a miss, never served.
-        return [value if value is not None and len(value) == self._value_bytes else None for value in values]
+        return [value if self._codec.valid(value) else None for value in values]
 
     def _count(self, *, hits: int, total: int) -> None:
         if hits:
@@ -166,6 +166,5 @@ class EmbeddingPipeline:
         if total - hits:
             self._metrics.cache_requests.labels(result="miss").inc(total - hits)
 
-    @staticmethod
-    def _to_bytes(vector: np.ndarray) -> bytes:
-        return vector.astype(VECTOR_DTYPE, copy=False).tobytes()
+    def _to_bytes(self, vector: np.ndarray) -> bytes:
+        return self._codec.encode(vector)

@@ -20,12 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 from service.cache import RedisCache
+from service.cache_values import ValueCodec
 from service.encoder import OnnxEncoder
 from service.keys import KeySpace, normalise_text
 from service.vector_files import VectorWriter
 
 log = logging.getLogger(__name__)
-VECTOR_DTYPE = np.dtype("<f4")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ async def precompute(
     items: Iterator[tuple[str, str]],
     *,
     keys: KeySpace,
+    codec: ValueCodec,
     redis: RedisCache | None,
     writer: VectorWriter | None,
     batch_size: int,
@@ -61,7 +62,6 @@ async def precompute(
 ) -> PrecomputeReport:
     started = time.perf_counter()
     computed = reused = seen = 0
-    value_bytes = encoder.dim * VECTOR_DTYPE.itemsize
     with tqdm(total=total, unit="item", desc="precompute") as progress:
         while chunk := list(itertools.islice(items, chunk_items)):
             ids = [item_id for item_id, _ in chunk]
@@ -71,26 +71,28 @@ async def precompute(
             stored: list[bytes | None] = [None] * (2 * len(chunk))
             if redis is not None:
                 stored = [
-                    value if value is not None and len(value) == value_bytes else None
+                    value if codec.valid(value) else None
                     for value in await redis.get_many(text_keys + id_keys)
                 ]
             vectors = np.empty((len(chunk), encoder.dim), dtype=np.float32)
             to_compute = [row for row in range(len(chunk)) if stored[row] is None]
-            for row in range(len(chunk)):
-                if stored[row] is not None:
-                    vectors[row] = np.frombuffer(stored[row], dtype=VECTOR_DTYPE)
+            reusable = [row for row in range(len(chunk)) if stored[row] is not None]
+            if reusable:
+                vectors[reusable] = codec.decode([stored[row] for row in reusable])  # type: ignore[misc]
             if to_compute:
                 unique = list(dict.fromkeys(texts[row] for row in to_compute))
                 encoded = await asyncio.to_thread(encoder.embed, unique, batch_size)
-                by_text = dict(zip(unique, encoded.vectors, strict=True))
+                # The file gets what the service will serve from the cache (float16 rounding included).
+                by_text = dict(zip(unique, codec.round_trip(encoded.vectors), strict=True))
                 for row in to_compute:
                     vectors[row] = by_text[texts[row]]
             if redis is not None:
-                writes = [(text_keys[row], vectors[row].tobytes()) for row in to_compute]
+                values = [codec.encode(vector) for vector in vectors]
+                writes = [(text_keys[row], values[row]) for row in to_compute]
                 writes += [
-                    (id_keys[row], vectors[row].tobytes())
+                    (id_keys[row], values[row])
                     for row in range(len(chunk))
-                    if stored[len(chunk) + row] != vectors[row].tobytes()
+                    if stored[len(chunk) + row] != values[row]
                 ]
                 await redis.set_many(writes)
             if writer is not None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from service.batcher import MicroBatcher
 from service.cache import Cache, build_cache
+from service.cache_values import ValueCodec
 from service.encoder import OnnxEncoder, load_encoder
 from service.keys import KeySpace
 from service.lifecycle import Lifecycle
@@ -83,7 +84,7 @@ class ServiceRuntime:
             max_queue_items=settings.max_queue_items,
         )
         batcher.start()
-        keys = KeySpace(settings.cache_prefix, artifact.fingerprint)
+        keys = KeySpace(settings.cache_prefix, artifact.fingerprint, settings.cache_dtype)
         metrics.model_info.labels(
             name=artifact.name,
             fingerprint=artifact.fingerprint,
@@ -93,14 +94,17 @@ class ServiceRuntime:
             variant=artifact.variant,
         ).set(1)
         log.info(
-            "serving %s (variant %s, dim %d, fingerprint %s) with %s cache",
+            "serving %s (variant %s, dim %d, fingerprint %s) with %s cache (%s values)",
             artifact.name,
             artifact.variant,
             artifact.dim,
             artifact.fingerprint[:16],
             cache.backend,
+            settings.cache_dtype,
         )
-        pipeline = EmbeddingPipeline(keys, cache, batcher, metrics, artifact.dim)
+        pipeline = EmbeddingPipeline(
+            keys, cache, batcher, metrics, ValueCodec(settings.cache_dtype, artifact.dim)
+        )
         # Everything loaded so far lives as long as the process: move it out of the collector's
         # sight, or every full collection walks it again (~60 ms with the default artifact, a stall
         # that shows in p99 and can push Redis calls past their timeout).

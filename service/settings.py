@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.cache_values import CacheDtype
+
 VariantChoice = Literal["auto", "fp32", "int8", "fp16"]
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -58,6 +60,11 @@ class Settings(BaseSettings):
         gt=0,
         description="After a Redis connection failure (or cache_breaker_timeouts timeouts), skip Redis "
         "for this long before trying again.",
+    )
+    cache_dtype: CacheDtype = Field(
+        "float32",
+        description="Cached value type: float32 (exact) or float16 (half the memory; components rounded "
+        "to float16, relative error <= 2^-11, widened to float32 when served). Separate key spaces.",
     )
     lru_max_items: int = Field(100_000, ge=1, description="Capacity of the in-process LRU cache.")
 

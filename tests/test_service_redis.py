@@ -80,6 +80,40 @@ def test_a_value_of_the_wrong_length_is_a_miss_not_a_vector(tiny_artifact: Path,
     )
 
 
+def test_float16_values_are_half_the_bytes_in_their_own_key_space(tiny_artifact: Path, prefix: str) -> None:
+    text, other = "a float16 cached item: linen throw", "written as float32 under a float16 key"
+    settings = {"redis_url": SHARED_REDIS_URL, "cache_prefix": prefix}
+    with LiveServer(artifact=tiny_artifact, cache_dtype="float16", **settings) as half:
+        first, second = _embed(half, text), _embed(half, text)
+        fingerprint = first["fingerprint"]
+        client = redis.Redis.from_url(SHARED_REDIS_URL)
+        half_keys, full_keys = KeySpace(prefix, fingerprint, "float16"), KeySpace(prefix, fingerprint)
+        stored = client.get(half_keys.text_key(text))
+        reference = onnx_reference(tiny_artifact, [text, other])
+        client.set(half_keys.text_key(other), reference[1].astype("<f4").tobytes())  # wrong length
+        wrong_length = _embed(half, other)
+        with LiveServer(artifact=tiny_artifact, **settings) as full:
+            from_float32_server = _embed(full, text)
+        full_value = client.get(full_keys.text_key(text))
+        client.close()
+    dim = first["dim"]
+    assert half_keys.text_key(text) != full_keys.text_key(text) and ":f16:" in half_keys.text_key(text)
+    assert stored is not None and len(stored) == 2 * dim
+    assert full_value is not None and len(full_value) == 4 * dim
+    served = np.array(first["data"][0]["embedding"], dtype=np.float32)
+    # Served widened to float32; the miss is rounded too, so cached or not the answer is the same.
+    assert first["data"][0]["cached"] is False and second["data"][0]["cached"] is True
+    np.testing.assert_array_equal(np.array(second["data"][0]["embedding"], dtype=np.float32), served)
+    np.testing.assert_array_equal(served.astype("<f2").astype(np.float32), served)  # float16 values
+    np.testing.assert_array_equal(np.frombuffer(stored, "<f2").astype(np.float32), served)
+    # Rounding error: half a float16 ulp (2^-11 relative), plus batch-padding noise of the reference.
+    assert np.all(np.abs(served - reference[0]) <= 2**-11 * np.abs(reference[0]) + 1e-5)
+    assert wrong_length["data"][0]["cached"] is False
+    # The float32 server never reads the float16 entry: a miss, the exact vector.
+    assert from_float32_server["data"][0]["cached"] is False
+    np.testing.assert_allclose(from_float32_server["data"][0]["embedding"], reference[0], atol=1e-5)
+
+
 def test_breaker_opens_on_refusal_or_repeated_timeouts_not_on_one_slow_call() -> None:
     async def scenario(redis_process: RedisProcess) -> dict[str, object]:
         cache = RedisCache(
