@@ -198,7 +198,9 @@ def compression_rows(final: int, mid: int, dims: Sequence[int], hidden_size: int
     return rows
 
 
-def ablation_rows(plan: Plan, final: int, mid: int, default_beta: float) -> list[Row]:
+def ablation_rows(plan: Plan, final: int, mid: int, default_beta: float, served: int) -> list[Row]:
+    """The ablations, plus MARC cut at the served layer and at half depth (the usual default), so
+    the choice for the default artifact is checked with MARC itself, not only with PCA."""
     k = plan.dim
     rows = [
         Row(f"MARC L{mid} (C + A + beta*KL, beta={default_beta:g})", marc(mid, k)),
@@ -208,6 +210,10 @@ def ablation_rows(plan: Plan, final: int, mid: int, default_beta: float) -> list
         Row("C and A of the same structure (A linear, 1 layer)", marc(mid, k, adapter_layers=1)),
         Row(f"cut at the final layer L{final}", marc(final, k)),
     ]
+    half = max(1, final // 2)
+    for layer, why in ((served, "the served layer"), (half, "half depth")):
+        if layer not in (mid, final) and not any(row.vectors == marc(layer, k) for row in rows):
+            rows.append(Row(f"cut at {why} L{layer}", marc(layer, k)))
     if plan.lora_epochs > 0:
         epochs = plan.lora_epochs
         rows += [
@@ -339,10 +345,14 @@ def _run_lora_job(plan: Plan, dataset: RecDataset, job: Job) -> dict[str, Any]:
     }
 
 
-def run_jobs(context: RunContext, jobs: Sequence[Job], desc: str) -> dict[Job, dict[str, Any]]:
-    """Run ``jobs`` (deduplicated) on ``context.plan.workers`` processes; -> result per job."""
-    unique = list(dict.fromkeys(jobs))
-    results: dict[Job, dict[str, Any]] = {}
+def run_jobs(
+    context: RunContext, jobs: Sequence[Job], desc: str, done: dict[Job, dict[str, Any]] | None = None
+) -> dict[Job, dict[str, Any]]:
+    """Run ``jobs`` (deduplicated) on ``context.plan.workers`` processes; -> result per job. Jobs
+    found in ``done`` (results of an earlier identical run) are reused, not run."""
+    done = done or {}
+    results = {job: done[job] for job in jobs if job in done}
+    unique = [job for job in dict.fromkeys(jobs) if job not in results]
     progress = tqdm(total=len(unique), desc=desc, unit="job")
     if context.plan.workers <= 1 or len(unique) <= 1:
         _init_worker(context)
@@ -447,9 +457,53 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_experiments(plan: Plan, cache_dir: Path | None = None) -> dict[str, Any]:
+RESULT_SETTINGS = (
+    "backbone",
+    "generator_sizes",
+    "ctr",
+    "train_epochs",
+    "train_patience",
+    "pooling",
+    "max_length",
+)
+"""Plan fields that change a job's result (the others only choose which jobs run)."""
+
+
+def previous_results(summary_path: Path, plan: Plan) -> dict[Job, dict[str, Any]]:
+    """Per-seed job results of an earlier run's ``summary.json`` that this plan can reuse: every job
+    is seeded, so the same job under the same result settings gives the same numbers. Empty when
+    the file is missing or was made with other result settings."""
+    import json
+
+    path = Path(summary_path)
+    if not path.is_file():
+        return {}
+    summary = json.loads(path.read_text())
+    now = json.loads(json.dumps({k: plan.to_dict()[k] for k in RESULT_SETTINGS}))
+    before = {k: summary.get("plan", {}).get(k) for k in RESULT_SETTINGS}
+    if now != before:
+        changed = sorted(k for k in RESULT_SETTINGS if now[k] != before[k])
+        log.warning("%s: not reused, made with other settings (%s)", path, ", ".join(changed))
+        return {}
+    results: dict[Job, dict[str, Any]] = {}
+    for name, dataset in summary.get("datasets", {}).items():
+        if dataset.get("spec") not in plan.datasets:
+            continue
+        for table in ("sweep", "compression", "ablations", "beta"):
+            for record in dataset.get(table, []):
+                settings = tuple(sorted(record["settings"].items()))
+                vectors = Vectors(record["kind"], record["layer"], record["k"], settings)
+                for run in record["runs"]:
+                    results[Job(name, vectors, run["seed"])] = run
+    return results
+
+
+def run_experiments(
+    plan: Plan, cache_dir: Path | None = None, previous: dict[Job, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """The whole run: pooled states, sweep, compression table, ablations, beta sweep, layer choice.
-    Returns the summary (what summary.json holds)."""
+    ``previous`` (from `previous_results`) are reused instead of recomputed. Returns the summary
+    (what summary.json holds)."""
     from marc.backbone import load_backbone
     from marc.config import ModelConfig
     from marc.features import pooled_states
@@ -505,19 +559,27 @@ def run_experiments(plan: Plan, cache_dir: Path | None = None) -> dict[str, Any]
     sweep_jobs = [
         Job(name, row.vectors, seed) for name in datasets for row in sweep for seed in plan.sweep_seeds
     ]
-    sweep_results = run_jobs(context, sweep_jobs, "1/2 layer sweep")
+    sweep_results = run_jobs(context, sweep_jobs, "1/2 layer sweep", previous)
     timings["sweep_seconds"] = time.perf_counter() - tick
 
     default_beta = ModelConfig().beta
-    parts: dict[str, dict[str, list[Row]]] = {}
     for name in datasets:
         result = summary["datasets"][name]
         result["sweep"] = _scored(sweep, _collect(sweep_results, name, sweep, plan.sweep_seeds))
-        mid = choose_mid_layer(result["sweep"], final)
-        result["mid_layer"] = mid
+        result["mid_layer"] = choose_mid_layer(result["sweep"], final)
+    summary["layer_choice"] = {
+        **choose_served_layer(summary["datasets"]),
+        "backbone": plan.backbone,
+        "dim": plan.dim,
+        "beta": default_beta,
+    }
+    served = summary["layer_choice"]["layer"]
+    parts: dict[str, dict[str, list[Row]]] = {}
+    for name in datasets:
+        mid = summary["datasets"][name]["mid_layer"]
         parts[name] = {
             "compression": compression_rows(final, mid, plan.dims, states[name][final].shape[1]),
-            "ablations": ablation_rows(plan, final, mid, default_beta),
+            "ablations": ablation_rows(plan, final, mid, default_beta, served),
             "beta": beta_rows(plan, mid, default_beta),
         }
 
@@ -531,7 +593,7 @@ def run_experiments(plan: Plan, cache_dir: Path | None = None) -> dict[str, Any]
         if row.vectors.kind != "lora"
         for seed in plan.seeds
     ]
-    results = run_jobs(context, jobs, "2/2 compression, ablations, beta")
+    results = run_jobs(context, jobs, "2/2 compression, ablations, beta", previous)
     timings["tables_seconds"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -542,23 +604,31 @@ def run_experiments(plan: Plan, cache_dir: Path | None = None) -> dict[str, Any]
         if row.vectors.kind == "lora"
     ]
     for job in tqdm(lora_jobs, desc="LoRA runs", unit="run", disable=not lora_jobs):
-        results[job] = _run_lora_job(plan, datasets[job.dataset], job)
+        reused = (previous or {}).get(job)
+        results[job] = reused if reused is not None else _run_lora_job(plan, datasets[job.dataset], job)
     timings["lora_seconds"] = time.perf_counter() - tick
 
     for name, tables in parts.items():
         for table, rows in tables.items():
             summary["datasets"][name][table] = _scored(rows, _collect(results, name, rows, plan.seeds))
 
-    summary["layer_choice"] = {
-        **choose_served_layer(summary["datasets"]),
-        "backbone": plan.backbone,
-        "dim": plan.dim,
-        "beta": default_beta,
+    all_jobs = {**sweep_results, **results}
+    reused = sum(1 for job in all_jobs if previous and job in previous)
+    summary["jobs"] = {
+        "total": len(all_jobs),
+        "reused_from_previous_run": reused,
+        # CPU-bound seconds of every job's training + evaluation, reused ones included: the work
+        # behind the numbers whatever the wall time of this particular (possibly resumed) run.
+        "job_seconds": round(sum(_job_seconds(r) for r in all_jobs.values()), 1),
     }
     timings["total_seconds"] = time.perf_counter() - started
     summary["timings"] = {k: round(v, 1) for k, v in timings.items()}
     summary["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return summary
+
+
+def _job_seconds(result: dict[str, Any]) -> float:
+    return float(result.get("seconds") or 0.0) + float((result.get("train") or {}).get("seconds") or 0.0)
 
 
 def _collect(

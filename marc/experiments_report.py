@@ -306,7 +306,8 @@ def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command:
         f"({machine['processor']}, {machine['platform']}; load average {machine['load_average_at_start']} "
         f"at start, {machine['load_average_at_end']} at end: the machine was shared). Timings (s): "
         + ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in timings.items())
-        + ".",
+        + "."
+        + _jobs_note(summary.get("jobs")),
         "",
         f"Served-layer choice: **L{summary['layer_choice']['layer']}** ({summary['layer_choice']['rule']}).",
     ]
@@ -348,6 +349,16 @@ def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command:
             *(f"- {line}" for line in claims(result, final)),
         ]
     return "\n".join(out) + "\n"
+
+
+def _jobs_note(jobs: dict[str, Any] | None) -> str:
+    if not jobs:
+        return ""
+    note = f" The {jobs['total']} jobs (training + downstream evaluation, each timed in its worker) add up"
+    note += f" to {jobs['job_seconds'] / 60:.1f} min"
+    if jobs["reused_from_previous_run"]:
+        note += f"; {jobs['reused_from_previous_run']} of them were reused from an earlier run (`--resume`)"
+    return note + "."
 
 
 def _seeds(seeds: Sequence[int]) -> str:

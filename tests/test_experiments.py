@@ -20,11 +20,14 @@ from marc.experiments import (
     choose_served_layer,
     ids_only,
     pca,
+    previous_results,
     quick_plan,
+    run_experiments,
     run_jobs,
 )
 from marc.experiments_report import DOC_BEGIN, DOC_END, compare, update_doc
 
+TABLES = ("sweep", "compression", "ablations", "beta")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GENRES = ["Comedy", "Drama", "Action", "Horror", "Romance", "Sci-Fi"]
 
@@ -105,6 +108,8 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
         assert table == expected, name
 
         ablations = [(r["kind"], r["layer"], r["settings"]) for r in result["ablations"]]
+        # MARC is also cut at the served layer and at half depth, unless that is the mid/final layer.
+        checks = [layer for layer in dict.fromkeys([summary["layer_choice"]["layer"], final // 2])]
         assert ablations == [
             ("trained", mid, {}),
             ("trained", mid, {"recon_weight": plan.recon_weight}),
@@ -112,6 +117,7 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
             ("trained", mid, {"beta": 0.0}),
             ("trained", mid, {"adapter_layers": 1}),
             ("trained", final, {}),
+            *[("trained", layer, {}) for layer in checks if layer not in (mid, final)],
             ("lora", mid, {"epochs": 1}),
             ("lora", final, {"epochs": 1}),
         ], name
@@ -130,6 +136,7 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
     assert choice["layer"] in summary["backbone"]["swept_layers"]
     assert set(choice["mid_layer_by_dataset"]) == set(summary["datasets"])
     assert {"total_seconds", "pooled_states_seconds"} <= set(summary["timings"])
+    assert summary["jobs"]["reused_from_previous_run"] == 0 and summary["jobs"]["total"] > 0
 
 
 @pytest.mark.slow
@@ -243,3 +250,21 @@ def test_train_records_the_layer_choice_evidence_for_the_manifest(
     assert recorded["layer"] == recorded["layer_used"] == layer and recorded["follows_evidence"] is True
     assert recorded["evidence"] == str(out / "summary.json")
     assert recorded["mean_valid_auc_cold_by_layer"] == summary["layer_choice"]["mean_valid_auc_cold_by_layer"]
+
+
+@pytest.mark.slow
+def test_resume_reuses_every_job_of_an_identical_run(quick_run: tuple[Path, dict[str, Any], Path]) -> None:
+    out, summary, _ = quick_run
+    plan = quick_plan(datasets=("synthetic", "entities"))
+    previous = previous_results(out / "summary.json", plan)
+    jobs = sum(len(r["runs"]) for d in list(summary["datasets"].values())[:2] for t in TABLES for r in d[t])
+    assert len(previous) == len(set(previous)) and 0 < len(previous) <= jobs
+    rerun = run_experiments(plan, previous=previous)  # nothing left to train or evaluate
+    assert rerun["jobs"]["reused_from_previous_run"] == rerun["jobs"]["total"]
+    for name in ("synthetic", "entities"):
+        for table in TABLES:
+            assert [r["auc_cold"] for r in rerun["datasets"][name][table]] == [
+                r["auc_cold"] for r in summary["datasets"][name][table]
+            ]
+    # Other result settings: nothing is reused.
+    assert previous_results(out / "summary.json", quick_plan(train_epochs=3)) == {}

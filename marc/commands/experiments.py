@@ -72,6 +72,12 @@ def register(subparsers: Any) -> None:
         "--cache-dir", type=Path, default=Path(".cache/features"), help="cache of pooled backbone states"
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the per-seed results in --out/summary.json of an earlier run with the same result "
+        "settings (every job is seeded); only jobs that are new or missing run",
+    )
+    parser.add_argument(
         "--update-doc",
         type=Path,
         default=None,
@@ -100,7 +106,7 @@ def _command(args: argparse.Namespace) -> str:
 
 def run_experiments_command(args: argparse.Namespace) -> int:
     from marc.data import DataError
-    from marc.experiments import default_plan, quick_plan, run_experiments
+    from marc.experiments import default_plan, previous_results, quick_plan, run_experiments
     from marc.experiments_report import update_doc, write_outputs
 
     overrides: dict[str, Any] = {
@@ -124,7 +130,10 @@ def run_experiments_command(args: argparse.Namespace) -> int:
         f"{list(plan.seeds)}, k {list(plan.dims)}, {plan.workers} worker(s) -> {args.out}"
     )
     try:
-        summary = run_experiments(plan, cache_dir=args.cache_dir)
+        previous = previous_results(args.out / "summary.json", plan) if args.resume else {}
+        if args.resume:
+            print(f"resuming: {len(previous)} job results reusable from {args.out / 'summary.json'}")
+        summary = run_experiments(plan, cache_dir=args.cache_dir, previous=previous)
     except (DataError, ValueError, FileNotFoundError) as error:
         print(f"marc experiments: error: {error}", file=sys.stderr)
         return 2
