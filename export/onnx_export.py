@@ -94,7 +94,7 @@ def export_checkpoint(
 
     int8_report = None
     if int8:
-        with _step("quantise int8 (dynamic, per channel, outlier MatMuls kept fp32)"):
+        with _step("quantise int8 (dynamic, per channel, measured-sensitive nodes kept fp32)"):
             int8_report = quantize_int8(models["fp32"], models["int8"], out_dir / TOKENIZER_FILE)
     if fp16:
         with _step("convert fp16"):

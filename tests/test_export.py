@@ -390,10 +390,10 @@ def test_smollm2_cut_at_two_layers_exports_with_parity(tmp_path: Path) -> None:
     assert open_session(artifact).run(None, artifact.tokenize(texts))[0].shape == (2, 16)
 
 
-def test_int8_keeps_outlier_matmuls_in_fp32_until_the_target_is_met(
+def test_int8_target_decides_which_nodes_stay_fp32(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("export.quantize.TARGET_MEAN_COSINE", 2.0)  # unreachable: all MatMuls stay fp32
+    monkeypatch.setattr("export.quantize.TARGET_MEAN_COSINE", 2.0)  # unreachable: everything stays fp32
     manifest = export_checkpoint(tiny_checkpoint, tmp_path / "artifact", int8=True)
     report = manifest.export["int8"]
     graph = onnx.load(str(tmp_path / "artifact" / "model.int8.onnx")).graph
@@ -402,10 +402,10 @@ def test_int8_keeps_outlier_matmuls_in_fp32_until_the_target_is_met(
     assert set(report["fp32_nodes"]) == {n.name for n in weight_matmuls} | {
         "/compressor/mean/Gemm",
         "/compressor/mean/Gemm_MatMul",
+        "/backbone/embed_tokens/Gather",
     }
-    assert not any(n.op_type == "MatMulInteger" for n in graph.node)
-    # The embedding table (a Gather, not a MatMul) is still int8.
-    assert manifest.variants["int8"].bytes < manifest.variants["fp32"].bytes
+    assert not any(n.op_type in ("MatMulInteger", "DequantizeLinear") for n in graph.node)
+    assert report["fp32_per_role"]["/backbone/layers.*/mlp/down_proj/MatMul"] == "2/2"
 
     monkeypatch.setattr("export.quantize.TARGET_MEAN_COSINE", 0.0)  # anything passes: nothing kept fp32
     manifest = export_checkpoint(tiny_checkpoint, tmp_path / "artifact", int8=True)
@@ -413,3 +413,31 @@ def test_int8_keeps_outlier_matmuls_in_fp32_until_the_target_is_met(
     graph = onnx.load(str(tmp_path / "artifact" / "model.int8.onnx")).graph
     quantised = [n.name for n in graph.node if n.op_type == "MatMulInteger"]
     assert len(quantised) == 14 and not any("compressor" in name for name in quantised)
+    # The embedding table (a Gather, not a MatMul) is int8 too.
+    assert any(n.op_type == "DequantizeLinear" and "embed_tokens" in n.name for n in graph.node)
+    assert manifest.variants["int8"].bytes < manifest.variants["fp32"].bytes / 2
+
+
+def test_int8_selection_meets_its_calibration_target(
+    export_tiny: ExportFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import export.quantize as quantize
+
+    artifact = export_tiny()
+    model, tokenizer = artifact / "model.onnx", artifact / "tokenizer.json"
+    report = quantize.quantize_int8(model, tmp_path / "default.onnx", tokenizer)
+    assert report["calibration_mean_cosine"] >= quantize.TARGET_MEAN_COSINE
+    graph = onnx.load(str(tmp_path / "default.onnx")).graph
+    assert any(n.op_type == "MatMulInteger" for n in graph.node)
+
+    # A target between all-int8 and fp32: the search must keep some nodes fp32 and still quantise some,
+    # and the model it writes (not only the search's mixed graph) must meet the target.
+    all_int8 = report["all_int8_calibration_mean_cosine"]
+    assert all_int8 < 1
+    target = (1 + all_int8) / 2
+    monkeypatch.setattr("export.quantize.TARGET_MEAN_COSINE", target)
+    report = quantize.quantize_int8(model, tmp_path / "between.onnx", tokenizer)
+    assert report["calibration_mean_cosine"] >= target
+    kept = set(report["fp32_nodes"]) - {"/compressor/mean/Gemm", "/compressor/mean/Gemm_MatMul"}
+    graph = onnx.load(str(tmp_path / "between.onnx")).graph
+    assert kept and any(n.op_type == "MatMulInteger" for n in graph.node)
