@@ -56,7 +56,7 @@ RUN_DIR ?= runs/$(notdir $(ARTIFACT_DIR))
 EXPERIMENTS_SUMMARY ?= reports/experiments/summary.json
 TRAIN_ARGS ?= $(if $(and $(filter smollm2,$(BACKBONE)),$(wildcard $(EXPERIMENTS_SUMMARY))),--evidence $(EXPERIMENTS_SUMMARY))
 # Extra `marc export` options, e.g. --int8 (CPU) or --fp16 (GPU) variants; each must pass its parity gate.
-# --int8 by default: the served artifact carries the CPU variant (SmolLM2 L15: cosine 0.994, ~1.7x fp32).
+# --int8 by default: the served artifact carries the CPU variant (its parity cosine and speed: BENCHMARKS.md).
 EXPORT_ARGS ?= --int8
 SERVE_PORT ?= 8000
 
