@@ -328,6 +328,8 @@ def ort_session_options(intra_threads: int = 0, inter_threads: int = 0) -> onnxr
     options.intra_op_num_threads = intra_threads
     options.inter_op_num_threads = inter_threads
     options.log_severity_level = 3  # errors only: no warning spam at start-up
+    # Idle ORT threads would otherwise spin between runs and take the core the event loop needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
