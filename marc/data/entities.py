@@ -94,6 +94,9 @@ ENTITIES: dict[str, list[str]] = {
         "Lewis Carroll", "Hans Christian Andersen",
     ],
 }  # fmt: skip
+# The categories whose entities are people: their names share a form ("First Last") that the
+# other categories rarely have, so "is this a person" is partly readable from the text alone.
+PERSON_CATEGORIES = ("musician", "painter", "athlete", "scientist", "writer")
 _TASTE_RANK = 3  # users' category tastes are mixtures of a few latent personas
 
 
