@@ -33,16 +33,19 @@ from marc.data.fetch import (
 from marc.data.movielens100k import read_movielens100k
 
 
+def _marc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The `marc` command in a new process, as a user runs it."""
+    command = [sys.executable, "-m", "marc.cli", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+
+
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """(out, cache, stdout) of `marc data get ml-100k` run as a user runs it: a new process, PyPI."""
+    """(out, cache, stdout) of the README's `marc data get ml-100k` (default paths, from PyPI)."""
     root = tmp_path_factory.mktemp("ml100k")
-    out, cache = root / "ml-100k", root / "cache"
-    command = [sys.executable, "-m", "marc.cli", "data", "get", "ml-100k", "--out", str(out)]
-    command += ["--cache-dir", str(cache)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    result = _marc("data", "get", "ml-100k", cwd=root)
     assert result.returncode == 0, result.stderr
-    return out, cache, result.stdout
+    return root / "data" / "ml-100k", root / ".cache" / "downloads", result.stdout
 
 
 @pytest.mark.slow
@@ -50,19 +53,20 @@ def test_get_ml100k_from_pypi_has_the_published_counts(fetched: tuple[Path, Path
     out, cache, stdout = fetched
     assert "downloading recbole==1.2.1 from PyPI" in stdout and "extracting" in stdout
     assert f"943 users, 1,682 items, 100,000 ratings; checked) in {out.resolve()}" in stdout
-    assert f"movielens100k:{out}?text=title" in stdout
+    assert "movielens100k:data/ml-100k?text=title" in stdout
     # Only the three data files, nothing else of the wheel; the wheel itself stays in the cache.
     assert sorted(p.name for p in out.iterdir()) == ["ml-100k.inter", "ml-100k.item", "ml-100k.user"]
     assert (cache / RECBOLE_WHEEL).is_file()
     table = read_movielens100k(out)
     assert len(np.unique(table.users)) == 943 == len(table.user_ids)
     assert len(table.movies.ids) == 1682 and len(table.ratings) == 100_000
-    assert table.movies.titles[0] == "Toy Story (1995)" and table.movies.genres[0] == [
-        "Animation",
-        "Children's",
-        "Comedy",
-    ]
+    assert table.movies.titles[0] == "Toy Story (1995)"
+    assert table.movies.genres[0] == ["Animation", "Children's", "Comedy"]
     assert sorted(np.unique(table.ratings).tolist()) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    # The README's next command.
+    shown = _marc("data", "show", "movielens100k:data/ml-100k?text=title", cwd=out.parent.parent)
+    assert shown.returncode == 0, shown.stderr
+    assert "dataset: movielens-100k-title" in shown.stdout and "users: 943  items: 1682" in shown.stdout
 
 
 @pytest.mark.slow
