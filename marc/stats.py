@@ -3,7 +3,7 @@
 * `bootstrap_auc`: AUC with a percentile bootstrap CI (default 95%). The resampling unit is a
   *group* of rows (items or users), not a row: rows of one item share that item's difficulty, so a
   row bootstrap would understate the noise of a test set with few items.
-* `paired_auc_difference`: AUC(a) - AUC(b) of two models scored on the same rows, with each
+* `paired_aucs`: both AUCs and AUC(a) - AUC(b) of two models scored on the same rows, with each
   bootstrap replicate resampling the same groups for both models (paired), so the shared
   difficulty of the rows cancels out.
 * `verdict`: "better" / "worse" / "no difference" from the paired difference's CI.
@@ -157,21 +157,6 @@ def paired_aucs(
         _interval(auc_b, replicates_b, level, count),
         _interval(auc_a - auc_b, replicates_a - replicates_b, level, count),
     )
-
-
-def paired_auc_difference(
-    labels: np.ndarray,
-    scores_a: np.ndarray,
-    scores_b: np.ndarray,
-    groups: np.ndarray,
-    *,
-    resamples: int = RESAMPLES,
-    seed: int = 0,
-    level: float = LEVEL,
-) -> Interval:
-    """AUC(a) - AUC(b) on the same rows, with a paired percentile bootstrap CI over `groups`."""
-    options = {"resamples": resamples, "seed": seed, "level": level}
-    return paired_aucs(labels, scores_a, scores_b, groups, **options)[2]
 
 
 def verdict(difference: Interval) -> str:

@@ -20,7 +20,7 @@ from marc.stats import (
     auc,
     bootstrap_auc,
     compare_predictions,
-    paired_auc_difference,
+    paired_aucs,
     sample_std,
     verdict,
 )
@@ -53,7 +53,7 @@ def test_auc_matches_sklearn_with_ties_and_integer_weights_match_repeated_rows()
 
 def test_identical_models_differ_by_exactly_zero() -> None:
     item, labels, scores = clustered()
-    difference = paired_auc_difference(labels, scores, scores.copy(), item, resamples=300)
+    difference = paired_aucs(labels, scores, scores.copy(), item, resamples=300)[2]
     assert difference.estimate == difference.low == difference.high == 0.0
     assert difference.contains(0.0) and verdict(difference) == "no difference"
 
@@ -61,9 +61,9 @@ def test_identical_models_differ_by_exactly_zero() -> None:
 def test_clearly_better_model_excludes_zero_and_the_verdict_follows_the_sign() -> None:
     item, labels, weak = clustered(signal=0.3)
     strong = weak + 1.0 * labels  # the same rows, a much stronger signal
-    better = paired_auc_difference(labels, strong, weak, item, resamples=500)
+    better = paired_aucs(labels, strong, weak, item, resamples=500)[2]
     assert better.low > 0 and verdict(better) == "better"
-    worse = paired_auc_difference(labels, weak, strong, item, resamples=500)
+    worse = paired_aucs(labels, weak, strong, item, resamples=500)[2]
     assert worse.high < 0 and verdict(worse) == "worse"
     assert worse.estimate == pytest.approx(-better.estimate)
 
@@ -73,7 +73,7 @@ def test_equally_good_models_are_no_difference() -> None:
     rng = np.random.default_rng(5)
     a = labels + rng.normal(0, 1.5, len(labels))  # two independent models of the same quality
     b = labels + rng.normal(0, 1.5, len(labels))
-    assert verdict(paired_auc_difference(labels, a, b, item, resamples=500)) == "no difference"
+    assert verdict(paired_aucs(labels, a, b, item, resamples=500)[2]) == "no difference"
 
 
 def test_seeded_bootstrap_is_reproducible_and_the_seed_matters() -> None:
