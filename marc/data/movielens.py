@@ -29,22 +29,20 @@ USERS_FIELDS = ("UserID", "Gender", "Age", "Occupation", "Zip-code")
 
 
 def _read_movies(path: Path) -> Movies:
-    movies = Movies()
+    movies = Movies(path, MOVIES_FIELDS)
     for line, (movie_id, title, genres) in iter_fields(path, "::", MOVIES_FIELDS):
         number = int_field(movie_id, "MovieID", path, line)
-        movies.add(path, line, number, title, [g for g in genres.split("|") if g.strip()], MOVIES_FIELDS)
+        movies.add(line, number, title, [g for g in genres.split("|") if g.strip()])
     return movies
 
 
 def _read_users(path: Path) -> Users:
     """User ids in file order and their side features (gender 0/1 for F/M, age code, occupation code)."""
-    users = Users()
+    users = Users(path, "UserID")
     for line, (user_id, sex, age_code, job, _zip) in iter_fields(path, "::", USERS_FIELDS):
         users.add(
-            path,
             line,
             int_field(user_id, "UserID", path, line),
-            "UserID",
             gender=gender_code(sex, "Gender", path, line),
             age=int_field(age_code, "Age", path, line),
             occupation=int_field(job, "Occupation", path, line),
@@ -60,14 +58,7 @@ def read_movielens(directory: str | Path) -> RatingsTable:
     users_path = directory / "users.dat"
     movies = _read_movies(movies_path)
     users = _read_users(users_path) if users_path.is_file() else None
-    ratings = Ratings(
-        ratings_path,
-        ("UserID", "MovieID", "Rating"),
-        movies,
-        movies_path,
-        users,
-        users_path if users is not None else None,
-    )
+    ratings = Ratings(ratings_path, ("UserID", "MovieID", "Rating"), movies, users)
     for line, (user_id, movie_id, rating, timestamp) in iter_fields(
         ratings_path, "::", RATINGS_FIELDS, progress=True
     ):

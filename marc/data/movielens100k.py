@@ -154,30 +154,26 @@ def _read(directory: Path, layout: str) -> RatingsTable:
     paths = {role: directory / name for role, name in files.items()}
     for role in ("movies", "ratings"):
         require_file(paths[role], f"MovieLens-100K {role}")
-    movies = Movies()
-    movie_names = (columns["movies"][0], columns["movies"][1], columns["movies"][3])
+    movie_columns = columns["movies"]
+    movies = Movies(paths["movies"], (movie_columns[0], movie_columns[1], movie_columns[3]))
     for line, row in rows(paths["movies"], "movies"):
-        movies.add(paths["movies"], line, *movie_of(row, paths["movies"], line), movie_names)
+        movies.add(line, *movie_of(row, paths["movies"], line))
     users = None
     if paths["users"].is_file():
-        users = Users()
         path = paths["users"]
         user_id, age, gender, occupation = columns["users"][:4]
+        users = Users(path, user_id)
         for line, row in rows(path, "users"):
             users.add(
-                path,
                 line,
                 int_field(row[user_id], user_id, path, line),
-                user_id,
                 gender=gender_code(row[gender], gender, path, line),
                 age=int_field(row[age], age, path, line),
                 occupation=row[occupation],
             )
     path = paths["ratings"]
     user_id, item_id, rating, timestamp = columns["ratings"]
-    ratings = Ratings(
-        path, (user_id, item_id, rating), movies, paths["movies"], users, paths["users"] if users else None
-    )
+    ratings = Ratings(path, (user_id, item_id, rating), movies, users)
     for line, row in rows(path, "ratings"):
         ratings.add(
             line,

@@ -44,22 +44,22 @@ SPLIT_RULE = (
 class Movies:
     """The item file: ids in file order, the "Title (Year)" shown to the model, the genres."""
 
+    path: Path
+    names: tuple[str, str, str]
+    """The file's (id, title, genres) field names, for error messages."""
     ids: list[str] = field(default_factory=list)
     titles: list[str] = field(default_factory=list)
     genres: list[list[str]] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
 
-    def add(
-        self, path: Path, line: int, movie_id: int, title: str, genres: list[str], names: tuple[str, ...]
-    ) -> None:
-        """Add one movie; `names` = the file's (id, title, genres) field names for error messages."""
+    def add(self, line: int, movie_id: int, title: str, genres: list[str]) -> None:
         key = str(movie_id)
         if key in self.index:
-            raise DataError.at(path, line, f"field '{names[0]}': duplicate movie id {key}")
+            raise DataError.at(self.path, line, f"field '{self.names[0]}': duplicate movie id {key}")
         if not title.strip():
-            raise DataError.at(path, line, f"field '{names[1]}' is empty")
+            raise DataError.at(self.path, line, f"field '{self.names[1]}' is empty")
         if not genres:
-            raise DataError.at(path, line, f"field '{names[2]}' is empty")
+            raise DataError.at(self.path, line, f"field '{self.names[2]}' is empty")
         self.index[key] = len(self.ids)
         self.ids.append(key)
         self.titles.append(title.strip())
@@ -75,13 +75,15 @@ class Movies:
 class Users:
     """The optional user file: ids in file order and per-user side features (`user_<name>` in meta)."""
 
+    path: Path
+    id_name: str
     index: dict[str, int] = field(default_factory=dict)
     features: dict[str, list[Any]] = field(default_factory=dict)
 
-    def add(self, path: Path, line: int, user_id: int, id_name: str, **features: Any) -> None:
+    def add(self, line: int, user_id: int, **features: Any) -> None:
         key = str(user_id)
         if key in self.index:
-            raise DataError.at(path, line, f"field '{id_name}': duplicate user id {key}")
+            raise DataError.at(self.path, line, f"field '{self.id_name}': duplicate user id {key}")
         self.index[key] = len(self.index)
         for name, value in features.items():
             self.features.setdefault(name, []).append(value)
@@ -98,19 +100,12 @@ class Ratings:
     """Rating rows as they are read; checks every id against the movie (and user) files."""
 
     def __init__(
-        self,
-        path: Path,
-        names: tuple[str, str, str],
-        movies: Movies,
-        movies_path: Path,
-        users: Users | None = None,
-        users_path: Path | None = None,
+        self, path: Path, names: tuple[str, str, str], movies: Movies, users: Users | None = None
     ) -> None:
         """`names` = the rating file's (user id, movie id, rating) field names for error messages."""
         if not movies.ids:
-            raise DataError.at(movies_path, None, "no movies")
-        self.path, self.names = path, names
-        self.movies, self.movies_path, self.users, self.users_path = movies, movies_path, users, users_path
+            raise DataError.at(movies.path, None, "no movies")
+        self.path, self.names, self.movies, self.users = path, names, movies, users
         self.raw_users: list[str] = []
         self.items: list[int] = []
         self.ratings: list[float] = []
@@ -119,18 +114,18 @@ class Ratings:
     def add(self, line: int, user_id: int, movie_id: int, rating: float, timestamp: float) -> None:
         user_name, movie_name, rating_name = self.names
         user = str(user_id)
-        if self.users is not None and self.users_path is not None and user not in self.users.index:
+        if self.users is not None and user not in self.users.index:
             raise DataError.at(
                 self.path,
                 line,
-                f"field '{user_name}': unknown user id {user} (not in {self.users_path.name})",
+                f"field '{user_name}': unknown user id {user} (not in {self.users.path.name})",
             )
         movie = str(movie_id)
         if movie not in self.movies.index:
             raise DataError.at(
                 self.path,
                 line,
-                f"field '{movie_name}': unknown movie id {movie} (not in {self.movies_path.name})",
+                f"field '{movie_name}': unknown movie id {movie} (not in {self.movies.path.name})",
             )
         if not 1 <= rating <= 5:
             raise DataError.at(self.path, line, f"field '{rating_name}' must be 1-5, got {rating:g}")
@@ -175,7 +170,7 @@ class RatingsTable:
             name=name,
             source=source,
             file_format=file_format,
-            files=[str(f) for f in (ratings.movies_path, ratings.path, ratings.users_path) if f],
+            files=[str(movies.path), str(ratings.path), *([str(users.path)] if users else [])],
             movies=movies,
             user_ids=user_ids,
             users=np.asarray([index[u] for u in ratings.raw_users], dtype=np.int64),
