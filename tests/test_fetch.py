@@ -185,7 +185,7 @@ def test_cached_wheel_that_is_not_a_zip(tmp_path: Path, capsys) -> None:
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / RECBOLE_WHEEL).write_bytes(b"<html>proxy error</html>")
     code, err = _get(capsys, "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"))
-    assert code == 2 and f"{RECBOLE_WHEEL} is not a zip file" in err
+    assert code == 2 and f"{RECBOLE_WHEEL} is not a zip file" in err and "delete it and run again" in err
 
 
 def test_cached_wheel_without_the_dataset(tmp_path: Path, capsys) -> None:

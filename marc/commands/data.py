@@ -167,8 +167,8 @@ def _get(args: argparse.Namespace) -> int:
     print(f"MovieLens-100K ({fetched.layout} files, {counts}; {state}) in {fetched.directory.resolve()}:")
     for path in fetched.files:
         print(f"  {path}")
-    print(f"dataset specs: movielens100k:{fetched.directory} (text: title + genres), "
-          f"movielens100k:{fetched.directory}?text=title (title and year only)")  # fmt: skip
+    spec = f"movielens100k:{fetched.directory}"
+    print(f"dataset specs: {spec} (text: title, year, genres); '{spec}?text=title' (title and year only)")
     return 0
 
 

@@ -135,7 +135,7 @@ def _open_zip(path: Path, what: str) -> zipfile.ZipFile:
 
 def extract_from_wheel(wheel: Path, out: Path, say: Say = print) -> list[Path]:
     """Extract the three RecBole MovieLens-100K files of the wheel into `out`."""
-    with _open_zip(wheel, f"the {RECBOLE_REQUIREMENT} wheel") as archive:
+    with _open_zip(wheel, f"the {RECBOLE_REQUIREMENT} wheel; delete it and run again") as archive:
         members = set(archive.namelist())
         names = [WHEEL_FOLDER + name for name in RECBOLE_FILES.values()]
         missing = [name for name in names if name not in members]
