@@ -34,6 +34,7 @@ def fabricate(movies: int = 60, users: int = 40, per_user: int = 25, seed: int =
         (10 + m, f"Film number {m}", 1950 + m, sorted({GENRES[m % 6], GENRES[(m * 5) % 6]}))
         for m in range(movies - 1)
     ]
+    catalogue[2] = (12, "Café Society", 1995, ["Drama"])  # latin-1 in ML-1M and GroupLens, UTF-8 in RecBole
     catalogue.append((10 + movies - 1, "Never Rated", 1999, ["Drama"]))  # no ratings at all
     people = [(100 + u, "FM"[u % 2], 18 + u, u % 7) for u in range(users)]
     rows = []
