@@ -8,6 +8,7 @@ linear compressor (no task adaptation module A, no bottleneck); mid layer + PCA 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,84 @@ from marc.evaluate import CTRConfig, evaluate_vectors, pca_vectors, summarise_ru
 from marc.features import pooled_states
 
 log = logging.getLogger(__name__)
+
+# Surface form of an item text, no knowledge: what a model could learn from the string alone.
+SURFACE_FEATURES: tuple[str, ...] = (
+    "characters",
+    "words",
+    "mean_word_length",
+    "capitalised_share",
+    "single_word",
+    "starts_with_article",
+    "has_digit",
+    "has_non_ascii",
+    "has_punctuation",
+    "has_initials",
+    "has_name_particle",
+    "person_like",
+    "year",
+    "has_year",
+    "has_parenthesis",
+    "trailing_article",
+    "vowel_share",
+)
+_ARTICLES = {"the", "a", "an", "la", "le", "les", "il", "el", "der", "die", "das"}
+_NAME_PARTICLES = {"de", "da", "di", "del", "van", "von", "der", "du", "la", "le", "of"}
+_YEAR = re.compile(r"\((\d{4})\)")
+
+
+def _surface(text: str) -> list[float]:
+    words = text.split()
+    letters = [c for c in text.lower() if c.isalpha()]
+    capitalised = [w[:1].isupper() for w in words]
+    particles = [w.lower() in _NAME_PARTICLES for w in words]
+    year = _YEAR.search(text)
+    article_first = bool(words) and words[0].lower() in _ARTICLES
+    # "Person-ness" from form alone: 2-4 words, each capitalised or a name particle, no article, no digit.
+    person_like = (
+        2 <= len(words) <= 4
+        and all(c or p for c, p in zip(capitalised, particles, strict=True))
+        and not article_first
+        and not any(ch.isdigit() for ch in text)
+    )
+    return [
+        len(text),
+        len(words),
+        float(np.mean([len(w) for w in words])) if words else 0.0,
+        float(np.mean(capitalised)) if words else 0.0,
+        len(words) == 1,
+        article_first,
+        any(ch.isdigit() for ch in text),
+        any(ord(ch) > 127 for ch in text),
+        any(ch in ".,'-:&!?" for ch in text),
+        re.search(r"\b[A-Z]\.", text) is not None,
+        any(particles),
+        person_like,
+        int(year.group(1)) if year else 0,
+        year is not None,
+        text.replace(year.group(0), "").count("(") > 0 if year else "(" in text,
+        re.search(r", (The|A|An|La|Le|Il|Les|Das|Der|Die)\b", text) is not None,
+        sum(c in "aeiouy" for c in letters) / len(letters) if letters else 0.0,
+    ]
+
+
+def surface_vectors(texts: Sequence[str]) -> np.ndarray:
+    """[len(texts), len(SURFACE_FEATURES)] features of each text's surface form (length, words,
+    capitalisation, "looks like a person's name", the year in "Title (Year)", ...). A baseline
+    for knowledge claims: what a model gets from the string's form without knowing what it names."""
+    return np.asarray([_surface(text) for text in texts], dtype=np.float32)
+
+
+def person_oracle_vectors(dataset: RecDataset) -> np.ndarray:
+    """[num_items, 1]: 1 for entities whose (hidden) category is a kind of person. Not a surface
+    feature: an oracle that knows only "is this a person" (needs the generator's `meta`)."""
+    from marc.data.entities import PERSON_CATEGORIES
+
+    if "item_category" not in dataset.meta:
+        raise ValueError(f"the person oracle needs the entities generator's meta; {dataset.name} has none")
+    names = np.asarray(dataset.meta["categories"])[dataset.meta["item_category"]]
+    return np.isin(names, list(PERSON_CATEGORIES)).astype(np.float32)[:, None]
+
 
 VectorsForSeed = Callable[[int], "np.ndarray | None"]
 
@@ -204,4 +283,77 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             )
             + " |"
         )
+    return "\n".join(lines)
+
+
+def surface_check(
+    dataset: RecDataset,
+    seeds: Sequence[int],
+    out_dir: Path,
+    *,
+    resamples: int = 2000,
+    ctr: CTRConfig | None = None,
+) -> list[dict[str, Any]]:
+    """How much of the cold-item signal the text's surface form alone carries.
+
+    Rows: ids only, the surface features (`surface_vectors`) and, on `entities`, the single
+    "person-like form" feature and the person oracle (`person_oracle_vectors`);
+    each scored by the downstream harness for every seed (per-row test predictions written to
+    `out_dir`). Per row: cold and warm test AUC, mean and sample std (ddof=1) over seeds; for the
+    first seed the 95% bootstrap CI over cold test items and the paired difference to ids only
+    with its CI and verdict (`marc.stats.compare_predictions`).
+    """
+    from marc.predictions import load_predictions
+    from marc.stats import compare_predictions, sample_std
+
+    candidates: dict[str, np.ndarray | None] = {
+        "ids only": None,
+        "surface form": surface_vectors(dataset.item_texts),
+    }
+    if "item_category" in dataset.meta:  # entities: "is a person" read from the form, and known
+        person_like = SURFACE_FEATURES.index("person_like")
+        candidates["person-like form"] = candidates["surface form"][:, [person_like]]
+        candidates["person oracle"] = person_oracle_vectors(dataset)
+    rows = []
+    for name, vectors in candidates.items():
+        slug = name.replace(" ", "-")
+        runs = [
+            evaluate_vectors(dataset, vectors, seed, ctr, predictions=out_dir / f"{slug}-seed{seed}.npz")
+            for seed in seeds
+        ]
+        log.info("%s: cold AUC %s", name, [round(run["auc_cold"], 4) for run in runs])
+        row: dict[str, Any] = {"name": name, "dim": runs[0]["dim"], "seeds": list(seeds)}
+        for key in ("auc_cold", "auc_warm"):
+            row[key] = float(np.mean([run[key] for run in runs]))
+            row[f"{key}_std"] = sample_std([run[key] for run in runs])
+        rows.append(row)
+    baseline = load_predictions(out_dir / f"ids-only-seed{seeds[0]}.npz")
+    for row in rows:
+        mine = load_predictions(out_dir / f"{row['name'].replace(' ', '-')}-seed{seeds[0]}.npz")
+        row["vs_ids_only"] = compare_predictions(mine, baseline, part="cold", by="item", resamples=resamples)
+    return rows
+
+
+def format_surface_check(rows: list[dict[str, Any]]) -> str:
+    """The rows of `surface_check` as a markdown table."""
+    lines = [
+        "| vectors | AUC cold (mean ± std over seeds) | AUC warm | AUC cold, 95% CI over items (first seed) "
+        "| minus ids only, 95% CI | verdict |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        comparison = row["vs_ids_only"]
+        a, diff = comparison["auc_a"], comparison["difference"]
+        lines.append(
+            f"| {row['name']} | {row['auc_cold']:.4f}"
+            + (f" ± {row['auc_cold_std']:.4f}" if len(row["seeds"]) > 1 else "")
+            + f" | {row['auc_warm']:.4f} | "
+            f"{a['estimate']:.4f} [{a['low']:.4f}, {a['high']:.4f}] | "
+            f"{diff['estimate']:+.4f} [{diff['low']:+.4f}, {diff['high']:+.4f}] | {comparison['verdict']} |"
+        )
+    cold = rows[0]["vs_ids_only"]
+    lines.append(
+        f"\n{cold['rows']} cold test rows on {cold['auc_a']['groups']} cold test items; "
+        f"{cold['difference']['resamples']} bootstrap resamples of the items."
+    )
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from marc.data import Interactions, RecDataset
+from marc.predictions import predictions_for, save_predictions
 
 METRIC_KEYS: tuple[str, ...] = (
     "auc_all",
@@ -222,11 +224,13 @@ def evaluate_vectors(
     vectors: np.ndarray | None,
     seed: int = 0,
     config: CTRConfig | None = None,
+    predictions: Path | None = None,
 ) -> dict[str, float]:
     """Train the CTR model with ``vectors`` ([num_items, f] frozen side features, or None for ids
     only) on train, early-stop on valid AUC, and score test: AUC and LogLoss on all, warm and cold
     rows, the valid AUCs (for choosing between vector sets without looking at test), and bytes per
-    item of the vectors in float32 and float16."""
+    item of the vectors in float32 and float16. ``predictions``: also write the per-row test
+    probabilities there (`marc.predictions` format), for paired comparisons with `marc.stats`."""
     config = config or CTRConfig()
     if vectors is not None:
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -258,6 +262,13 @@ def evaluate_vectors(
                 result[f"auc_{part}"] = _auc(labels, probs[mask])
                 result[f"logloss_{part}"] = _logloss(labels, probs[mask])
     dim = 0 if vectors is None else vectors.shape[1]
+    if predictions is not None:
+        save_predictions(
+            predictions,
+            predictions_for(
+                dataset.test, test_probs, dataset.cold_items, dataset=dataset.name, seed=seed, dim=dim
+            ),
+        )
     result.update(
         dim=dim,
         bytes_per_item_fp32=4 * dim,

@@ -1,4 +1,5 @@
-"""Datasets: generators (determinism, cold split, signal in the text), loaders and their errors, CLI."""
+"""Datasets: generators (determinism, cold split, signal in the text), the JSON-lines loader and its
+errors, CLI. MovieLens: test_movielens.py."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from marc.data import (
     iter_items_jsonl,
     load_dataset,
     load_jsonl,
-    load_movielens,
     make_entities,
     make_synthetic,
     save_dataset,
@@ -125,100 +125,6 @@ def test_entities_num_items_subsets_the_table() -> None:
     assert ds.num_items == 50 and len(set(ds.item_texts)) == 50
     with pytest.raises(ValueError, match="num_items"):
         make_entities(num_items=10_000)
-
-
-# ---------------------------------------------------------------- MovieLens
-
-MOVIES = (
-    "1::Toy Story (1995)::Animation|Children's|Comedy\n"
-    "2::Café Society (1995)::Drama\n"
-    "3::Heat (1995)::Action\n"
-)
-USERS = "10::F::1::10::48067\n20::M::56::16::70072\n"
-
-
-def _write_movielens(directory: Path, ratings: str, users: str | None = USERS, movies: str = MOVIES) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "movies.dat").write_bytes(movies.encode("latin-1"))
-    (directory / "ratings.dat").write_bytes(ratings.encode("latin-1"))
-    if users is not None:
-        (directory / "users.dat").write_bytes(users.encode("latin-1"))
-    return directory
-
-
-def _ratings_for(user: int, count: int, start: int = 1000) -> list[str]:
-    # Written newest first, so the loader must sort by timestamp.
-    return [f"{user}::{1 + k % 3}::{1 + k % 5}::{start + k}" for k in reversed(range(count))]
-
-
-def test_movielens_reads_texts_labels_and_splits_by_time_per_user(tmp_path: Path) -> None:
-    ratings = _ratings_for(20, 20) + _ratings_for(10, 10)
-    ds = load_movielens(_write_movielens(tmp_path, "\n".join(ratings) + "\n"))
-    assert ds.name == "movielens-1m"
-    assert ds.item_ids == ["1", "2", "3"]
-    assert ds.item_texts[0] == "Toy Story (1995). Genres: Animation, Children's, Comedy"
-    assert ds.item_texts[1] == "Café Society (1995). Genres: Drama"
-    assert ds.num_users == 2 and ds.meta["user_ids"] == ["10", "20"]  # users.dat order
-    assert ds.meta["user_gender"].tolist() == [0, 1]
-    assert len(ds.train) + len(ds.valid) + len(ds.test) == 30
-    for user, count in ((1, 20), (0, 10)):  # user "20" has index 1
-        n_test = count // 10
-        n_valid = (count - n_test) // 10
-        assert (ds.test.users == user).sum() == n_test
-        assert (ds.valid.users == user).sum() == n_valid
-    # Rating k % 5 + 1 at time start + k: the latest 2 of user 20 (k=19, 18) are test, k=17 is valid.
-    test_20 = ds.test.subset(ds.test.users == 1)
-    assert sorted(test_20.labels.tolist()) == sorted(float(1 + k % 5 > 3) for k in (18, 19))
-    all_labels = np.concatenate([ds.train.labels, ds.valid.labels, ds.test.labels])
-    assert all_labels.mean() == pytest.approx(2 / 5)  # ratings 4 and 5 of 1..5
-    assert np.array_equal(ds.cold_items, ~np.isin(np.arange(3), ds.train.items))
-
-
-def test_movielens_without_users_dat_and_cold_items(tmp_path: Path) -> None:
-    ratings = "\n".join(_ratings_for(7, 10)).replace("7::3::", "7::1::") + "\n"
-    ds = load_movielens(_write_movielens(tmp_path, ratings, users=None))
-    assert ds.meta["user_ids"] == ["7"]
-    assert ds.cold_items.tolist() == [False, False, True]  # movie 3 has no ratings at all
-    assert load_dataset(f"movielens:{tmp_path}").num_items == 3
-
-
-@pytest.mark.parametrize(
-    ("file", "content", "expected"),
-    [
-        ("ratings.dat", "10::1::5::100\n10::1::5\n", "ratings.dat line 2: expected 4 '::'-separated fields "
-         "(UserID::MovieID::Rating::Timestamp), got 3"),
-        ("ratings.dat", "10::1::five::100\n", "ratings.dat line 1: field 'Rating' must be an integer"),
-        ("ratings.dat", "10::1::9::100\n", "ratings.dat line 1: field 'Rating' must be 1-5"),
-        ("ratings.dat", "10::1::4::100\n10::99::4::100\n", "line 2: field 'MovieID': unknown movie id 99"),
-        ("ratings.dat", "10::1::4::yesterday\n", "ratings.dat line 1: field 'Timestamp' must be an integer"),
-        ("ratings.dat", "33::1::4::100\n", "ratings.dat line 1: field 'UserID': unknown user id 33"),
-        ("movies.dat", "1::Toy Story::Comedy\n1::Heat::Action\n", "line 2: field 'MovieID': duplicate"),
-        ("movies.dat", "1::Toy Story::Comedy\n2::::Action\n", "movies.dat line 2: field 'Title' is empty"),
-        ("movies.dat", "x::Toy Story::Comedy\n", "movies.dat line 1: field 'MovieID' must be an integer"),
-        ("movies.dat", "1::Toy Story::\n", "movies.dat line 1: field 'Genres' is empty"),
-        ("users.dat", "10::X::1::10::48067\n", "users.dat line 1: field 'Gender' must be 'F' or 'M'"),
-        ("users.dat", "10::F::1::10\n", "users.dat line 1: expected 5 '::'-separated fields"),
-        ("users.dat", "10::F::1::10::1\n10::F::1::10::1\n", "users.dat line 2: field 'UserID': duplicate"),
-        ("users.dat", "10::F::old::10::1\n", "users.dat line 1: field 'Age' must be an integer"),
-    ],
-)  # fmt: skip
-def test_movielens_malformed_files_raise_data_error(
-    tmp_path: Path, file: str, content: str, expected: str
-) -> None:
-    _write_movielens(tmp_path, "10::1::4::100\n")
-    (tmp_path / file).write_text(content, encoding="latin-1")
-    with pytest.raises(DataError) as error:
-        load_movielens(tmp_path)
-    assert expected in str(error.value)
-    assert str(tmp_path / file) in str(error.value)
-
-
-@pytest.mark.parametrize("missing", ["movies.dat", "ratings.dat"])
-def test_movielens_missing_file_names_it(tmp_path: Path, missing: str) -> None:
-    _write_movielens(tmp_path, "10::1::4::100\n")
-    (tmp_path / missing).unlink()
-    with pytest.raises(DataError, match=f"expected .*{missing}"):
-        load_movielens(tmp_path)
 
 
 # ---------------------------------------------------------------- JSON lines

@@ -29,6 +29,7 @@ from marc.data.splits import (
     SPLIT_NAMES,
     assign_cold_item_split,
     assign_time_split,
+    hold_out_items,
     never_in_train,
     split_rows,
 )
@@ -197,8 +198,7 @@ def load_jsonl(
         rule = "per user by timestamp: last 10% test, last 10% of the rest valid"
     else:
         rng = np.random.default_rng(seed)
-        held_out = np.zeros(len(item_ids), dtype=bool)
-        held_out[rng.permutation(len(item_ids))[: round(cold_fraction * len(item_ids))]] = True
+        held_out = hold_out_items(len(item_ids), cold_fraction, rng)
         codes = assign_cold_item_split(item_array, held_out, rng, valid_fraction, test_fraction)
         rule = (
             f"random (seed {seed}): valid {valid_fraction:g}, test {test_fraction:g}, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from marc.data.dataset import RecDataset
-from marc.data.splits import assign_cold_item_split, never_in_train, split_rows
+from marc.data.splits import assign_cold_item_split, hold_out_items, never_in_train, split_rows
 
 CLICK_MODEL = (
     "P(click | u, i) = sigmoid(intercept + user_bias[u] + user_weights[u] . item_features[i] + item_bias[i])"
@@ -67,8 +67,7 @@ def build_simulated_dataset(
     """Draw clicks from `probabilities`, hold out `cold_fraction` of the items from train, split the rest."""
     labels = (rng.random(len(probabilities)) < probabilities).astype(np.float32)
     num_items = len(item_ids)
-    held_out = np.zeros(num_items, dtype=bool)
-    held_out[rng.permutation(num_items)[: round(cold_fraction * num_items)]] = True
+    held_out = hold_out_items(num_items, cold_fraction, rng)
     codes = assign_cold_item_split(items, held_out, rng)
     train, valid, test = split_rows(users, items, labels, codes)
     meta = {

@@ -33,12 +33,50 @@ def assign_cold_item_split(
     draw = rng.random(len(items))
     codes[draw < valid_fraction + test_fraction] = 2
     codes[draw < valid_fraction] = 1
+    _send_held_out_rows(codes, items, held_out_items, rng)
+    return codes
+
+
+def hold_out_items(
+    num_items: int, fraction: float, rng: np.random.Generator, eligible: np.ndarray | None = None
+) -> np.ndarray:
+    """bool [num_items]: `round(fraction * n)` items drawn at random among the `eligible` ones
+    (a bool mask; default all n items)."""
+    candidates = np.arange(num_items) if eligible is None else np.flatnonzero(eligible)
+    held_out = np.zeros(num_items, dtype=bool)
+    held_out[candidates[rng.permutation(len(candidates))[: round(fraction * len(candidates))]]] = True
+    return held_out
+
+
+def _send_held_out_rows(
+    codes: np.ndarray, items: np.ndarray, held_out_items: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Set the codes of the rows of held-out items: a random half of those items (rounded down) send
+    all their rows to valid (1), the others to test (2)."""
     held_out = np.flatnonzero(held_out_items)
     rng.shuffle(held_out)
     valid_items = np.zeros_like(held_out_items)
     valid_items[held_out[: len(held_out) // 2]] = True
     cold_rows = held_out_items[items]
     codes[cold_rows] = np.where(valid_items[items[cold_rows]], 1, 2)
+
+
+def assign_item_cold_time_split(
+    users: np.ndarray,
+    items: np.ndarray,
+    timestamps: np.ndarray,
+    held_out_items: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Split code per row (0 train, 1 valid, 2 test): the item-cold protocol for real data.
+
+    Rows of `held_out_items` go to valid or test by item as in `assign_cold_item_split`; every
+    other row is split per user by time (`assign_time_split` over those rows only).
+    """
+    codes = np.zeros(len(items), dtype=np.int8)
+    warm = ~held_out_items[items]
+    codes[warm] = assign_time_split(users[warm], timestamps[warm])
+    _send_held_out_rows(codes, items, held_out_items, rng)
     return codes
 
 
