@@ -17,25 +17,15 @@ from pathlib import Path
 
 import torch
 
+from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
+from artifact.manifest import BackboneInfo, FileEntry, Manifest, VariantEntry, sha256_file
+from artifact.names import FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_FILE
 from export.graph import export_onnx
 from export.parity import check_parity
 from export.quantize import quantize_int8
 from export.tokenizer_file import write_tokenizer
 from export.variants import VARIANT_FILES, convert_fp16
 from marc.checkpoint import CONFIG_FILE, load_checkpoint
-from service.artifact import (
-    FORMAT_VERSION,
-    MANIFEST_FILE,
-    TOKENIZER_FILE,
-    BackboneInfo,
-    FileEntry,
-    Manifest,
-    VariantEntry,
-    compute_fingerprint,
-    fingerprint_settings,
-    sha256_file,
-    variant_fingerprint,
-)
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from typing import Any
 
 import httpx
 
+from artifact.manifest import Manifest, read_manifest
 from loadtest.depth_variant import checkpoint_of, full_depth_artifact
 from loadtest.loadgen import LoadResult, LoadSpec, Workload, body_factory, run_in_subprocess
 from loadtest.processes import RedisServer, ServerProcess
 from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import item_texts
-from service.artifact import Manifest, read_manifest
 
 log = logging.getLogger("marc.bench")
 

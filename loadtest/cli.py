@@ -66,8 +66,8 @@ def build_standalone_parser() -> argparse.ArgumentParser:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from artifact.names import ArtifactError
     from loadtest.bench import BenchOptions, run_benchmark, write_report
-    from service.artifact import ArtifactError
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.artifact import MANIFEST_FILE, Manifest
+from artifact.manifest import Manifest
+from artifact.names import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import redis
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
+from artifact.loader import load_artifact
 from service.app import create_app
-from service.artifact import load_artifact
 from service.settings import Settings
 
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"

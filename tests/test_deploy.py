@@ -447,7 +447,7 @@ def test_every_dashboard_metric_is_served(served_metrics: str) -> None:
 def test_make_artifact_builds_and_then_reuses_a_small_artifact(tmp_path: Path) -> None:
     """The `make serve` build path end to end on the tiny backbone: train -> export (+int8, parity) ->
     artifact; a second run reuses it. `-o install` keeps make from touching the shared .venv."""
-    from service.artifact import read_manifest
+    from artifact.manifest import read_manifest
 
     artifact = tmp_path / "artifact"
     command = [

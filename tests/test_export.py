@@ -15,19 +15,14 @@ import onnx
 import pytest
 from tokenizers import Tokenizer
 
+from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
+from artifact.loader import load_artifact
+from artifact.manifest import read_manifest, sha256_file
+from artifact.names import ArtifactError
 from export.onnx_export import export_checkpoint
 from marc.checkpoint import Checkpoint, load_checkpoint
 from marc.cli import main as marc_main
-from service.artifact import (
-    ArtifactError,
-    compute_fingerprint,
-    fingerprint_settings,
-    load_artifact,
-    open_session,
-    read_manifest,
-    sha256_file,
-    variant_fingerprint,
-)
+from service.onnx_session import open_session
 
 ExportFn = Callable[..., Path]
 
@@ -150,7 +145,8 @@ _TORCH_FREE_SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, Forbidden())
-    from service.artifact import load_artifact, open_session
+    from artifact.loader import load_artifact
+    from service.onnx_session import open_session
 
     artifact = load_artifact(sys.argv[1], sys.argv[2])
     session = open_session(artifact)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from service_support import onnx_reference
 
-from service.artifact import ArtifactError
+from artifact.names import ArtifactError
 from service.cache import LruCache
 from service.encoder import load_encoder
 from service.keys import KeySpace, normalise_text
