@@ -26,6 +26,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY artifact ./artifact
 COPY marc ./marc
+COPY records ./records
 COPY export ./export
 COPY service ./service
 COPY loadtest ./loadtest

@@ -144,7 +144,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_precompute(args: argparse.Namespace) -> int:
     from artifact.names import ArtifactError
-    from marc.data.errors import DataError
+    from records.errors import DataError
     from service.cache import CacheUnavailable, RedisCache
     from service.cache_values import ValueCodec
     from service.encoder import load_encoder

@@ -15,9 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from marc.cli import main as marc_main
 from marc.data import (
-    DataError,
     RecDataset,
-    iter_items_jsonl,
     load_dataset,
     load_jsonl,
     load_movielens,
@@ -27,6 +25,8 @@ from marc.data import (
 )
 from marc.data.entities import ENTITIES
 from marc.data.simulate import click_logits
+from records.errors import DataError
+from records.jsonl import iter_items_jsonl
 
 SMALL = {"num_users": 300, "interactions_per_user": 30}
 
@@ -354,7 +354,7 @@ def test_jsonl_module_works_without_torch(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "items.jsonl", ITEMS)
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-        "from marc.data.jsonl import iter_items_jsonl\n"
+        "from records.jsonl import iter_items_jsonl\n"
         f"print(len(list(iter_items_jsonl({str(path)!r}))))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -76,7 +76,7 @@ def test_service_never_imports_torch_or_transformers() -> None:
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import service.app, service.cli, service.precompute, service.vector_files\n"
-        "import marc.data.jsonl  # what `marc precompute` reads items.jsonl with\n"
+        "import records.jsonl  # what `marc precompute` reads items.jsonl with\n"
         "from marc.cli import build_parser\n"
         "build_parser().parse_args(['serve', '--help'])\n"
     )

@@ -96,7 +96,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from marc.data import DataError, load_dataset
+    from marc.data import load_dataset
+    from records.errors import DataError
 
     try:
         dataset = load_dataset(args.spec, seed=args.seed)

@@ -106,7 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from marc.backbone import load_backbone
     from marc.baselines import checkpoint_vectors, format_table, run_baselines, score
     from marc.checkpoint import read_config
-    from marc.data import DataError
+    from records.errors import DataError
 
     try:
         config, extra = read_config(args.checkpoint)

@@ -105,9 +105,9 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run_experiments_command(args: argparse.Namespace) -> int:
-    from marc.data import DataError
     from marc.experiments import default_plan, previous_results, quick_plan, run_experiments
     from marc.experiments_report import update_doc, write_outputs
+    from records.errors import DataError
 
     overrides: dict[str, Any] = {
         name: value

@@ -75,8 +75,8 @@ def run_probe_command(args: argparse.Namespace) -> int:
     import time
 
     from marc.backbone import load_backbone
-    from marc.data import DataError
     from marc.probe import probe_layers, run_probe, write_probe
+    from records.errors import DataError
 
     try:
         dataset = load_data(args)

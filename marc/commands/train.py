@@ -140,9 +140,10 @@ def register(subparsers: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from marc.backbone import load_backbone
     from marc.config import ModelConfig, TrainConfig
-    from marc.data import DataError, load_dataset
+    from marc.data import load_dataset
     from marc.experiments import read_layer_choice, record_layer_choice
     from marc.train import train_marc
+    from records.errors import DataError
 
     try:
         # Checked before training, so a wrong path fails in seconds, not after the run.

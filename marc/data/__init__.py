@@ -6,10 +6,10 @@ from typing import Any
 
 from marc.data.dataset import Interactions, RecDataset
 from marc.data.entities import make_entities
-from marc.data.errors import DataError
-from marc.data.jsonl import iter_items_jsonl, load_jsonl, save_dataset
+from marc.data.jsonl import load_jsonl, save_dataset
 from marc.data.movielens import load_movielens
 from marc.data.synthetic import make_synthetic
+from records.errors import DataError
 
 DATASET_SPECS = "'synthetic', 'entities', 'movielens:<dir>', 'jsonl:<dir>'"
 
@@ -37,10 +37,8 @@ def load_dataset(spec: str, seed: int = 0, **sizes: Any) -> RecDataset:
 
 __all__ = [
     "DATASET_SPECS",
-    "DataError",
     "Interactions",
     "RecDataset",
-    "iter_items_jsonl",
     "load_dataset",
     "load_jsonl",
     "load_movielens",

@@ -14,8 +14,8 @@ import numpy as np
 from tqdm import tqdm
 
 from marc.data.dataset import RecDataset
-from marc.data.errors import DataError, require_file
 from marc.data.splits import assign_time_split, never_in_train, split_rows
+from records.errors import DataError, require_file
 
 MOVIES_FIELDS = ("MovieID", "Title", "Genres")
 RATINGS_FIELDS = ("UserID", "MovieID", "Rating", "Timestamp")
