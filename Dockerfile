@@ -30,6 +30,7 @@ COPY records ./records
 COPY export ./export
 COPY service ./service
 COPY loadtest ./loadtest
+COPY marc_serve ./marc_serve
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps --wheel-dir /wheels .
 

@@ -255,7 +255,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch, RedisServer() as redis_server:
         service_args = [
-            "marc.cli",
+            "marc_serve",
             "serve",
             "--artifact",
             str(options.artifact),
@@ -551,13 +551,3 @@ def write_report(report: BenchReport, json_path: Path | None, markdown_path: Pat
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         markdown_path.write_text(markdown)
     return markdown
-
-
-def main() -> int:
-    from loadtest.cli import build_standalone_parser, run_bench
-
-    return run_bench(build_standalone_parser().parse_args())
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -49,7 +49,7 @@ def full_depth_artifact(manifest: Manifest, checkpoint: Path, cache_dir: Path) -
     command = [
         sys.executable,
         "-m",
-        "marc.cli",
+        "marc_serve",
         "export",
         "--checkpoint",
         str(staging_checkpoint),

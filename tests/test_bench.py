@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from marc.cli import main
+from marc_serve.cli import main
 
 ROWS = [
     "1. cold path",

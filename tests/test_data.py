@@ -13,7 +13,6 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import Ridge
 from sklearn.metrics import roc_auc_score
 
-from marc.cli import main as marc_main
 from marc.data import (
     RecDataset,
     load_dataset,
@@ -25,6 +24,7 @@ from marc.data import (
 )
 from marc.data.entities import ENTITIES
 from marc.data.simulate import click_logits
+from marc_serve.cli import main as marc_main
 from records.errors import DataError
 from records.jsonl import iter_items_jsonl
 

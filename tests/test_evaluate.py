@@ -144,7 +144,7 @@ def test_trained_marc_beats_random_and_ids_only_on_cold_items(small_data, marc_r
 def test_evaluate_cli_scores_checkpoint_and_baselines(marc_run, tmp_path: Path, capsys):
     import json
 
-    from marc.cli import main
+    from marc_serve.cli import main
 
     out = tmp_path / "report.json"
     args = ["evaluate", "--checkpoint", str(marc_run.checkpoint_dir), "--items", "600", "--users", "400"]
@@ -171,7 +171,7 @@ def test_probe_layers_always_include_the_final_layer():
 def test_probe_cli_writes_json_and_png_with_one_point_per_layer(tmp_path: Path, capsys):
     import json
 
-    from marc.cli import main
+    from marc_serve.cli import main
 
     out = tmp_path / "probe"
     args = ["probe", "--backbone", "tiny", "--items", "300", "--users", "200", "--dim", "8", "--every", "2"]

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from marc.cli import main
 from marc.data import load_dataset
 from marc.experiments import (
     Job,
@@ -26,6 +25,7 @@ from marc.experiments import (
     run_jobs,
 )
 from marc.experiments_report import DOC_BEGIN, DOC_END, compare, update_doc
+from marc_serve.cli import main
 
 TABLES = ("sweep", "compression", "ablations", "beta")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,7 @@ from artifact.manifest import read_manifest, sha256_file
 from artifact.names import ArtifactError
 from export.onnx_export import export_checkpoint
 from marc.checkpoint import Checkpoint, load_checkpoint
-from marc.cli import main as marc_main
+from marc_serve.cli import main as marc_main
 from service.onnx_session import open_session
 
 ExportFn = Callable[..., Path]

@@ -32,7 +32,7 @@ ITEMS = [
 
 def _marc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "marc.cli", *args],
+        [sys.executable, "-m", "marc_serve", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -104,7 +104,7 @@ def test_marc_serve_runs_and_drains_on_sigterm(tiny_artifact: Path) -> None:
     port = free_port()
     command = ["serve", "--artifact", str(tiny_artifact), "--port", str(port), "--drain-seconds", "1.5"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "marc.cli", *command],
+        [sys.executable, "-m", "marc_serve", *command],
         env={**os.environ, "MARC_LOG_LEVEL": "WARNING", "MARC_REDIS_URL": ""},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

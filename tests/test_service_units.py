@@ -77,7 +77,7 @@ def test_service_never_imports_torch_or_transformers() -> None:
         "sys.meta_path.insert(0, Block())\n"
         "import service.app, service.cli, service.precompute, service.vector_files\n"
         "import records.jsonl  # what `marc precompute` reads items.jsonl with\n"
-        "from marc.cli import build_parser\n"
+        "from marc_serve.cli import build_parser\n"
         "build_parser().parse_args(['serve', '--help'])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -12,13 +12,13 @@ from torch import nn
 
 from marc.backbone import load_backbone
 from marc.checkpoint import load_checkpoint
-from marc.cli import build_parser, main
 from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset, make_synthetic
 from marc.features import pooled_states
 from marc.losses import Reconstruction, kl_to_standard_normal, marc_loss, sample_z, task_bce
 from marc.modules import Compressor, DotProductHead, TaskAdapter
 from marc.train import train_marc, user_histories
+from marc_serve.cli import build_parser, main
 
 LAYER = 2
 
