@@ -83,7 +83,7 @@ def trained_compressor_vectors(
     compressor baseline (no A, beta = 0, no reconstruction: z meets the user by a dot product).
     """
     from marc.config import ModelConfig, TrainConfig
-    from marc.train import train_marc
+    from marc.train.loop import train_marc
 
     model = ModelConfig(
         backbone=backbone_source, layer=layer, dim=dim, pooling=pooling, max_length=max_length

@@ -111,7 +111,7 @@ def test_evaluate_reports_warm_and_cold_metrics(small_data):
 def marc_run(small_data, tiny, tmp_path_factory):
     """MARC (C + A + bottleneck) trained in frozen mode on the tiny backbone's layer-2 states."""
     from marc.config import ModelConfig, TrainConfig
-    from marc.train import train_marc
+    from marc.train.loop import train_marc
 
     out = tmp_path_factory.mktemp("marc-ckpt")
     states = pooled_states(tiny, small_data.item_texts, [2])[2]

@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 
 from marc.data import load_dataset
-from marc.experiments import (
-    Job,
-    RunContext,
-    choose_mid_layer,
-    choose_served_layer,
-    ids_only,
-    pca,
-    previous_results,
-    quick_plan,
-    run_experiments,
-    run_jobs,
-)
-from marc.experiments_report import DOC_BEGIN, DOC_END, compare, update_doc
+from marc.experiments.choice import choose_mid_layer, choose_served_layer
+from marc.experiments.claims import compare
+from marc.experiments.jobs import Job, RunContext, run_jobs
+from marc.experiments.plan import ids_only, pca, quick_plan
+from marc.experiments.report import DOC_BEGIN, DOC_END, update_doc
+from marc.experiments.resume import previous_results
+from marc.experiments.run import run_experiments
 from marc_serve.cli import main
 
 TABLES = ("sweep", "compression", "ablations", "beta")

@@ -17,7 +17,7 @@ from marc.data import RecDataset, make_synthetic
 from marc.features import pooled_states
 from marc.losses import Reconstruction, kl_to_standard_normal, marc_loss, sample_z, task_bce
 from marc.modules import Compressor, DotProductHead, TaskAdapter
-from marc.train import train_marc, user_histories
+from marc.train.loop import train_marc, user_histories
 from marc_serve.cli import build_parser, main
 
 LAYER = 2

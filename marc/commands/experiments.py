@@ -105,8 +105,10 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run_experiments_command(args: argparse.Namespace) -> int:
-    from marc.experiments import default_plan, previous_results, quick_plan, run_experiments
-    from marc.experiments_report import update_doc, write_outputs
+    from marc.experiments.plan import default_plan, quick_plan
+    from marc.experiments.report import update_doc, write_outputs
+    from marc.experiments.resume import previous_results
+    from marc.experiments.run import run_experiments
     from records.errors import DataError
 
     overrides: dict[str, Any] = {

@@ -141,8 +141,9 @@ def run_train(args: argparse.Namespace) -> int:
     from marc.backbone import load_backbone
     from marc.config import ModelConfig, TrainConfig
     from marc.data import load_dataset
-    from marc.experiments import read_layer_choice, record_layer_choice
-    from marc.train import train_marc
+    from marc.experiments.choice import read_layer_choice, record_layer_choice
+    from marc.metrics import format_metric
+    from marc.train.loop import train_marc
     from records.errors import DataError
 
     try:
@@ -202,8 +203,7 @@ def run_train(args: argparse.Namespace) -> int:
     m = result.metrics
 
     def fmt(key: str) -> str:
-        value = m.get(key)
-        return "n/a" if value is None else f"{value:.4f}"
+        return format_metric(m.get(key))
 
     for split, label in (("valid", "validation AUC"), ("test", "test AUC      ")):
         warm, cold = fmt(f"{split}_auc_warm"), fmt(f"{split}_auc_cold")

@@ -1,12 +1,12 @@
-"""Training MARC on the click-through proxy task: C (compressor) + A (task adaptation module) on top of
-the truncated backbone, with the information bottleneck and optional reconstruction losses.
+"""The training loop: C + A (frozen) or LoRA + C + A (lora) on a dataset's clicks, early-stopped on
+validation AUC, and the checkpoint it writes.
 
 Two modes:
   * ``frozen`` - the backbone never changes, so its pooled states at layer L are computed once
     (cached on disk by `marc.features`) and each step only runs C and A: seconds to minutes on CPU.
-  * ``lora``   - LoRA adapters (peft) on the attention projections of the kept layers of the
-    truncated backbone; item texts go through the backbone every step. After training the adapters
-    are merged and only the changed backbone tensors are saved (``backbone_delta``).
+  * ``lora``   - LoRA adapters (peft, `marc.train.lora`) on the attention projections of the kept
+    layers of the truncated backbone; item texts go through the backbone every step. After training
+    the adapters are merged and only the changed backbone tensors are saved (``backbone_delta``).
 
 The user side of the task is a user id embedding plus the mean z of up to ``history_len`` of the
 user's positive training items (never including the item being scored).
@@ -15,6 +15,7 @@ user's positive training items (never including the item being scored).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -25,18 +26,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from marc.backbone import Backbone, Pooling, load_backbone, pool, truncate
+from marc.backbone import Backbone, load_backbone
 from marc.checkpoint import save_checkpoint
 from marc.config import ModelConfig, TrainConfig
 from marc.data import Interactions, RecDataset
 from marc.encoder import ItemEncoder
 from marc.losses import LossParts, Reconstruction, kl_to_standard_normal, marc_loss, sample_z, task_bce
+from marc.metrics import auc, format_metric, log_loss, probabilities
 from marc.modules import Compressor, DotProductHead, TaskAdapter
+from marc.train.item_side import FrozenItems, ItemSide, TextItems
+from marc.train.lora import lora_items, merge_lora
 
 log = logging.getLogger(__name__)
 
@@ -86,107 +89,6 @@ def user_histories(dataset: RecDataset, history_len: int, seed: int) -> np.ndarr
             own = rng.choice(own, history_len, replace=False)
         histories[user, : len(own)] = own
     return histories
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
-
-
-def _logloss(labels: np.ndarray, logits: np.ndarray) -> float | None:
-    if len(labels) == 0:
-        return None
-    probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    return float(log_loss(labels, probs, labels=[0.0, 1.0]))
-
-
-class ItemSide:
-    """Turns item indices into C's (mean, logvar) and the pooled state C saw."""
-
-    compressor: Compressor
-    eval_batch: int = 4096
-    """Items per forward pass when encoding everything without gradients."""
-
-    def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def modules(self) -> list[nn.Module]:
-        return [self.compressor]
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        """Trainable backbone parameters (none when frozen)."""
-        return []
-
-    def all_means(self, num_items: int) -> torch.Tensor:
-        """Served z (eval mode, no gradients) for every item, [num_items, k]."""
-        modes = [m.training for m in self.modules()]
-        for m in self.modules():
-            m.eval()
-        try:
-            with torch.no_grad():
-                chunks = [
-                    self.encode(torch.arange(start, min(start + self.eval_batch, num_items)))[0]
-                    for start in range(0, num_items, self.eval_batch)
-                ]
-        finally:
-            for m, mode in zip(self.modules(), modes, strict=True):
-                m.train(mode)
-        return torch.cat(chunks)
-
-
-class FrozenItems(ItemSide):
-    def __init__(self, pooled: torch.Tensor, compressor: Compressor) -> None:
-        self.pooled = pooled
-        self.compressor = compressor
-
-    def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        states = self.pooled[items]
-        mean, logvar = self.compressor(states)
-        return mean, logvar, states
-
-
-class TextItems(ItemSide):
-    """Item texts through the (LoRA-wrapped, then merged) truncated backbone, pooling and C."""
-
-    eval_batch = 64
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        token_ids: list[list[int]],
-        pad_token_id: int,
-        compressor: Compressor,
-        pooling: Pooling,
-        device: torch.device,
-    ) -> None:
-        self.backbone = backbone
-        self.token_ids = token_ids
-        self.pad_token_id = pad_token_id
-        self.compressor = compressor
-        self.pooling: Pooling = pooling
-        self.device = device
-
-    def _batch(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.token_ids[i] for i in items.tolist()]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):  # right padding, as the served tokenizer does
-            input_ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        return input_ids.to(self.device), mask.to(self.device)
-
-    def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        input_ids, mask = self._batch(items)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        states = pool(hidden, mask, self.pooling)
-        mean, logvar = self.compressor(states)
-        return mean, logvar, states
-
-    def modules(self) -> list[nn.Module]:
-        return [self.compressor, self.backbone]
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.backbone.parameters() if p.requires_grad]
 
 
 @dataclass
@@ -250,10 +152,11 @@ class _Trainer:
                 record["bce"],
                 record["kl"],
                 record["recon"],
-                *(_fmt(valid.get(k)) for k in ("auc", "auc_warm", "auc_cold")),
+                *(format_metric(valid.get(k)) for k in ("auc", "auc_warm", "auc_cold")),
             )
-            epochs.set_postfix(loss=f"{record['loss']:.4f}", valid_auc=_fmt(valid.get("auc")))
-            score = valid.get("auc") or 0.0
+            epochs.set_postfix(loss=f"{record['loss']:.4f}", valid_auc=format_metric(valid.get("auc")))
+            # An undefined AUC (valid holds one class only) counts as 0: the first epoch is kept.
+            score = 0.0 if math.isnan(valid["auc"]) else valid["auc"]
             if score > best_auc:
                 best_auc, best_epoch, best_state, stale = score, epoch, self._snapshot(), 0
             else:
@@ -311,13 +214,13 @@ class _Trainer:
                 out.append(logits.cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
-    def evaluate(self, split: Interactions, means: torch.Tensor) -> dict[str, float | None]:
+    def evaluate(self, split: Interactions, means: torch.Tensor) -> dict[str, float]:
         logits = self.logits(split, means)
         cold = self.dataset.cold_items[split.items]
-        result: dict[str, float | None] = {}
+        result: dict[str, float] = {}
         for suffix, rows in (("", np.ones_like(cold)), ("_warm", ~cold), ("_cold", cold)):
-            result[f"auc{suffix}"] = _auc(split.labels[rows], logits[rows])
-            result[f"logloss{suffix}"] = _logloss(split.labels[rows], logits[rows])
+            result[f"auc{suffix}"] = auc(split.labels[rows], logits[rows])
+            result[f"logloss{suffix}"] = log_loss(split.labels[rows], probabilities(logits[rows]))
         return result
 
     def _history(self, users: np.ndarray, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,49 +245,6 @@ class _Trainer:
             module.load_state_dict(state)
         if isinstance(self.items, TextItems):
             self.items.backbone.load_state_dict(snapshot[-1], strict=False)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _lora_items(
-    backbone: Backbone, dataset: RecDataset, config: ModelConfig, train: TrainConfig, device: torch.device
-) -> TextItems:
-    """Truncate the backbone (in place), freeze it and wrap the kept layers' projections in LoRA."""
-    from peft import LoraConfig, get_peft_model
-
-    truncated = truncate(backbone.model, config.layer)
-    truncated.requires_grad_(False)
-    lora_config = LoraConfig(
-        r=train.lora_rank,
-        lora_alpha=train.lora_alpha,
-        lora_dropout=train.lora_dropout,
-        target_modules=list(train.lora_target_modules),
-        bias="none",
-    )
-    peft_model = get_peft_model(truncated, lora_config).to(device)
-    token_ids = backbone.tokenizer(dataset.item_texts, truncation=True, max_length=config.max_length)
-    compressor = Compressor(backbone.hidden_size, config.dim, config.compressor_hidden).to(device)
-    pad_id = backbone.tokenizer.pad_token_id
-    items = TextItems(peft_model, token_ids["input_ids"], pad_id, compressor, config.pooling, device)
-    # C's input statistics from the untrained backbone (LoRA starts as the identity).
-    peft_model.eval()
-    with torch.no_grad():
-        chunks = torch.arange(dataset.num_items).split(items.eval_batch)
-        compressor.set_input_stats(torch.cat([items.encode(chunk)[2] for chunk in chunks]))
-    return items
-
-
-def _merge_lora(items: TextItems) -> dict[str, torch.Tensor]:
-    """Fold the LoRA weights into the backbone (in place) and return the tensors that changed."""
-    peft_model = items.backbone
-    # The LoRA-wrapped Linear layers are exactly the tensors merging changes.
-    wrapped = [name for name, module in peft_model.named_modules() if hasattr(module, "lora_A")]
-    changed = {name.removeprefix("base_model.model.") + ".weight" for name in wrapped}
-    merged = peft_model.merge_and_unload().eval()  # type: ignore[operator]
-    items.backbone = merged
-    return {name: tensor for name, tensor in merged.state_dict().items() if name in changed}
 
 
 def _backbone_info(config: ModelConfig, backbone: Backbone | None, hidden_size: int) -> dict[str, Any]:
@@ -464,7 +324,7 @@ def train_marc(
     items: ItemSide
     if lora:
         assert backbone is not None
-        items = _lora_items(backbone, dataset, config, train, device)
+        items = lora_items(backbone, dataset, config, train, device)
         hidden_size = backbone.hidden_size
     else:
         if pooled is None:
@@ -511,7 +371,7 @@ def train_marc(
 
     encoder, backbone_delta = None, None
     if isinstance(items, TextItems):
-        backbone_delta = _merge_lora(items)
+        backbone_delta = merge_lora(items)
         encoder = ItemEncoder(items.backbone, items.compressor, config.pooling).eval()
     means = items.all_means(dataset.num_items)
     metrics: dict[str, Any] = {"mode": train.mode}
@@ -530,7 +390,7 @@ def train_marc(
         "done in %.1f s: best epoch %d, valid AUC %s (warm %s, cold %s)",
         metrics["seconds"],
         best_epoch,
-        *(_fmt(metrics.get(f"valid_{k}")) for k in ("auc", "auc_warm", "auc_cold")),
+        *(format_metric(metrics.get(f"valid_{k}")) for k in ("auc", "auc_warm", "auc_cold")),
     )
 
     result = TrainResult(items.compressor.eval(), head.eval(), metrics, trainer.history, vectors, encoder)
