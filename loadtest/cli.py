@@ -67,7 +67,8 @@ def build_standalone_parser() -> argparse.ArgumentParser:
 
 def run_bench(args: argparse.Namespace) -> int:
     from artifact.names import ArtifactError
-    from loadtest.bench import BenchOptions, run_benchmark, write_report
+    from loadtest.bench import BenchOptions, run_benchmark
+    from loadtest.bench_report import write_report
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -89,7 +89,7 @@ def test_bench_without_checkpoint_names_the_option(tmp_path: Path, tiny_artifact
         [
             sys.executable,
             "-m",
-            "loadtest.bench",
+            "loadtest.cli",
             "--artifact",
             str(copy),
             "--quick",
