@@ -35,6 +35,7 @@ from marc.checkpoint import save_checkpoint
 from marc.config import ModelConfig, TrainConfig
 from marc.data import Interactions, RecDataset
 from marc.encoder import ItemEncoder
+from marc.features import pooled_states
 from marc.losses import LossParts, Reconstruction, kl_to_standard_normal, marc_loss, sample_z, task_bce
 from marc.metrics import auc, format_metric, log_loss, probabilities
 from marc.modules import Compressor, DotProductHead, TaskAdapter
@@ -328,8 +329,6 @@ def train_marc(
         hidden_size = backbone.hidden_size
     else:
         if pooled is None:
-            from marc.features import pooled_states
-
             assert backbone is not None
             texts, layers = dataset.item_texts, [config.layer]
             states = pooled_states(
