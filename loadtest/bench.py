@@ -22,7 +22,6 @@ re-measured in every round next to what they limit.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -35,7 +34,7 @@ from artifact.manifest import Manifest, read_manifest
 from loadtest.bench_report import BenchReport, build_report
 from loadtest.depth_variant import checkpoint_of, full_depth_artifact
 from loadtest.loadgen import LoadResult, LoadSpec, Workload, body_factory, run_in_subprocess
-from loadtest.processes import RedisServer, ServerProcess
+from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
 from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import item_texts
 from marc.machine import machine_info
@@ -191,11 +190,6 @@ def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> 
     }
 
 
-def _service_env() -> dict[str, str]:
-    # The service must run on the benchmark's settings, not on MARC_* variables of the caller's shell.
-    return {k: v for k, v in os.environ.items() if not k.startswith("MARC_")}
-
-
 def run_benchmark(options: BenchOptions) -> BenchReport:
     manifest = read_manifest(options.artifact)
     checkpoint = checkpoint_of(manifest, options.checkpoint)  # fail before anything starts
@@ -210,7 +204,9 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         kind="pool", start=POOL_START, pool_size=options.pool_size, items_per_request=options.hot_items
     )
     rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as scratch, RedisServer() as redis_server:
+    with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis_server:
+        scratch = Path(scratch_dir)
+        service_env = environment_without_settings()  # the benchmark's settings, not the shell's
         service_args = [
             "marc_serve",
             "serve",
@@ -220,9 +216,11 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             redis_server.url,
         ]
         service_args += ["--log-level", "warning"]
-        service = ServerProcess("marc serve", service_args, ready_path="/readyz", env=_service_env())
+        service = ServerProcess(
+            "marc serve", service_args, log_path=scratch / "serve.log", ready_path="/readyz", env=service_env
+        )
         naive_args = ["loadtest.reference_servers", "naive", "--artifact", str(options.artifact)]
-        naive = ServerProcess("naive server", naive_args)
+        naive = ServerProcess("naive server", naive_args, log_path=scratch / "naive.log")
         with service, naive:
             memory_before, keys_before = redis_server.data_memory(), redis_server.key_count()
             _warm_pool(service.url, POOL_START, options.pool_size)
@@ -231,11 +229,10 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                 content=body_factory(hot)(0),
                 headers={"content-type": "application/json"},
             ).content
-            payload_file = Path(scratch) / "payload.json"
+            payload_file = scratch / "payload.json"
             payload_file.write_bytes(payload)
-            bare = ServerProcess(
-                "bare endpoint", ["loadtest.reference_servers", "bare", "--payload", str(payload_file)]
-            )
+            bare_args = ["loadtest.reference_servers", "bare", "--payload", str(payload_file)]
+            bare = ServerProcess("bare endpoint", bare_args, log_path=scratch / "bare.log")
             with bare:
                 for number in range(options.rounds):
                     log.info("round %d/%d", number + 1, options.rounds)
@@ -257,7 +254,11 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         # The same pool texts cached as float16 values (MARC_CACHE_DTYPE=float16, own key space).
         half_args = [*service_args, "--cache-dtype", "float16"]
         with ServerProcess(
-            "marc serve (float16 cache)", half_args, ready_path="/readyz", env=_service_env()
+            "marc serve (float16 cache)",
+            half_args,
+            log_path=scratch / "serve-float16.log",
+            ready_path="/readyz",
+            env=service_env,
         ) as half:
             half_before, half_keys_before = redis_server.data_memory(), redis_server.key_count()
             _warm_pool(half.url, POOL_START, options.pool_size)

@@ -15,14 +15,11 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from service_support import (
-    SHARED_REDIS_URL,
-    LiveServer,
-    delete_prefix,
-    free_port,
-    onnx_reference,
-    unique_prefix,
-)
+
+from loadtest.processes import free_port
+from tests.support.redis import SHARED_REDIS_URL, delete_prefix, unique_prefix
+from tests.support.reference import onnx_reference
+from tests.support.servers import LiveServer
 
 ITEMS = [
     (f"sku-{i}", f"{('red', 'blue', 'green')[i % 3]} {('shoes', 'jacket', 'lamp', 'sofa')[i % 4]} no {i}")

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_support import onnx_reference
 
 from artifact.names import ArtifactError
 from service.cache import LruCache
 from service.encoder import load_encoder
 from service.keys import KeySpace, normalise_text
+from tests.support.reference import onnx_reference
 
 
 def test_key_layout_and_normalisation() -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# The defaults equal ModelConfig()/TrainConfig() (tests/test_train.py checks it); they are spelled
+# The defaults equal ModelConfig()/TrainConfig() (tests/marc/test_train.py checks it); they are spelled
 # out here because importing marc.config pulls in torch, and `marc --help` must stay fast.
 DESCRIPTION = """\
 Train MARC on a click-through proxy task: the backbone is cut after --layer, its pooled state goes

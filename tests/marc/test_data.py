@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -337,28 +335,6 @@ def test_jsonl_missing_files_and_bad_specs(tmp_path: Path) -> None:
         list(iter_items_jsonl(tmp_path / "other.jsonl"))
     with pytest.raises(DataError, match="unknown dataset spec 'movielens'"):
         load_dataset("movielens")
-
-
-def test_iter_items_jsonl_streams_until_the_bad_line(tmp_path: Path) -> None:
-    path = tmp_path / "items.jsonl"
-    path.write_text(
-        '{"item_id": 1, "text": "a"}\n\n{"item_id": 2, "text": "b"}\n{"item_id": 3}\n', encoding="utf-8"
-    )
-    stream = iter_items_jsonl(path)
-    assert next(stream) == ("1", "a") and next(stream) == ("2", "b")
-    with pytest.raises(DataError, match=r"items\.jsonl line 4: missing field 'text'"):
-        next(stream)
-
-
-def test_jsonl_module_works_without_torch(tmp_path: Path) -> None:
-    path = _write_jsonl(tmp_path / "items.jsonl", ITEMS)
-    code = (
-        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-        "from records.jsonl import iter_items_jsonl\n"
-        f"print(len(list(iter_items_jsonl({str(path)!r}))))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "3"
 
 
 # ---------------------------------------------------------------- CLI

@@ -110,7 +110,7 @@ def test_locustfile_lists_the_user_classes() -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) >= {"ColdUser", "HotUser", "LookupUser", "OpenAIUser"}

@@ -2,7 +2,7 @@
 the suite with MARC_RELIABILITY_REPORT set and then this script writes them into RELIABILITY.md.
 
     MARC_RELIABILITY_REPORT=reports/reliability.json pytest tests/test_reliability_*.py
-    python tests/reliability_report.py [--report reports/reliability.json] [--doc RELIABILITY.md]
+    python tests/support/reliability_report.py [--report reports/reliability.json] [--doc RELIABILITY.md]
 
 Without MARC_RELIABILITY_REPORT (plain `make test`) `record` does nothing, so CI leaves no files.
 Each section of RELIABILITY.md has a block between ``<!-- figures:NAME -->`` and
@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from marc.machine import machine_info
 
 REPORT_ENV = "MARC_RELIABILITY_REPORT"
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,10 +35,11 @@ def record(section: str, **figures: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     report = json.loads(path.read_text()) if path.is_file() else {}
     report.setdefault(section, {}).update(figures)
+    machine = machine_info()
     report["_run"] = {
         "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"Python {platform.python_version()}",
+        "machine": f"{machine['platform']}, {machine['cores']} CPU cores ({machine['cpu']}), "
+        f"Python {machine['python']}",
     }
     path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 

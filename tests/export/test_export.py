@@ -1,12 +1,7 @@
-"""Export: ONNX artifact from a checkpoint, parity, quantised variants, fingerprint, torch-free loader."""
+"""Export: ONNX artifact from a checkpoint, parity, quantised variants, fingerprints, the command."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,35 +10,14 @@ import onnx
 import pytest
 from tokenizers import Tokenizer
 
-from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
 from artifact.loader import load_artifact
-from artifact.manifest import read_manifest, sha256_file
-from artifact.names import ArtifactError
+from artifact.manifest import read_manifest
 from export.onnx_export import export_checkpoint
 from marc.checkpoint import Checkpoint, load_checkpoint
 from marc_serve.cli import main as marc_main
 from service.onnx_session import open_session
 
 ExportFn = Callable[..., Path]
-
-
-@pytest.fixture(scope="module")
-def export_tiny(
-    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint_factory: Callable[..., Path]
-) -> ExportFn:
-    """export_tiny(**overrides) -> artifact dir (fp32 only) of a tiny checkpoint; cached per overrides."""
-    cache: dict[str, Path] = {}
-
-    def export(**overrides: object) -> Path:
-        key = json.dumps(overrides, sort_keys=True)
-        if key not in cache:
-            root = tmp_path_factory.mktemp("export")
-            checkpoint = tiny_checkpoint_factory(root / "checkpoint", **overrides)
-            export_checkpoint(checkpoint, root / "artifact")
-            cache[key] = root / "artifact"
-        return cache[key]
-
-    return export
 
 
 # --- the artifact ---------------------------------------------------------------------------------
@@ -128,172 +102,6 @@ def test_tokenizer_json_alone_reproduces_hf_ids(tiny_artifact: Path, tiny_checkp
     assert max(len(e.ids) for e in encodings) == 32
     for text in texts:  # one at a time: no padding, same truncation
         assert served.encode(text).ids == hf(text, truncation=True, max_length=32)["input_ids"]
-
-
-# --- torch-free loading ------------------------------------------------------------------------
-
-_TORCH_FREE_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-
-    class Forbidden:
-        blocked = ("torch", "transformers", "onnx")
-
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in self.blocked:
-                raise ImportError(f"{name} must not be imported on the serving side")
-            return None
-
-    sys.meta_path.insert(0, Forbidden())
-    from artifact.loader import load_artifact
-    from service.onnx_session import open_session
-
-    artifact = load_artifact(sys.argv[1], sys.argv[2])
-    session = open_session(artifact)
-    vectors = session.run(None, artifact.tokenize(["red shoes", "a blue leather jacket"]))[0]
-    heavy = sorted(m for m in sys.modules if m.split(".")[0] in Forbidden.blocked)
-    print(json.dumps({"fingerprint": artifact.fingerprint, "vectors": vectors.tolist(), "heavy": heavy}))
-    """
-)
-
-
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
-def test_loader_works_where_torch_cannot_be_imported(tiny_artifact: Path, variant: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _TORCH_FREE_SCRIPT, str(tiny_artifact), variant],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parents[1],
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
-    assert out["heavy"] == []
-    artifact = load_artifact(tiny_artifact, variant)
-    expected = open_session(artifact).run(None, artifact.tokenize(["red shoes", "a blue leather jacket"]))[0]
-    assert out["fingerprint"] == artifact.fingerprint
-    np.testing.assert_allclose(np.array(out["vectors"], dtype=np.float32), expected, rtol=0, atol=1e-6)
-
-
-# --- refusals ------------------------------------------------------------------------------------
-
-
-def _manifest_json(directory: Path) -> dict:
-    return json.loads((directory / "manifest.json").read_text())
-
-
-def _write_manifest(directory: Path, raw: dict) -> None:
-    (directory / "manifest.json").write_text(json.dumps(raw))
-
-
-def _rehash(directory: Path) -> None:
-    """Re-record every file's size/sha256 and the fingerprints, as a careful forger would."""
-    raw = _manifest_json(directory)
-    for entry in [raw["tokenizer"], *raw["variants"].values()]:
-        path = directory / entry["file"]
-        entry.update(sha256=sha256_file(path), bytes=path.stat().st_size)
-    settings = fingerprint_settings(
-        backbone_source=raw["backbone"]["source"],
-        layer=raw["backbone"]["layer"],
-        pooling=raw["pooling"],
-        dim=raw["dim"],
-        max_length=raw["max_length"],
-    )
-    raw["fingerprint"] = compute_fingerprint(
-        raw["variants"]["fp32"]["sha256"], raw["tokenizer"]["sha256"], settings
-    )
-    for name, entry in raw["variants"].items():
-        entry["fingerprint"] = variant_fingerprint(raw["fingerprint"], name, entry["sha256"])
-    _write_manifest(directory, raw)
-
-
-def _flip_model_byte(d: Path) -> None:
-    data = bytearray((d / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0x01
-    (d / "model.onnx").write_bytes(bytes(data))
-
-
-def _truncate_model(d: Path) -> None:
-    data = (d / "model.onnx").read_bytes()
-    (d / "model.onnx").write_bytes(data[: len(data) // 3])
-
-
-def _edit_tokenizer(d: Path) -> None:  # same length, so only the sha256 can tell
-    text = (d / "tokenizer.json").read_text()
-    (d / "tokenizer.json").write_text(text.replace('"<pad>"', '"<pab>"', 1))
-
-
-def _wrong_fingerprint(d: Path) -> None:
-    raw = _manifest_json(d)
-    raw["fingerprint"] = "0" * 64
-    _write_manifest(d, raw)
-
-
-def _edited_setting(d: Path) -> None:  # max_length changed without re-fingerprinting
-    raw = _manifest_json(d)
-    raw["max_length"] = 64
-    _write_manifest(d, raw)
-
-
-def _unknown_format(d: Path) -> None:
-    raw = _manifest_json(d)
-    raw["format_version"] = 99
-    _write_manifest(d, raw)
-
-
-def _missing_model(d: Path) -> None:
-    (d / "model.int8.onnx").unlink()
-
-
-def _tokenizer_without_truncation(d: Path) -> None:
-    tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
-    tokenizer.no_truncation()
-    tokenizer.save(str(d / "tokenizer.json"))
-    _rehash(d)
-
-
-def _renamed_graph_input(d: Path) -> None:
-    model = onnx.load(str(d / "model.onnx"))
-    for graph_input in model.graph.input:
-        if graph_input.name == "input_ids":
-            graph_input.name = "ids"
-    for node in model.graph.node:
-        node.input[:] = ["ids" if name == "input_ids" else name for name in node.input]
-    onnx.save(model, str(d / "model.onnx"))
-    _rehash(d)
-
-
-REFUSALS = {
-    "model byte flipped": (_flip_model_byte, "fp32", "model.onnx", "sha256"),
-    "model truncated": (_truncate_model, "fp32", "model.onnx", "bytes"),
-    "int8 model missing": (_missing_model, "int8", "model.int8.onnx", "missing"),
-    "tokenizer edited": (_edit_tokenizer, "fp32", "tokenizer.json", "sha256"),
-    "tokenizer truncation removed": (_tokenizer_without_truncation, "fp32", "tokenizer.json", "truncation"),
-    "manifest fingerprint wrong": (_wrong_fingerprint, "fp32", "manifest.json", "fingerprint"),
-    "manifest setting edited": (_edited_setting, "fp32", "manifest.json", "fingerprint"),
-    "format version unknown": (_unknown_format, "fp32", "manifest.json", "format_version 99"),
-    "graph input renamed": (_renamed_graph_input, "fp32", "model.onnx", "inputs"),
-}
-
-
-@pytest.mark.parametrize("case", list(REFUSALS))
-def test_tampered_artifact_is_refused_naming_the_file(tiny_artifact: Path, tmp_path: Path, case: str) -> None:
-    tamper, variant, file, problem = REFUSALS[case]
-    directory = tmp_path / "artifact"
-    shutil.copytree(tiny_artifact, directory)
-    load_artifact(directory, variant)  # intact copy loads
-    tamper(directory)
-    with pytest.raises(ArtifactError) as refused:
-        open_session(load_artifact(directory, variant))
-    message = str(refused.value)
-    assert str(directory / file) in message and problem in message, message
-
-
-def test_unknown_or_absent_variant_is_refused(tiny_artifact: Path, export_tiny: ExportFn) -> None:
-    with pytest.raises(ArtifactError, match="int4"):
-        load_artifact(tiny_artifact, "int4")
-    with pytest.raises(ArtifactError, match=r"manifest\.json: variant 'int8' is not in this artifact"):
-        load_artifact(export_tiny(), "int8")
 
 
 # --- fingerprint -------------------------------------------------------------------------------

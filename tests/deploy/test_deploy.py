@@ -6,30 +6,27 @@ end (small configuration)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.servers import ServeProcess
+
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = [REPO / "docker-compose.yml", REPO / "deploy" / "compose" / "gpu.yml"]
 K8S = REPO / "deploy" / "k8s"
 K8S_OVERLAYS = [K8S, K8S / "overlays" / "gpu", K8S / "overlays" / "bundled"]
 DOCKERFILE = REPO / "Dockerfile"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "marc.json"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
-MARC = str(Path(sys.executable).parent / "marc")
 DEFAULT_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 MARC_VAR = re.compile(r"\bMARC_[A-Z0-9_]+\b")
 # Labels Prometheus adds at scrape time, not the service.
@@ -346,60 +343,18 @@ def test_dashboard_uses_the_provisioned_datasource() -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _http(url: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
 @pytest.fixture(scope="module")
 def served_metrics(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """/metrics of a real `marc serve` (uvicorn, in-process cache) after one /v1/embed request."""
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "marc-serve.log"
-    log = log_path.open("w")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MARC_")}
-    server = subprocess.Popen(
-        [MARC, "serve", "--artifact", str(tiny_artifact), "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"marc serve exited with {server.returncode}:\n{log_path.read_text()}")
-            try:
-                if _http(f"{base}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "marc serve did not become ready in 60 s"
-            time.sleep(0.2)
-        status, body = _http(f"{base}/v1/embed", {"items": [{"id": "sku-1", "text": "red running shoes"}]})
-        assert status == 200, body
-        assert _http(f"{base}/v1/embed", {"items": []})[0] in range(400, 500)  # a 4xx sample too
-        yield _http(f"{base}/metrics")[1]
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+    with (
+        ServeProcess(log_path, artifact=tiny_artifact) as server,
+        httpx.Client(base_url=server.url, timeout=10) as client,
+    ):
+        embedded = client.post("/v1/embed", json={"items": [{"id": "sku-1", "text": "red running shoes"}]})
+        assert embedded.status_code == 200, embedded.text
+        assert client.post("/v1/embed", json={"items": []}).status_code in range(400, 500)  # a 4xx too
+        yield client.get("/metrics").text
 
 
 def test_every_dashboard_metric_is_served(served_metrics: str) -> None:
@@ -425,7 +380,7 @@ def test_every_dashboard_metric_is_served(served_metrics: str) -> None:
         for name, selector in re.findall(r"\b(marc_[a-z0-9_]+)\{([^}]*)\}", query):
             used = set(re.findall(r"([a-z_]+)\s*[=!~]", selector)) - SCRAPE_LABELS
             assert used <= labels.get(name, set()), f"{name} has no label(s) {used - labels.get(name, set())}"
-    # The names fixed by DESIGN.md §6 are all on the dashboard.
+    # The metric names docs/ARCHITECTURE.md lists ("Metrics") are all on the dashboard.
     queried = " ".join(_dashboard_queries())
     for name in (
         "marc_request_duration_seconds",
