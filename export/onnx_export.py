@@ -1,4 +1,5 @@
-"""`export_checkpoint`: a MARC checkpoint folder -> a verified artifact directory (DESIGN §3).
+"""`export_checkpoint`: a MARC checkpoint folder -> a verified artifact directory (docs/ARCHITECTURE.md,
+"The artifact contract").
 
 Steps (each logged with its time): load the checkpoint, trace the encoder to ONNX, write the
 serving tokenizer, build the reduced-precision variants, check parity against PyTorch, hash the
