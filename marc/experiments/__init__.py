@@ -1,4 +1,3 @@
-"""The experiment suite behind EXPERIMENTS.md: does the Mid-layer Representation Advantage hold for the
-real SmolLM2 backbone, and what does MARC buy over the usual ways of compressing an LLM state?
-`run` does one run; `plan` says what it computes, `jobs` computes it, `choice` picks the layers,
-`resume` reuses an earlier run, `report`, `claims` and `plots` write the results."""
+"""The experiment suite behind EXPERIMENTS.md: `run` runs it, `plan` says what it computes, `jobs` computes
+it, `choice` picks the layers, `resume` reuses an earlier run, and `report`, `claims` and `plots` write
+the results."""
