@@ -57,17 +57,20 @@ def test_every_top_level_package_has_a_layer() -> None:
     assert packages == set(LAYERS), "a new package needs its place in LAYERS and in docs/ARCHITECTURE.md"
 
 
-@pytest.mark.parametrize("package", list(LAYERS))
-def test_imports_go_down_the_layers(package: str) -> None:
-    wrong = [
+def _imports_of(package: str, forbidden: set[str]) -> list[str]:
+    """ "file:line imports target" for each import in ``package`` of a top-level name in ``forbidden``."""
+    return [
         f"{SOURCES[module].relative_to(REPO)}:{line} imports {target}"
         for module, imports in IMPORTS.items()
         if module.split(".")[0] == package
         for line, target in imports
-        if target.split(".")[0] in LAYERS
-        and target.split(".")[0] != package
-        and target.split(".")[0] not in LAYERS[package]
+        if target.split(".")[0] in forbidden
     ]
+
+
+@pytest.mark.parametrize("package", list(LAYERS))
+def test_imports_go_down_the_layers(package: str) -> None:
+    wrong = _imports_of(package, set(LAYERS) - LAYERS[package] - {package})
     assert not wrong, f"{package} may import only {sorted(LAYERS[package])}:\n" + "\n".join(wrong)
 
 
@@ -124,13 +127,7 @@ def test_the_circle_finder_finds_circles() -> None:
 
 @pytest.mark.parametrize("package", SERVING_SIDE)
 def test_the_serving_side_never_imports_the_training_stack(package: str) -> None:
-    wrong = [
-        f"{SOURCES[module].relative_to(REPO)}:{line} imports {target}"
-        for module, imports in IMPORTS.items()
-        if module.split(".")[0] == package
-        for line, target in imports
-        if target.split(".")[0] in TRAINING_STACK
-    ]
+    wrong = _imports_of(package, TRAINING_STACK)
     assert not wrong, "\n".join(wrong)
 
 

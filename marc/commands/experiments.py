@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.evaluate import HelpFormatter, parse_seeds
+from marc.commands.arguments import HelpFormatter, parse_seeds
 
 DESCRIPTION = """\
 One time-bounded run (about 30 minutes on 2 CPU cores in the default size) that measures the paper's

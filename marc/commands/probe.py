@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.evaluate import HelpFormatter, add_data_arguments, load_data
+from marc.commands.arguments import HelpFormatter, add_data_arguments, load_data
 
 DESCRIPTION = """\
 Run the backbone once over every item text, pool the hidden state of each probed layer, compress it
