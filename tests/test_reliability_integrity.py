@@ -17,7 +17,7 @@ from artifact.fingerprint import compute_fingerprint, fingerprint_settings, vari
 from artifact.manifest import read_manifest, sha256_file
 from artifact.names import MANIFEST_FILE
 from service.keys import KeySpace
-from tests.support.redis import RedisProcess, unique_prefix
+from tests.support.redis_server import RedisProcess, unique_prefix
 from tests.support.reference import onnx_reference
 from tests.support.reliability_report import record
 from tests.support.servers import LiveServer, ServeProcess

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.support.load import LoadLoop
-from tests.support.redis import RedisProcess
+from tests.support.redis_server import RedisProcess
 from tests.support.reliability_report import record
 from tests.support.servers import LiveServer
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from loadtest.processes import free_port
-from tests.support.redis import RedisProcess
+from tests.support.redis_server import RedisProcess
 from tests.support.reliability_report import record
 from tests.support.servers import LiveServer
 

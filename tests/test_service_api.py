@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.support.redis import SHARED_REDIS_URL, delete_prefix, unique_prefix
+from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
 from tests.support.reference import onnx_reference
 from tests.support.servers import LiveServer
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from loadtest.processes import free_port
-from tests.support.redis import SHARED_REDIS_URL, delete_prefix, unique_prefix
+from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
 from tests.support.reference import onnx_reference
 from tests.support.servers import LiveServer
 

@@ -14,7 +14,7 @@ import redis
 
 from service.cache import CacheUnavailable, RedisCache
 from service.keys import KeySpace
-from tests.support.redis import SHARED_REDIS_URL, RedisProcess, delete_prefix, unique_prefix
+from tests.support.redis_server import SHARED_REDIS_URL, RedisProcess, delete_prefix, unique_prefix
 from tests.support.reference import onnx_reference
 from tests.support.servers import LiveServer
 
