@@ -65,11 +65,14 @@ class ServerProcess:
         self._start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
+    def _running(self) -> subprocess.Popen[bytes]:
         if self.process is None:
             raise RuntimeError(f"{self.name} is not running")
-        return self.process.pid
+        return self.process
+
+    @property
+    def pid(self) -> int:
+        return self._running().pid
 
     def start(self, wait_ready: bool = True) -> ServerProcess:
         with self.log_path.open("wb") as log:
@@ -99,14 +102,10 @@ class ServerProcess:
             time.sleep(0.05)
 
     def signal(self, sig: signal.Signals) -> None:
-        if self.process is None:
-            raise RuntimeError(f"{self.name} is not running")
-        self.process.send_signal(sig)
+        self._running().send_signal(sig)
 
     def wait_exit(self, timeout: float) -> int:
-        if self.process is None:
-            raise RuntimeError(f"{self.name} is not running")
-        return self.process.wait(timeout)
+        return self._running().wait(timeout)
 
     def log(self) -> str:
         """Everything the server has written so far."""
