@@ -24,10 +24,13 @@ ARG ONNXRUNTIME_VERSION=1.31.1
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY artifact ./artifact
 COPY marc ./marc
+COPY records ./records
 COPY export ./export
 COPY service ./service
 COPY loadtest ./loadtest
+COPY marc_serve ./marc_serve
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --no-deps --wheel-dir /wheels .
 
@@ -123,12 +126,12 @@ FROM scratch AS model
 
 FROM gpu AS gpu-bundled
 COPY --from=model . /models/current/
-RUN python -c "from pathlib import Path; from service.artifact import read_manifest; m = read_manifest(Path('/models/current')); print('bundled artifact', m.name, m.fingerprint[:16])" \
+RUN python -c "from pathlib import Path; from artifact.manifest import read_manifest; m = read_manifest(Path('/models/current')); print('bundled artifact', m.name, m.fingerprint[:16])" \
  || { echo 'no artifact: build with --build-context model=artifacts/default' >&2; exit 1; }
 
 FROM cpu AS cpu-bundled
 COPY --from=model . /models/current/
-RUN python -c "from pathlib import Path; from service.artifact import read_manifest; m = read_manifest(Path('/models/current')); print('bundled artifact', m.name, m.fingerprint[:16])" \
+RUN python -c "from pathlib import Path; from artifact.manifest import read_manifest; m = read_manifest(Path('/models/current')); print('bundled artifact', m.name, m.fingerprint[:16])" \
  || { echo 'no artifact: build with --build-context model=artifacts/default' >&2; exit 1; }
 
 # The default target (the last stage): the CPU image.

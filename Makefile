@@ -87,7 +87,7 @@ $(ARTIFACT_DIR)/manifest.json: | install
 	rm -rf $(ARTIFACT_DIR) && mv $(ARTIFACT_DIR).partial $(ARTIFACT_DIR)
 	@echo "==> artifact ready: $(ARTIFACT_DIR)"
 
-# promtool (Prometheus config checker) for tests/test_deploy.py: taken from Debian's `prometheus` package
+# promtool (Prometheus config checker) for tests/deploy/test_deploy.py: taken from Debian's `prometheus` package
 # without installing it (no daemon, no service user), into .venv/bin. Skipped, with a message, where
 # neither promtool nor apt-get exists; the test then skips with the same reason.
 promtool: | install
@@ -117,7 +117,7 @@ bench: artifact
 reliability: install
 	rm -f reports/reliability.json
 	MARC_RELIABILITY_REPORT=reports/reliability.json $(BIN)/pytest -q tests/test_reliability_*.py
-	$(PY) tests/reliability_report.py --report reports/reliability.json --doc RELIABILITY.md
+	$(PY) tests/support/reliability_report.py --report reports/reliability.json --doc RELIABILITY.md
 
 # ---- Experiments: `make experiments` regenerates reports/experiments/ and EXPERIMENTS.md's results ----
 # About 40 minutes on this shared 2-core machine (the SmolLM2 pass over all items is cached in .cache/features);

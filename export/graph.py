@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from artifact.names import INPUT_NAMES, OUTPUT_NAME
 from marc.encoder import ItemEncoder
-from service.artifact import INPUT_NAMES, OUTPUT_NAME
 
 # Batch and sequence length vary per request; k is fixed.
 _DYNAMIC_AXES = {

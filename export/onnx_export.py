@@ -1,4 +1,5 @@
-"""`export_checkpoint`: a MARC checkpoint folder -> a verified artifact directory (DESIGN §3).
+"""`export_checkpoint`: a MARC checkpoint folder -> a verified artifact directory (docs/ARCHITECTURE.md,
+"The artifact contract").
 
 Steps (each logged with its time): load the checkpoint, trace the encoder to ONNX, write the
 serving tokenizer, build the reduced-precision variants, check parity against PyTorch, hash the
@@ -17,25 +18,15 @@ from pathlib import Path
 
 import torch
 
+from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
+from artifact.manifest import BackboneInfo, FileEntry, Manifest, VariantEntry, sha256_file
+from artifact.names import FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_FILE
 from export.graph import export_onnx
 from export.parity import check_parity
 from export.quantize import quantize_int8
 from export.tokenizer_file import write_tokenizer
 from export.variants import VARIANT_FILES, convert_fp16
 from marc.checkpoint import CONFIG_FILE, load_checkpoint
-from service.artifact import (
-    FORMAT_VERSION,
-    MANIFEST_FILE,
-    TOKENIZER_FILE,
-    BackboneInfo,
-    FileEntry,
-    Manifest,
-    VariantEntry,
-    compute_fingerprint,
-    fingerprint_settings,
-    sha256_file,
-    variant_fingerprint,
-)
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from artifact.names import INPUT_NAMES
 from marc.encoder import ItemEncoder
-from service.artifact import INPUT_NAMES
 
-# Thresholds (DESIGN §3 / issue 3). fp32 is compared element-wise; the reduced precisions by the
-# cosine similarity of each row against PyTorch fp32, which is what retrieval quality depends on.
+# Thresholds (docs/ARCHITECTURE.md, "The artifact contract"). fp32 is compared element-wise; the
+# reduced precisions by the cosine similarity of each row against PyTorch fp32, which is what
+# retrieval quality depends on.
 FP32_MAX_ABS_DIFF = 1e-4
 MIN_MEAN_COSINE = {"int8": 0.99, "fp16": 0.999}
 

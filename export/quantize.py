@@ -43,7 +43,7 @@ import onnx
 from onnx import TensorProto, helper
 from tokenizers import Tokenizer
 
-from service.artifact import INPUT_NAMES
+from artifact.names import INPUT_NAMES
 
 log = logging.getLogger(__name__)
 

@@ -21,26 +21,23 @@ re-measured in every round next to what they limit.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import platform
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from artifact.manifest import Manifest, read_manifest
+from loadtest.bench_report import BenchReport, build_report
 from loadtest.depth_variant import checkpoint_of, full_depth_artifact
 from loadtest.loadgen import LoadResult, LoadSpec, Workload, body_factory, run_in_subprocess
-from loadtest.processes import RedisServer, ServerProcess
+from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
 from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import item_texts
-from service.artifact import Manifest, read_manifest
+from marc.machine import machine_info
 
 log = logging.getLogger("marc.bench")
 
@@ -50,16 +47,6 @@ POOL_START = 10_000_000
 COLD_START = 20_000_000
 TEXTS_PER_ROUND = 10_000_000  # > 2 x (MAX_REQUESTS + warm-up): rounds and servers never share texts
 MAX_REQUESTS = 1_000_000  # per closed-loop phase; the time limit ends it first
-
-TARGETS = {
-    "cold_ratio": 0.9,
-    "hot_ratio": 0.6,
-    "hot_p99_half_peak_ms": 10.0,
-    "truncation_speedup": 1.8,
-    "int8_speedup": 1.5,
-    "int8_cosine": 0.99,
-    "cached_vector_fraction": 1 / 12,
-}
 
 
 @dataclass(frozen=True)
@@ -89,43 +76,12 @@ class BenchOptions:
     def cosine_items(self) -> int:
         return 64 if self.quick else 256
 
-
-@dataclass
-class BenchReport:
-    machine: dict[str, Any]
-    options: dict[str, Any]
-    rows: list[dict[str, Any]]
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def _best(results: list[LoadResult], key: Callable[[LoadResult], float]) -> LoadResult:
-    return max(results, key=key)
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
 def _best_of(measure: Callable[[], Throughput], times: int = 2) -> Throughput:
     return max((measure() for _ in range(times)), key=lambda t: t.items_per_second)
-
-
-def _met(value: float, target: float, higher_is_better: bool = True) -> bool:
-    return value >= target if higher_is_better else value <= target
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
-        ]
-        cpu = names[0] if names else cpu
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "load_average_1_5_15": [round(x, 2) for x in load],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def _closed(server: ServerProcess, workload: Workload, options: BenchOptions, warmup: int) -> LoadResult:
@@ -181,7 +137,7 @@ def _int8_model(options: BenchOptions, manifest: Manifest) -> RawModel:
         return RawModel.open(options.artifact, "int8")
     path = options.cache_dir / f"int8-{manifest.fingerprint[:16]}.onnx"
     if not path.is_file():
-        from export.quantize import quantize_int8
+        from export.quantize import quantize_int8  # needs onnx: the train extra, only used here
 
         log.info("no int8 variant in %s: quantising model.onnx into %s (once)", options.artifact, path)
         partial = path.with_suffix(".partial")
@@ -234,11 +190,6 @@ def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> 
     }
 
 
-def _service_env() -> dict[str, str]:
-    # The service must run on the benchmark's settings, not on MARC_* variables of the caller's shell.
-    return {k: v for k, v in os.environ.items() if not k.startswith("MARC_")}
-
-
 def run_benchmark(options: BenchOptions) -> BenchReport:
     manifest = read_manifest(options.artifact)
     checkpoint = checkpoint_of(manifest, options.checkpoint)  # fail before anything starts
@@ -253,9 +204,11 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         kind="pool", start=POOL_START, pool_size=options.pool_size, items_per_request=options.hot_items
     )
     rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as scratch, RedisServer() as redis_server:
+    with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis_server:
+        scratch = Path(scratch_dir)
+        service_env = environment_without_settings()  # the benchmark's settings, not the shell's
         service_args = [
-            "marc.cli",
+            "marc_serve",
             "serve",
             "--artifact",
             str(options.artifact),
@@ -263,9 +216,11 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             redis_server.url,
         ]
         service_args += ["--log-level", "warning"]
-        service = ServerProcess("marc serve", service_args, ready_path="/readyz", env=_service_env())
+        service = ServerProcess(
+            "marc serve", service_args, log_path=scratch / "serve.log", ready_path="/readyz", env=service_env
+        )
         naive_args = ["loadtest.reference_servers", "naive", "--artifact", str(options.artifact)]
-        naive = ServerProcess("naive server", naive_args)
+        naive = ServerProcess("naive server", naive_args, log_path=scratch / "naive.log")
         with service, naive:
             memory_before, keys_before = redis_server.data_memory(), redis_server.key_count()
             _warm_pool(service.url, POOL_START, options.pool_size)
@@ -274,11 +229,10 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                 content=body_factory(hot)(0),
                 headers={"content-type": "application/json"},
             ).content
-            payload_file = Path(scratch) / "payload.json"
+            payload_file = scratch / "payload.json"
             payload_file.write_bytes(payload)
-            bare = ServerProcess(
-                "bare endpoint", ["loadtest.reference_servers", "bare", "--payload", str(payload_file)]
-            )
+            bare_args = ["loadtest.reference_servers", "bare", "--payload", str(payload_file)]
+            bare = ServerProcess("bare endpoint", bare_args, log_path=scratch / "bare.log")
             with bare:
                 for number in range(options.rounds):
                     log.info("round %d/%d", number + 1, options.rounds)
@@ -300,7 +254,11 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         # The same pool texts cached as float16 values (MARC_CACHE_DTYPE=float16, own key space).
         half_args = [*service_args, "--cache-dtype", "float16"]
         with ServerProcess(
-            "marc serve (float16 cache)", half_args, ready_path="/readyz", env=_service_env()
+            "marc serve (float16 cache)",
+            half_args,
+            log_path=scratch / "serve-float16.log",
+            ready_path="/readyz",
+            env=service_env,
         ) as half:
             half_before, half_keys_before = redis_server.data_memory(), redis_server.key_count()
             _warm_pool(half.url, POOL_START, options.pool_size)
@@ -320,7 +278,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             "value_bytes": manifest.dim * 2,
         },
     }
-    return _report(options, manifest, machine, raw, rounds, memory, len(payload))
+    return build_report(options.to_dict(), manifest, machine, raw, rounds, memory, len(payload))
 
 
 def _round(
@@ -359,205 +317,3 @@ def _round(
         "service_half": service_half,
         "bare_half": bare_half,
     }
-
-
-def _check_ok(name: str, result: LoadResult) -> None:
-    if result.ok == 0:
-        raise RuntimeError(f"{name}: no successful request (statuses {result.statuses})")
-
-
-def _report(
-    options: BenchOptions,
-    manifest: Manifest,
-    machine: dict[str, Any],
-    raw: dict[str, Any],
-    rounds: list[dict[str, Any]],
-    memory: dict[str, Any],
-    payload_bytes: int,
-) -> BenchReport:
-    for each in rounds:
-        for name, result in each.items():
-            if isinstance(result, LoadResult):
-                _check_ok(name, result)
-    # The cold path is compared with the limit measured in the same round (the machine's load drifts).
-    cold_round = max(rounds, key=lambda r: r["service_cold"].items_per_second / r["limit"].items_per_second)
-    limit: Throughput = cold_round["limit"]
-    limit_ips = limit.items_per_second
-    service_cold = cold_round["service_cold"]
-    naive_round = max(rounds, key=lambda r: r["naive_cold"].items_per_second / r["limit"].items_per_second)
-    naive_cold = naive_round["naive_cold"]
-    naive_ratio = naive_cold.items_per_second / naive_round["limit"].items_per_second
-    service_hot = _best([r["service_hot"] for r in rounds], lambda r: r.requests_per_second)
-    bare_hot = _best([r["bare_hot"] for r in rounds], lambda r: r.requests_per_second)
-    service_half = _best([r["service_half"] for r in rounds], lambda r: -r.latency_ms["p99"])
-    bare_half = _best([r["bare_half"] for r in rounds], lambda r: -r.latency_ms["p99"])
-
-    layer, total = manifest.backbone.layer, manifest.backbone.total_layers
-    cold_ratio = service_cold.items_per_second / limit_ips
-    hot_ratio = service_hot.requests_per_second / bare_hot.requests_per_second
-    truncation = raw["cut"].items_per_second / raw["full"].items_per_second
-    truncation_cpu = raw["cut"].items_per_cpu_second / raw["full"].items_per_cpu_second
-    int8_speedup = raw["int8"].items_per_second / raw["fp32"].items_per_second
-    int8_speedup_cpu = raw["int8"].items_per_cpu_second / raw["fp32"].items_per_cpu_second
-    half = memory["float16"]
-    vector_fraction = half["value_bytes"] / memory["raw_state_bytes"]
-    redis_fraction = memory["redis_bytes_per_item"] / memory["raw_state_bytes"]
-    half_redis_fraction = half["redis_bytes_per_item"] / memory["raw_state_bytes"]
-    c = options.concurrency
-
-    def lat(r: LoadResult) -> str:
-        return f"p50/p95/p99 {r.latency_ms['p50']:.1f}/{r.latency_ms['p95']:.1f}/{r.latency_ms['p99']:.1f} ms"
-
-    rows = [
-        {
-            "row": "1. cold path",
-            "measured": f"service {service_cold.items_per_second:.1f} items/s ({c} single-item clients, "
-            f"all misses; mean queue {service_cold.queue_ms_mean:.1f} ms, "
-            f"inference {service_cold.inference_ms_mean:.1f} ms)",
-            "limit": f"raw ORT {limit_ips:.1f} items/s (batch {limit.batch_size}, same round)",
-            "ratio": cold_ratio,
-            "target": f">= {TARGETS['cold_ratio']}",
-            "met": _met(cold_ratio, TARGETS["cold_ratio"]),
-        },
-        {
-            "row": "1b. cold path, naive server",
-            "measured": f"naive {naive_cold.items_per_second:.1f} items/s (one model run per request)",
-            "limit": f"raw ORT {naive_round['limit'].items_per_second:.1f} items/s (same round)",
-            "ratio": naive_ratio,
-            "target": "baseline",
-            "met": None,
-        },
-        {
-            "row": "2. hot path",
-            "measured": f"service {service_hot.requests_per_second:.0f} req/s ({options.hot_items} item/req, "
-            f"hit ratio {service_hot.cache_hit_ratio:.2f}), {lat(service_hot)}, "
-            f"server CPU {service_hot.server_cpu_ms_per_request * 1000:.0f} us/req",
-            "limit": f"bare endpoint {bare_hot.requests_per_second:.0f} req/s, {lat(bare_hot)}, "
-            f"server CPU {bare_hot.server_cpu_ms_per_request * 1000:.0f} us/req",
-            "ratio": hot_ratio,
-            "target": f">= {TARGETS['hot_ratio']}",
-            "met": _met(hot_ratio, TARGETS["hot_ratio"]),
-        },
-        {
-            "row": "2b. hot path at half peak",
-            "measured": f"service p99 {service_half.latency_ms['p99']:.2f} ms at "
-            f"{service_half.requests_per_second:.0f} req/s (open loop), {lat(service_half)}",
-            "limit": f"bare endpoint p99 {bare_half.latency_ms['p99']:.2f} ms at "
-            f"{bare_half.requests_per_second:.0f} req/s",
-            "ratio": service_half.latency_ms["p99"] / bare_half.latency_ms["p99"],
-            "target": f"p99 < {TARGETS['hot_p99_half_peak_ms']:.0f} ms",
-            "met": _met(
-                service_half.latency_ms["p99"], TARGETS["hot_p99_half_peak_ms"], higher_is_better=False
-            ),
-        },
-        {
-            "row": "3. truncation",
-            "measured": f"L={layer}: {raw['cut'].items_per_second:.1f} items/s "
-            f"(per CPU-second: {truncation_cpu:.2f}x the full depth)",
-            "limit": f"full depth N={total}: {raw['full'].items_per_second:.1f} items/s "
-            f"(batch {raw['cut'].batch_size})",
-            "ratio": truncation,
-            "target": f">= {TARGETS['truncation_speedup']}x" + (" (at L=N/2)" if 2 * layer == total else ""),
-            "met": _met(truncation, TARGETS["truncation_speedup"]) if 2 * layer == total else None,
-        },
-        {
-            "row": "4. precision",
-            "measured": f"int8 ({raw['int8_source']}) {raw['int8'].items_per_second:.1f} items/s, "
-            f"(per CPU-second: {int8_speedup_cpu:.2f}x fp32), cosine vs fp32 mean "
-            f"{raw['cosine_mean']:.4f} (min {raw['cosine_min']:.4f})",
-            "limit": f"fp32 {raw['fp32'].items_per_second:.1f} items/s",
-            "ratio": int8_speedup,
-            "target": f">= {TARGETS['int8_speedup']}x, cosine >= {TARGETS['int8_cosine']}",
-            "met": _met(int8_speedup, TARGETS["int8_speedup"])
-            and raw["cosine_mean"] >= TARGETS["int8_cosine"],
-        },
-        {
-            "row": "5. memory per cached item",
-            "measured": f"MARC_CACHE_DTYPE=float16: vector {half['value_bytes']} B (float16 x "
-            f"{manifest.dim}), Redis {half['redis_bytes_per_item']:.0f} B/item ({half['items']} items, "
-            f"{half_redis_fraction:.3f} of the raw state); float32 (default): vector "
-            f"{memory['value_bytes']} B, Redis {memory['redis_bytes_per_item']:.0f} B/item with key, "
-            f"expiry and overhead ({memory['items']} items, {redis_fraction:.3f} of the raw state; "
-            f"MEMORY USAGE says {memory['memory_usage_command_mean']:.0f} B/key)",
-            "limit": f"raw float32 state {memory['raw_state_bytes']} B "
-            f"(hidden {manifest.backbone.hidden_size})",
-            "ratio": vector_fraction,
-            "target": "<= 1/12 (0.083)",
-            "met": _met(vector_fraction, TARGETS["cached_vector_fraction"], higher_is_better=False),
-        },
-        {
-            "row": "5b. artifact size",
-            "measured": f"fp32 {raw['fp32_model_bytes'] / 1e6:.1f} MB, "
-            f"int8 {raw['int8_model_bytes'] / 1e6:.1f} MB",
-            "limit": f"full-depth fp32 {raw['full_model_bytes'] / 1e6:.1f} MB",
-            "ratio": raw["fp32_model_bytes"] / raw["full_model_bytes"],
-            "target": "reference",
-            "met": None,
-        },
-    ]
-    details = {
-        "artifact": {
-            "name": manifest.name,
-            "fingerprint": manifest.fingerprint,
-            "layer": layer,
-            "total_layers": total,
-        },
-        "raw_sweep": [{**asdict(t), "items_per_second": t.items_per_second} for t in raw["sweep"]],
-        "hot_payload_bytes": payload_bytes,
-        "memory": memory,
-        "full_depth_artifact": raw["full_depth_artifact"],
-        "rounds": [
-            {
-                name: {**asdict(value), "items_per_second": value.items_per_second}
-                | (
-                    {"requests_per_second": value.requests_per_second}
-                    if isinstance(value, LoadResult)
-                    else {}
-                )
-                for name, value in each.items()
-            }
-            for each in rounds
-        ],
-    }
-    options_dict = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
-    options_dict["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return BenchReport(machine=machine, options=options_dict, rows=rows, details=details)
-
-
-def to_markdown(report: BenchReport) -> str:
-    lines = [
-        "| Row | Measured | Limit / reference | Ratio | Target | Met |",
-        "| --- | --- | --- | ---: | --- | --- |",
-    ]
-    for row in report.rows:
-        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
-        cells = [row["row"], row["measured"], row["limit"], f"{row['ratio']:.3f}", row["target"], met]
-        lines.append("| " + " | ".join(cells) + " |")
-    m = report.machine
-    lines.append("")
-    lines.append(
-        f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average_1_5_15']} at the start; "
-        f"Python {m['python']}; finished {report.options['finished_at']}."
-    )
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: BenchReport, json_path: Path | None, markdown_path: Path | None) -> str:
-    markdown = to_markdown(report)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(asdict(report), indent=2, default=str))
-    if markdown_path is not None:
-        markdown_path.parent.mkdir(parents=True, exist_ok=True)
-        markdown_path.write_text(markdown)
-    return markdown
-
-
-def main() -> int:
-    from loadtest.cli import build_standalone_parser, run_bench
-
-    return run_bench(build_standalone_parser().parse_args())
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`marc bench` (also `python -m loadtest.bench`): the headless benchmark of loadtest.bench."""
+"""`marc bench` (also `python -m loadtest.cli`): the headless benchmark of `loadtest.bench`."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_standalone_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.bench",
+        prog="python -m loadtest.cli",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -66,8 +66,9 @@ def build_standalone_parser() -> argparse.ArgumentParser:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from loadtest.bench import BenchOptions, run_benchmark, write_report
-    from service.artifact import ArtifactError
+    from artifact.names import ArtifactError
+    from loadtest.bench import BenchOptions, run_benchmark
+    from loadtest.bench_report import write_report
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -92,3 +93,7 @@ def run_bench(args: argparse.Namespace) -> int:
     sys.stdout.write(write_report(report, args.out, args.markdown))
     print(f"JSON report: {args.out}", file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_bench(build_standalone_parser().parse_args()))

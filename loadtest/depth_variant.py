@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.artifact import MANIFEST_FILE, Manifest
+from artifact.manifest import Manifest
+from artifact.names import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def full_depth_artifact(manifest: Manifest, checkpoint: Path, cache_dir: Path) -
     command = [
         sys.executable,
         "-m",
-        "marc.cli",
+        "marc_serve",
         "export",
         "--checkpoint",
         str(staging_checkpoint),

@@ -1,18 +1,18 @@
-"""Processes the benchmark starts and always stops: HTTP servers and a private redis-server, each on
-a free port of 127.0.0.1."""
+"""Processes started on a free port of 127.0.0.1 and always stopped: an HTTP server (`python -m ...`) and
+a private redis-server. The benchmark runs on them; the tests' helpers (tests/support) build on them."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import IO
 
 import httpx
 import redis
@@ -20,20 +20,37 @@ import redis
 HOST = "127.0.0.1"
 
 
+def bound_socket() -> socket.socket:
+    """A TCP socket bound to a free port of 127.0.0.1: hand it to a server and no one can take the port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, 0))
+    return sock
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
+    with bound_socket() as sock:
         return sock.getsockname()[1]
 
 
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment without MARC_* variables: a server started with it runs on the
+    settings it is given, not on those of the caller's shell."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MARC_")}
+
+
 class ServerProcess:
-    """``python -m <module> ...`` serving HTTP on a free port; ready when ``ready_path`` answers 200."""
+    """``python -m <args> --port P`` serving HTTP on a free port; ready when ``ready_path`` answers 200.
+
+    The server's output goes to ``log_path`` (a full pipe would block it; it is shown on failure).
+    ``env`` is the server's whole environment (default: this process's)."""
 
     def __init__(
         self,
         name: str,
         args: list[str],
         *,
+        log_path: Path,
         ready_path: str = "/healthz",
         env: dict[str, str] | None = None,
         start_timeout: float = 180.0,
@@ -41,18 +58,58 @@ class ServerProcess:
         self.name = name
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self._args = [sys.executable, "-m", *args, "--port", str(self.port)]
+        self.log_path = log_path
+        self._command = [sys.executable, "-m", *args, "--port", str(self.port)]
         self._ready_path = ready_path
-        self._env = {**os.environ, **(env or {})}
+        self._env = env
         self._start_timeout = start_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self.process
 
     @property
     def pid(self) -> int:
-        if self._process is None:
-            raise RuntimeError(f"{self.name} is not running")
-        return self._process.pid
+        return self._running().pid
+
+    def start(self, wait_ready: bool = True) -> ServerProcess:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self._command, stdout=log, stderr=subprocess.STDOUT, env=self._env
+            )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise RuntimeError(f"{self.name} exited with {code}:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(self.url + self._ready_path, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"{self.name} not ready after {self._start_timeout:.0f} s:\n{self.log()[-4000:]}"
+                )
+            time.sleep(0.05)
+
+    def signal(self, sig: signal.Signals) -> None:
+        self._running().send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        return self._running().wait(timeout)
+
+    def log(self) -> str:
+        """Everything the server has written so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server has used so far (all its threads); NaN off Linux."""
@@ -63,72 +120,43 @@ class ServerProcess:
         fields = stat.read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __enter__(self) -> ServerProcess:
-        # The server's output goes to a file: a full pipe would block it, and it is shown on failure.
-        self._log = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
-            self._args, stdout=self._log, stderr=subprocess.STDOUT, env=self._env
-        )
-        deadline = time.monotonic() + self._start_timeout
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self._process.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.url + self._ready_path, timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(
-                    f"{self.name} not ready after {self._start_timeout:.0f} s:\n{self.output()}"
-                )
-            time.sleep(0.2)
+    def stop(self, grace_seconds: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL if it is still up after ``grace_seconds`` (0: SIGKILL at once)."""
+        if self.process is not None and self.process.poll() is None:
+            if grace_seconds > 0:
+                self.process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(grace_seconds)
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait(10)
 
-    def output(self) -> str:
-        if self._log is None:
-            return ""
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-4000:]
+    def __enter__(self) -> ServerProcess:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(30)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
-        self._process = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.stop()
 
 
 class RedisServer:
-    """A private, empty redis-server (no persistence) for the cache and the memory measurement."""
+    """A private, empty redis-server (no persistence) on a free port; ``extra_args`` go on its command
+    line. Once stopped it can be started again on the same port (empty)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str, cwd: Path | None = None) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.port = free_port()
         self.url = f"redis://{HOST}:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
+        self._command = ["redis-server", "--port", str(self.port), "--bind", HOST]
+        self._command += ["--save", "", "--appendonly", "no", *extra_args]
+        self._cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
         self._client: redis.Redis | None = None
 
-    def __enter__(self) -> RedisServer:
-        command = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            HOST,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            self._command, cwd=self._cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         self._client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 10
         while True:
@@ -137,7 +165,7 @@ class RedisServer:
                 return self
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
-                    self.__exit__()
+                    self.stop()
                     raise
                 time.sleep(0.05)
 
@@ -165,11 +193,17 @@ class RedisServer:
     def key_count(self) -> int:
         return int(self.client.dbsize())
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait(10)
-            self._process = None
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from service.artifact import LoadedArtifact, load_artifact, open_session, ort_session_options
+from artifact.loader import LoadedArtifact, load_artifact
+from service.onnx_session import open_session, ort_session_options
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from service.artifact import load_artifact, open_session
+from artifact.loader import load_artifact
+from service.onnx_session import open_session
 
 
 class NaiveItem(BaseModel):

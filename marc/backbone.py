@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import AutoModel, LlamaConfig, LlamaModel, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -76,8 +77,6 @@ wireless bluetooth waterproof organic vegan handmade vintage modern compact port
 
 
 def _tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()

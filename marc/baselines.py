@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
 from marc.backbone import Backbone, Pooling
+from marc.checkpoint import BACKBONE_DELTA_FILE, COMPRESSOR_FILE, load_checkpoint, read_config
+from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset
 from marc.evaluate import CTRConfig, evaluate_vectors, pca_vectors, summarise_runs
 from marc.features import pooled_states
+from marc.modules import Compressor
+from marc.train.loop import train_marc
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +122,6 @@ def checkpoint_vectors(
     its layer-L states equal the cut backbone's, and they are likely cached already (probe, training).
     Otherwise the checkpoint's own cut (and possibly LoRA-merged) backbone runs.
     """
-    import torch
-    from safetensors.torch import load_file
-
-    from marc.checkpoint import BACKBONE_DELTA_FILE, COMPRESSOR_FILE, load_checkpoint, read_config
-    from marc.modules import Compressor
-
     checkpoint_dir = Path(checkpoint_dir)
     config, _ = read_config(checkpoint_dir)
     if backbone is not None and not (checkpoint_dir / BACKBONE_DELTA_FILE).is_file():
@@ -161,9 +161,6 @@ def trained_compressor_vectors(
     ``adapter=True`` is MARC (C + A + the default bottleneck); ``adapter=False`` is the plain linear
     compressor baseline (no A, beta = 0, no reconstruction: z meets the user by a dot product).
     """
-    from marc.config import ModelConfig, TrainConfig
-    from marc.train import train_marc
-
     model = ModelConfig(
         backbone=backbone_source, layer=layer, dim=dim, pooling=pooling, max_length=max_length
     )

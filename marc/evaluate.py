@@ -9,7 +9,6 @@ AUC the measure of what the vectors carry; warm AUC shows whether they still add
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.decomposition import PCA
-from sklearn.metrics import log_loss, roc_auc_score
 from torch import nn
 
 from marc.data import Interactions, RecDataset
+from marc.metrics import auc, log_loss
 from marc.predictions import predictions_for, save_predictions
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -110,18 +109,6 @@ def pca_vectors(states: np.ndarray, dataset: RecDataset, dim: int, seed: int = 0
     return pca.transform(states.astype(np.float64)).astype(np.float32)
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else math.nan
-
-
-def _logloss(labels: np.ndarray, probs: np.ndarray) -> float:
-    return (
-        float(log_loss(labels, np.clip(probs, 1e-7, 1 - 1e-7), labels=[0.0, 1.0]))
-        if len(labels)
-        else math.nan
-    )
-
-
 class _Harness:
     """Tensors for one dataset + vector set, and the training loop."""
 
@@ -206,9 +193,9 @@ class _Harness:
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-            auc = _auc(valid.labels, self.predict(model, valid))
-            if auc > best_auc:
-                best_auc, best_epoch, stale = auc, epoch, 0
+            valid_auc = auc(valid.labels, self.predict(model, valid))
+            if valid_auc > best_auc:
+                best_auc, best_epoch, stale = valid_auc, epoch, 0
                 best_state = {k: v.clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
@@ -257,10 +244,10 @@ def evaluate_vectors(
         for part, mask in (("all", np.ones_like(cold)), ("warm", ~cold), ("cold", cold)):
             labels = split.labels[mask]
             if prefix:
-                result[f"valid_auc{'' if part == 'all' else '_' + part}"] = _auc(labels, probs[mask])
+                result[f"valid_auc{'' if part == 'all' else '_' + part}"] = auc(labels, probs[mask])
             else:
-                result[f"auc_{part}"] = _auc(labels, probs[mask])
-                result[f"logloss_{part}"] = _logloss(labels, probs[mask])
+                result[f"auc_{part}"] = auc(labels, probs[mask])
+                result[f"logloss_{part}"] = log_loss(labels, probs[mask])
     dim = 0 if vectors is None else vectors.shape[1]
     if predictions is not None:
         save_predictions(

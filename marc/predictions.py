@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from marc.data.dataset import Interactions
-from marc.data.errors import DataError
+from records.errors import DataError
 
 FIELDS: dict[str, type] = {
     "row": np.int64,

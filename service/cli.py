@@ -115,8 +115,8 @@ def _settings(args: argparse.Namespace, flags: dict[str, str]) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from artifact.names import ArtifactError
     from service.app import create_app
-    from service.artifact import ArtifactError
     from service.lifecycle import DrainingServer, Lifecycle
     from service.runtime import load_service_encoder
 
@@ -143,8 +143,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_precompute(args: argparse.Namespace) -> int:
-    from marc.data.errors import DataError
-    from service.artifact import ArtifactError
+    from artifact.names import ArtifactError
+    from records.errors import DataError
     from service.cache import CacheUnavailable, RedisCache
     from service.cache_values import ValueCodec
     from service.encoder import load_encoder

@@ -17,16 +17,10 @@ import numpy as np
 import onnxruntime
 from tokenizers import Encoding, Tokenizer
 
-from service.artifact import (
-    INPUT_NAMES,
-    ArtifactError,
-    LoadedArtifact,
-    Variant,
-    load_artifact,
-    open_session,
-    ort_session_options,
-    read_manifest,
-)
+from artifact.loader import LoadedArtifact, load_artifact
+from artifact.manifest import read_manifest
+from artifact.names import INPUT_NAMES, ArtifactError, Variant
+from service.onnx_session import open_session, ort_session_options
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""Prometheus metrics (DESIGN §6). Each app owns its registry, so several apps can live in one process
-(tests) without clashing on the global default registry."""
+"""Prometheus metrics (their names: docs/ARCHITECTURE.md, "Metrics"). Each app owns its registry, so
+several apps can live in one process (tests) without clashing on the global default registry."""
 
 from __future__ import annotations
 

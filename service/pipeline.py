@@ -1,9 +1,11 @@
-"""The serving path (DESIGN §5): normalise -> cache keys -> one MGET (`read`) -> misses to the
+"""The serving path: normalise -> cache keys -> one MGET (`read`) -> misses to the
 micro-batcher -> one pipelined write (`complete`) -> vectors in request order. A read that found
 everything is answered by `cached_outcome` without the batcher (the all-hits fast path).
 
 A cache that fails never fails the request: its keys count as ``result="error"`` and every item is
 computed by the model.
+
+Contract: docs/ARCHITECTURE.md, "Serving a request".
 """
 
 from __future__ import annotations

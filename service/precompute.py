@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from records.jsonl import iter_items_jsonl
 from service.cache import RedisCache
 from service.cache_values import ValueCodec
 from service.encoder import OnnxEncoder
@@ -43,8 +44,6 @@ def count_lines(path: Path) -> int:
 
 def iter_items(path: Path) -> Iterator[tuple[str, str]]:
     """(item_id, text) from an items.jsonl file (validated line by line; torch-free)."""
-    from marc.data.jsonl import iter_items_jsonl
-
     return iter_items_jsonl(path)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 from fastapi.responses import JSONResponse
 
-from service.artifact import LoadedArtifact
+from artifact.loader import LoadedArtifact
 from service.schemas import VectorEncoding
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS

@@ -1,4 +1,4 @@
-"""Request and response bodies (DESIGN §4). Field descriptions feed the OpenAPI docs at /docs.
+"""Request and response bodies (docs/ARCHITECTURE.md, "API"). Field descriptions feed /docs.
 
 Static rules live here (types, empty text, invalid Unicode); the configurable limits (items per
 request, characters per text) are checked by `service.limits` against the running settings.

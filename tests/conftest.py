@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,3 +65,24 @@ def tiny_artifact_other(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same shape as `tiny_artifact` (dim 16) but another compressor seed: another fingerprint."""
     checkpoint = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_checkpoint_other"), compressor_seed=1)
     return _export(checkpoint, tmp_path_factory.mktemp("artifacts") / "tiny-artifact-other")
+
+
+@pytest.fixture(scope="session")
+def export_tiny(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint_factory: Callable[..., Path]
+) -> Callable[..., Path]:
+    """export_tiny(**overrides) -> artifact dir (fp32 only) of a tiny checkpoint; cached per overrides."""
+    from export.onnx_export import export_checkpoint
+
+    cache: dict[str, Path] = {}
+
+    def export(**overrides: object) -> Path:
+        key = json.dumps(overrides, sort_keys=True)
+        if key not in cache:
+            root = tmp_path_factory.mktemp("export")
+            checkpoint = tiny_checkpoint_factory(root / "checkpoint", **overrides)
+            export_checkpoint(checkpoint, root / "artifact")
+            cache[key] = root / "artifact"
+        return cache[key]
+
+    return export

@@ -15,9 +15,10 @@ import orjson
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from reliability_report import record
 from schemathesis import Case, GenerationMode
-from service_support import LiveServer
+
+from tests.support.reliability_report import record
+from tests.support.servers import LiveServer
 
 API_KEY = "fuzz-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

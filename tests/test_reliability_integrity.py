@@ -12,19 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from reliability_report import record
-from reliability_support import ServeProcess
-from service_support import LiveServer, RedisProcess, onnx_reference, unique_prefix
 
-from service.artifact import (
-    MANIFEST_FILE,
-    compute_fingerprint,
-    fingerprint_settings,
-    read_manifest,
-    sha256_file,
-    variant_fingerprint,
-)
+from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
+from artifact.manifest import read_manifest, sha256_file
+from artifact.names import MANIFEST_FILE
 from service.keys import KeySpace
+from tests.support.redis_server import RedisProcess, unique_prefix
+from tests.support.reference import onnx_reference
+from tests.support.reliability_report import record
+from tests.support.servers import LiveServer, ServeProcess
 
 # --- the service's start path refuses a bad artifact ------------------------------------------------
 

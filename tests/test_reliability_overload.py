@@ -12,9 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_report import record
-from reliability_support import ServeProcess, post_all, rss_bytes
-from service_support import LiveServer
+
+from tests.support.load import post_all
+from tests.support.reliability_report import record
+from tests.support.servers import LiveServer, ServeProcess, rss_bytes
 
 QUEUE_LIMIT = 64
 ITEMS_PER_REQUEST = 8

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_report import record
-from reliability_support import LoadLoop
-from service_support import LiveServer, RedisProcess
+
+from tests.support.load import LoadLoop
+from tests.support.redis_server import RedisProcess
+from tests.support.reliability_report import record
+from tests.support.servers import LiveServer
 
 HOT_TEXTS = [f"hot catalogue item {i}: linen shirt, size {i % 5}, colour {i % 7}" for i in range(24)]
 CACHE_TIMEOUT_MS = 150

@@ -12,8 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from reliability_report import record
-from service_support import LiveServer, RedisProcess, free_port
+
+from loadtest.processes import free_port
+from tests.support.redis_server import RedisProcess
+from tests.support.reliability_report import record
+from tests.support.servers import LiveServer
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "k3y-with-enough-entropy-2f8c"

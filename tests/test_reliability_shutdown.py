@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reliability_report import record
-from reliability_support import LoadLoop, ServeProcess
+
+from tests.support.load import LoadLoop
+from tests.support.reliability_report import record
+from tests.support.servers import ServeProcess
 
 DRAIN_SECONDS = 1.5
 UVICORN_GRACE_SECONDS = 30  # timeout_graceful_shutdown of `marc serve`

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import openai
 import pytest
-from service_support import SHARED_REDIS_URL, LiveServer, delete_prefix, onnx_reference, unique_prefix
+
+from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
+from tests.support.reference import onnx_reference
+from tests.support.servers import LiveServer
 
 TEXTS = ["red leather running shoes", "wireless bluetooth speaker, waterproof", "vintage wooden chair"]
 

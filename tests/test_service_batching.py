@@ -10,7 +10,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from service_support import LiveServer, onnx_reference
+
+from tests.support.reference import onnx_reference
+from tests.support.servers import LiveServer
 
 
 async def _post_concurrently(url: str, bodies: list[dict]) -> list[httpx.Response]:

@@ -15,14 +15,11 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from service_support import (
-    SHARED_REDIS_URL,
-    LiveServer,
-    delete_prefix,
-    free_port,
-    onnx_reference,
-    unique_prefix,
-)
+
+from loadtest.processes import free_port
+from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
+from tests.support.reference import onnx_reference
+from tests.support.servers import LiveServer
 
 ITEMS = [
     (f"sku-{i}", f"{('red', 'blue', 'green')[i % 3]} {('shoes', 'jacket', 'lamp', 'sofa')[i % 4]} no {i}")
@@ -32,7 +29,7 @@ ITEMS = [
 
 def _marc(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "marc.cli", *args],
+        [sys.executable, "-m", "marc_serve", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -104,7 +101,7 @@ def test_marc_serve_runs_and_drains_on_sigterm(tiny_artifact: Path) -> None:
     port = free_port()
     command = ["serve", "--artifact", str(tiny_artifact), "--port", str(port), "--drain-seconds", "1.5"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "marc.cli", *command],
+        [sys.executable, "-m", "marc_serve", *command],
         env={**os.environ, "MARC_LOG_LEVEL": "WARNING", "MARC_REDIS_URL": ""},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -11,17 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
-from service_support import (
-    SHARED_REDIS_URL,
-    LiveServer,
-    RedisProcess,
-    delete_prefix,
-    onnx_reference,
-    unique_prefix,
-)
 
 from service.cache import CacheUnavailable, RedisCache
 from service.keys import KeySpace
+from tests.support.redis_server import SHARED_REDIS_URL, RedisProcess, delete_prefix, unique_prefix
+from tests.support.reference import onnx_reference
+from tests.support.servers import LiveServer
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from service_support import onnx_reference
 
-from service.artifact import ArtifactError
+from artifact.names import ArtifactError
 from service.cache import LruCache
 from service.encoder import load_encoder
 from service.keys import KeySpace, normalise_text
+from tests.support.reference import onnx_reference
 
 
 def test_key_layout_and_normalisation() -> None:
@@ -76,8 +76,8 @@ def test_service_never_imports_torch_or_transformers() -> None:
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import service.app, service.cli, service.precompute, service.vector_files\n"
-        "import marc.data.jsonl  # what `marc precompute` reads items.jsonl with\n"
-        "from marc.cli import build_parser\n"
+        "import records.jsonl  # what `marc precompute` reads items.jsonl with\n"
+        "from marc_serve.cli import build_parser\n"
         "build_parser().parse_args(['serve', '--help'])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

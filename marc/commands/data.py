@@ -142,7 +142,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from marc.data import DataError, load_dataset
+    from marc.data import load_dataset
+    from records.errors import DataError
 
     try:
         dataset = load_dataset(args.spec, seed=args.seed)
@@ -174,7 +175,7 @@ def _get(args: argparse.Namespace) -> int:
 
 def _surface(args: argparse.Namespace) -> int:
     from marc.baselines import format_surface_check, surface_check
-    from marc.commands.evaluate import parse_seeds
+    from marc.commands.arguments import parse_seeds
     from marc.data import DataError, load_dataset
 
     try:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from marc.commands.arguments import HelpFormatter, add_data_arguments, load_data
+
 DESCRIPTION = """\
 Score item vectors as frozen side features of a standard CTR model (user and item id embeddings +
 the projected item vector + the user's history profile), trained on the train split, early-stopped
@@ -16,65 +18,6 @@ on validation AUC. Items never seen in training (cold items) have no id embeddin
 measures what the vectors carry. Prints AUC and LogLoss on warm and cold test items; with
 --baselines also the comparison table, all in the same harness and with the same seeds.
 """
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the None ones (their help says what None means)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("give at least one seed")
-    return seeds
-
-
-def add_data_arguments(parser: argparse.ArgumentParser, default_data: str | None) -> None:
-    """--data, --data-seed, --items, --users, --seeds, --cache-dir (shared with `marc probe`)."""
-    group = parser.add_argument_group("data and seeds")
-    group.add_argument(
-        "--data",
-        default=default_data,
-        help="dataset: 'synthetic', 'entities', 'movielens:<dir>' or 'jsonl:<dir>'"
-        + ("" if default_data else " (default: the dataset the checkpoint was trained on)"),
-    )
-    group.add_argument(
-        "--data-seed", type=int, default=0, help="seed of the dataset generator / random split"
-    )
-    group.add_argument(
-        "--items", type=int, default=None, help="generated items (synthetic/entities; default 2000)"
-    )
-    group.add_argument(
-        "--users", type=int, default=None, help="generated users (synthetic/entities; default 1000)"
-    )
-    group.add_argument(
-        "--seeds",
-        type=parse_seeds,
-        default=[0],
-        help="comma-separated seeds of the downstream model (and of trained baselines); "
-        "metrics are the mean, with the std over seeds",
-    )
-    group.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=Path(".cache/features"),
-        help="where pooled backbone states are cached (one .npy per layer)",
-    )
-
-
-def load_data(args: argparse.Namespace) -> Any:
-    from marc.data import load_dataset
-
-    sizes = {k: v for k, v in (("num_items", args.items), ("num_users", args.users)) if v is not None}
-    return load_dataset(args.data, seed=args.data_seed, **sizes)
 
 
 def register(subparsers: Any) -> None:
@@ -106,7 +49,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from marc.backbone import load_backbone
     from marc.baselines import checkpoint_vectors, format_table, run_baselines, score
     from marc.checkpoint import read_config
-    from marc.data import DataError
+    from records.errors import DataError
 
     try:
         config, extra = read_config(args.checkpoint)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.evaluate import HelpFormatter, parse_seeds
+from marc.commands.arguments import HelpFormatter, parse_seeds
 
 DESCRIPTION = """\
 One time-bounded run (about 30 minutes on 2 CPU cores in the default size) that measures the paper's
@@ -105,9 +105,11 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run_experiments_command(args: argparse.Namespace) -> int:
-    from marc.data import DataError
-    from marc.experiments import default_plan, previous_results, quick_plan, run_experiments
-    from marc.experiments_report import update_doc, write_outputs
+    from marc.experiments.plan import default_plan, quick_plan
+    from marc.experiments.report import update_doc, write_outputs
+    from marc.experiments.resume import previous_results
+    from marc.experiments.run import run_experiments
+    from records.errors import DataError
 
     overrides: dict[str, Any] = {
         name: value

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.evaluate import HelpFormatter, add_data_arguments, load_data
+from marc.commands.arguments import HelpFormatter, add_data_arguments, load_data
 
 DESCRIPTION = """\
 Run the backbone once over every item text, pool the hidden state of each probed layer, compress it
@@ -75,8 +75,8 @@ def run_probe_command(args: argparse.Namespace) -> int:
     import time
 
     from marc.backbone import load_backbone
-    from marc.data import DataError
     from marc.probe import probe_layers, run_probe, write_probe
+    from records.errors import DataError
 
     try:
         dataset = load_data(args)

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# The defaults equal ModelConfig()/TrainConfig() (tests/test_train.py checks it); they are spelled
+from marc.commands.arguments import HelpFormatter, load_data
+
+# The defaults equal ModelConfig()/TrainConfig() (tests/marc/test_train.py checks it); they are spelled
 # out here because importing marc.config pulls in torch, and `marc --help` must stay fast.
 DESCRIPTION = """\
 Train MARC on a click-through proxy task: the backbone is cut after --layer, its pooled state goes
@@ -16,15 +18,6 @@ through the compression module C (hidden size -> --dim, variational) and the tas
 A (deep MLP with a user tower) predicts clicks. Loss = BCE + beta * KL + recon-weight * reconstruction.
 Prints validation AUC on warm and cold items and writes a checkpoint folder for `marc export`.
 """
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the None ones (their help says what None means)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _default_out(backbone: str, layer: int, dim: int, mode: str) -> Path:
@@ -37,7 +30,7 @@ def register(subparsers: Any) -> None:
         "train",
         help="train a MARC model (C + A on a truncated LLM) and write a checkpoint",
         description=DESCRIPTION,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -140,15 +133,15 @@ def register(subparsers: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from marc.backbone import load_backbone
     from marc.config import ModelConfig, TrainConfig
-    from marc.data import DataError, load_dataset
-    from marc.experiments import read_layer_choice, record_layer_choice
-    from marc.train import train_marc
+    from marc.experiments.choice import read_layer_choice, record_layer_choice
+    from marc.metrics import format_metric
+    from marc.train.loop import train_marc
+    from records.errors import DataError
 
     try:
         # Checked before training, so a wrong path fails in seconds, not after the run.
         evidence = read_layer_choice(args.evidence) if args.evidence is not None else None
-        sizes = {k: v for k, v in (("num_items", args.items), ("num_users", args.users)) if v is not None}
-        dataset = load_dataset(args.data, seed=args.data_seed, **sizes)
+        dataset = load_data(args)
         backbone = load_backbone(args.backbone)
         layer = args.layer if args.layer is not None else backbone.num_layers // 2
         config = ModelConfig(
@@ -201,8 +194,7 @@ def run_train(args: argparse.Namespace) -> int:
     m = result.metrics
 
     def fmt(key: str) -> str:
-        value = m.get(key)
-        return "n/a" if value is None else f"{value:.4f}"
+        return format_metric(m.get(key))
 
     for split, label in (("valid", "validation AUC"), ("test", "test AUC      ")):
         warm, cold = fmt(f"{split}_auc_warm"), fmt(f"{split}_auc_cold")

@@ -6,12 +6,12 @@ from typing import Any
 
 from marc.data.dataset import Interactions, RecDataset
 from marc.data.entities import make_entities
-from marc.data.errors import DataError
-from marc.data.jsonl import iter_items_jsonl, load_jsonl, save_dataset
+from marc.data.jsonl import load_jsonl, save_dataset
 from marc.data.movielens import load_movielens
 from marc.data.movielens100k import load_movielens100k
 from marc.data.ratings import ITEM_TEXTS
 from marc.data.synthetic import make_synthetic
+from records.errors import DataError
 
 DATASET_SPECS = (
     "'synthetic', 'entities', 'movielens:<dir>', 'movielens100k:<dir>' (either with ?text=kar or "
@@ -67,10 +67,8 @@ def load_dataset(spec: str, seed: int = 0, **sizes: Any) -> RecDataset:
 
 __all__ = [
     "DATASET_SPECS",
-    "DataError",
     "Interactions",
     "RecDataset",
-    "iter_items_jsonl",
     "load_dataset",
     "load_jsonl",
     "load_movielens",

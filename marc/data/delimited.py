@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from marc.data.errors import DataError
+from records.errors import DataError
 
 
 def _separator_name(separator: str) -> str:

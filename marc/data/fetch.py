@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from marc.data.errors import DataError
 from marc.data.movielens100k import GROUPLENS_FILES, RECBOLE_FILES, detect_format, read_movielens100k
 from marc.data.ratings import RatingsTable
+from records.errors import DataError
 
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"

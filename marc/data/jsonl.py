@@ -1,4 +1,5 @@
-"""JSON-lines dataset format (numpy only, no torch: `marc precompute` streams item files with it).
+"""JSON-lines dataset format (numpy only, no torch; items.jsonl is read by `records.jsonl`, which
+`marc precompute` streams item files with too).
 
 A dataset directory holds:
 
@@ -17,14 +18,12 @@ items that never appear in train.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from marc.data.dataset import RecDataset
-from marc.data.errors import DataError, require_file
 from marc.data.splits import (
     SPLIT_NAMES,
     assign_cold_item_split,
@@ -33,43 +32,13 @@ from marc.data.splits import (
     never_in_train,
     split_rows,
 )
+from records.errors import DataError, require_file
+from records.jsonl import id_field, iter_items_jsonl, iter_records
 
 ITEMS_FILE = "items.jsonl"
 INTERACTIONS_FILE = "interactions.jsonl"
 META_FILE = "meta.json"
 META_ARRAYS_FILE = "meta_arrays.npz"
-
-
-def _iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, JSON object) for every non-blank line; malformed lines raise `DataError`."""
-    with path.open("rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError.at(path, line_number, f"not valid UTF-8 ({error.reason})") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError.at(path, line_number, f"not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError.at(path, line_number, f"expected a JSON object, got {type(record).__name__}")
-            yield line_number, record
-
-
-def _id_field(record: dict[str, Any], field: str, path: Path, line: int) -> str:
-    if field not in record:
-        raise DataError.at(path, line, f"missing field '{field}'")
-    value = record[field]
-    # bool is an int subclass, but `true` is never a sensible id.
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError.at(path, line, f"field '{field}' must be a string or an integer, got {value!r}")
-    text = str(value)
-    if not text.strip():
-        raise DataError.at(path, line, f"field '{field}' is empty")
-    return text
 
 
 def _label_field(record: dict[str, Any], path: Path, line: int) -> float:
@@ -79,29 +48,6 @@ def _label_field(record: dict[str, Any], path: Path, line: int) -> float:
     if isinstance(value, (bool, int, float)) and value in (0, 1):
         return float(value)
     raise DataError.at(path, line, f"field 'label' must be 0 or 1, got {value!r}")
-
-
-def iter_items_jsonl(path: str | Path) -> Iterator[tuple[str, str]]:
-    """Stream (item_id, text) from an items.jsonl file, validating every line as it goes.
-
-    Raises `DataError` (file, line, field) for a missing file, bad JSON, a missing/ill-typed
-    `item_id`, an empty `text`, or an item id seen before in the file.
-    """
-    path = require_file(Path(path), "items")
-    seen: set[str] = set()
-    for line, record in _iter_records(path):
-        item_id = _id_field(record, "item_id", path, line)
-        text = record.get("text")
-        if "text" not in record:
-            raise DataError.at(path, line, "missing field 'text'")
-        if not isinstance(text, str):
-            raise DataError.at(path, line, f"field 'text' must be a string, got {text!r}")
-        if not text.strip():
-            raise DataError.at(path, line, "field 'text' is empty")
-        if item_id in seen:
-            raise DataError.at(path, line, f"field 'item_id': duplicate item id {item_id!r}")
-        seen.add(item_id)
-        yield item_id, text
 
 
 class _OptionalColumn:
@@ -161,9 +107,9 @@ def load_jsonl(
     labels: list[float] = []
     timestamps = _OptionalColumn("timestamp", path)
     splits = _OptionalColumn("split", path)
-    for line, record in _iter_records(path):
-        user_id = _id_field(record, "user_id", path, line)
-        item_id = _id_field(record, "item_id", path, line)
+    for line, record in iter_records(path):
+        user_id = id_field(record, "user_id", path, line)
+        item_id = id_field(record, "item_id", path, line)
         if item_id not in item_index:
             raise DataError.at(
                 path, line, f"field 'item_id': unknown item id {item_id!r} (not in {ITEMS_FILE})"

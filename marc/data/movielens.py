@@ -10,7 +10,6 @@ from pathlib import Path
 
 from marc.data.dataset import RecDataset
 from marc.data.delimited import int_field, iter_fields
-from marc.data.errors import require_file
 from marc.data.ratings import (
     COLD_FRACTION,
     DEFAULT_TEXT,
@@ -22,6 +21,7 @@ from marc.data.ratings import (
     gender_code,
     item_cold_dataset,
 )
+from records.errors import require_file
 
 MOVIES_FIELDS = ("MovieID", "Title", "Genres")
 RATINGS_FIELDS = ("UserID", "MovieID", "Rating", "Timestamp")

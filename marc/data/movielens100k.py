@@ -21,7 +21,6 @@ from pathlib import Path
 
 from marc.data.dataset import RecDataset
 from marc.data.delimited import float_field, int_field, iter_fields
-from marc.data.errors import DataError, require_file
 from marc.data.ratings import (
     COLD_FRACTION,
     DEFAULT_TEXT,
@@ -33,6 +32,7 @@ from marc.data.ratings import (
     gender_code,
     item_cold_dataset,
 )
+from records.errors import DataError, require_file
 
 NAME = "movielens-100k"
 RECBOLE_FILES = {"ratings": "ml-100k.inter", "movies": "ml-100k.item", "users": "ml-100k.user"}

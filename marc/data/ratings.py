@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from marc.data.dataset import RecDataset
-from marc.data.errors import DataError
 from marc.data.splits import assign_item_cold_time_split, hold_out_items, never_in_train, split_rows
+from records.errors import DataError
 
 ITEM_TEXTS: dict[str, str] = {
     "kar": "KAR-style 'Title (Year). Genres: g1, g2'",

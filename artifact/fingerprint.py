@@ -1,0 +1,38 @@
+"""Fingerprints: the identity of the vectors an artifact produces (cache keys are built from it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def fingerprint_settings(
+    *, backbone_source: str, layer: int, pooling: str, dim: int, max_length: int
+) -> dict[str, Any]:
+    """The settings that change the output vectors besides the model and tokenizer bytes."""
+    return {
+        "backbone": backbone_source,
+        "layer": layer,
+        "pooling": pooling,
+        "dim": dim,
+        "max_length": max_length,
+    }
+
+
+def compute_fingerprint(model_sha256: str, tokenizer_sha256: str, settings: dict[str, Any]) -> str:
+    """sha256 over the fp32 model bytes, the tokenizer bytes and the canonical JSON of ``settings``."""
+    canonical = json.dumps(
+        {"model": model_sha256, "tokenizer": tokenizer_sha256, "settings": settings},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def variant_fingerprint(fingerprint: str, variant: str, variant_sha256: str) -> str:
+    """fp32 keeps the artifact fingerprint; int8/fp16 vectors differ slightly, so they get their own
+    (derived from it), and caches never mix vectors of two precisions."""
+    if variant == "fp32":
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}:{variant}:{variant_sha256}".encode()).hexdigest()

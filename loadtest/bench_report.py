@@ -1,0 +1,234 @@
+"""The benchmark's report: each row's ratio against its target, as JSON (every number) and as one
+markdown table (reports/bench.md, BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from artifact.manifest import Manifest
+from loadtest.loadgen import LoadResult
+from loadtest.raw_ort import Throughput
+
+TARGETS = {
+    "cold_ratio": 0.9,
+    "hot_ratio": 0.6,
+    "hot_p99_half_peak_ms": 10.0,
+    "truncation_speedup": 1.8,
+    "int8_speedup": 1.5,
+    "int8_cosine": 0.99,
+    "cached_vector_fraction": 1 / 12,
+}
+
+
+@dataclass
+class BenchReport:
+    machine: dict[str, Any]
+    options: dict[str, Any]
+    rows: list[dict[str, Any]]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _best(results: list[LoadResult], key: Callable[[LoadResult], float]) -> LoadResult:
+    return max(results, key=key)
+
+
+def _met(value: float, target: float, higher_is_better: bool = True) -> bool:
+    return value >= target if higher_is_better else value <= target
+
+
+def _check_ok(name: str, result: LoadResult) -> None:
+    if result.ok == 0:
+        raise RuntimeError(f"{name}: no successful request (statuses {result.statuses})")
+
+
+def build_report(
+    options: dict[str, Any],
+    manifest: Manifest,
+    machine: dict[str, Any],
+    raw: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    memory: dict[str, Any],
+    payload_bytes: int,
+) -> BenchReport:
+    for each in rounds:
+        for name, result in each.items():
+            if isinstance(result, LoadResult):
+                _check_ok(name, result)
+    # The cold path is compared with the limit measured in the same round (the machine's load drifts).
+    cold_round = max(rounds, key=lambda r: r["service_cold"].items_per_second / r["limit"].items_per_second)
+    limit: Throughput = cold_round["limit"]
+    limit_ips = limit.items_per_second
+    service_cold = cold_round["service_cold"]
+    naive_round = max(rounds, key=lambda r: r["naive_cold"].items_per_second / r["limit"].items_per_second)
+    naive_cold = naive_round["naive_cold"]
+    naive_ratio = naive_cold.items_per_second / naive_round["limit"].items_per_second
+    service_hot = _best([r["service_hot"] for r in rounds], lambda r: r.requests_per_second)
+    bare_hot = _best([r["bare_hot"] for r in rounds], lambda r: r.requests_per_second)
+    service_half = _best([r["service_half"] for r in rounds], lambda r: -r.latency_ms["p99"])
+    bare_half = _best([r["bare_half"] for r in rounds], lambda r: -r.latency_ms["p99"])
+
+    layer, total = manifest.backbone.layer, manifest.backbone.total_layers
+    cold_ratio = service_cold.items_per_second / limit_ips
+    hot_ratio = service_hot.requests_per_second / bare_hot.requests_per_second
+    truncation = raw["cut"].items_per_second / raw["full"].items_per_second
+    truncation_cpu = raw["cut"].items_per_cpu_second / raw["full"].items_per_cpu_second
+    int8_speedup = raw["int8"].items_per_second / raw["fp32"].items_per_second
+    int8_speedup_cpu = raw["int8"].items_per_cpu_second / raw["fp32"].items_per_cpu_second
+    half = memory["float16"]
+    vector_fraction = half["value_bytes"] / memory["raw_state_bytes"]
+    redis_fraction = memory["redis_bytes_per_item"] / memory["raw_state_bytes"]
+    half_redis_fraction = half["redis_bytes_per_item"] / memory["raw_state_bytes"]
+    c, hot_items = options["concurrency"], options["hot_items"]
+
+    def lat(r: LoadResult) -> str:
+        return f"p50/p95/p99 {r.latency_ms['p50']:.1f}/{r.latency_ms['p95']:.1f}/{r.latency_ms['p99']:.1f} ms"
+
+    rows = [
+        {
+            "row": "1. cold path",
+            "measured": f"service {service_cold.items_per_second:.1f} items/s ({c} single-item clients, "
+            f"all misses; mean queue {service_cold.queue_ms_mean:.1f} ms, "
+            f"inference {service_cold.inference_ms_mean:.1f} ms)",
+            "limit": f"raw ORT {limit_ips:.1f} items/s (batch {limit.batch_size}, same round)",
+            "ratio": cold_ratio,
+            "target": f">= {TARGETS['cold_ratio']}",
+            "met": _met(cold_ratio, TARGETS["cold_ratio"]),
+        },
+        {
+            "row": "1b. cold path, naive server",
+            "measured": f"naive {naive_cold.items_per_second:.1f} items/s (one model run per request)",
+            "limit": f"raw ORT {naive_round['limit'].items_per_second:.1f} items/s (same round)",
+            "ratio": naive_ratio,
+            "target": "baseline",
+            "met": None,
+        },
+        {
+            "row": "2. hot path",
+            "measured": f"service {service_hot.requests_per_second:.0f} req/s ({hot_items} item/req, "
+            f"hit ratio {service_hot.cache_hit_ratio:.2f}), {lat(service_hot)}, "
+            f"server CPU {service_hot.server_cpu_ms_per_request * 1000:.0f} us/req",
+            "limit": f"bare endpoint {bare_hot.requests_per_second:.0f} req/s, {lat(bare_hot)}, "
+            f"server CPU {bare_hot.server_cpu_ms_per_request * 1000:.0f} us/req",
+            "ratio": hot_ratio,
+            "target": f">= {TARGETS['hot_ratio']}",
+            "met": _met(hot_ratio, TARGETS["hot_ratio"]),
+        },
+        {
+            "row": "2b. hot path at half peak",
+            "measured": f"service p99 {service_half.latency_ms['p99']:.2f} ms at "
+            f"{service_half.requests_per_second:.0f} req/s (open loop), {lat(service_half)}",
+            "limit": f"bare endpoint p99 {bare_half.latency_ms['p99']:.2f} ms at "
+            f"{bare_half.requests_per_second:.0f} req/s",
+            "ratio": service_half.latency_ms["p99"] / bare_half.latency_ms["p99"],
+            "target": f"p99 < {TARGETS['hot_p99_half_peak_ms']:.0f} ms",
+            "met": _met(
+                service_half.latency_ms["p99"], TARGETS["hot_p99_half_peak_ms"], higher_is_better=False
+            ),
+        },
+        {
+            "row": "3. truncation",
+            "measured": f"L={layer}: {raw['cut'].items_per_second:.1f} items/s "
+            f"(per CPU-second: {truncation_cpu:.2f}x the full depth)",
+            "limit": f"full depth N={total}: {raw['full'].items_per_second:.1f} items/s "
+            f"(batch {raw['cut'].batch_size})",
+            "ratio": truncation,
+            "target": f">= {TARGETS['truncation_speedup']}x" + (" (at L=N/2)" if 2 * layer == total else ""),
+            "met": _met(truncation, TARGETS["truncation_speedup"]) if 2 * layer == total else None,
+        },
+        {
+            "row": "4. precision",
+            "measured": f"int8 ({raw['int8_source']}) {raw['int8'].items_per_second:.1f} items/s, "
+            f"(per CPU-second: {int8_speedup_cpu:.2f}x fp32), cosine vs fp32 mean "
+            f"{raw['cosine_mean']:.4f} (min {raw['cosine_min']:.4f})",
+            "limit": f"fp32 {raw['fp32'].items_per_second:.1f} items/s",
+            "ratio": int8_speedup,
+            "target": f">= {TARGETS['int8_speedup']}x, cosine >= {TARGETS['int8_cosine']}",
+            "met": _met(int8_speedup, TARGETS["int8_speedup"])
+            and raw["cosine_mean"] >= TARGETS["int8_cosine"],
+        },
+        {
+            "row": "5. memory per cached item",
+            "measured": f"MARC_CACHE_DTYPE=float16: vector {half['value_bytes']} B (float16 x "
+            f"{manifest.dim}), Redis {half['redis_bytes_per_item']:.0f} B/item ({half['items']} items, "
+            f"{half_redis_fraction:.3f} of the raw state); float32 (default): vector "
+            f"{memory['value_bytes']} B, Redis {memory['redis_bytes_per_item']:.0f} B/item with key, "
+            f"expiry and overhead ({memory['items']} items, {redis_fraction:.3f} of the raw state; "
+            f"MEMORY USAGE says {memory['memory_usage_command_mean']:.0f} B/key)",
+            "limit": f"raw float32 state {memory['raw_state_bytes']} B "
+            f"(hidden {manifest.backbone.hidden_size})",
+            "ratio": vector_fraction,
+            "target": "<= 1/12 (0.083)",
+            "met": _met(vector_fraction, TARGETS["cached_vector_fraction"], higher_is_better=False),
+        },
+        {
+            "row": "5b. artifact size",
+            "measured": f"fp32 {raw['fp32_model_bytes'] / 1e6:.1f} MB, "
+            f"int8 {raw['int8_model_bytes'] / 1e6:.1f} MB",
+            "limit": f"full-depth fp32 {raw['full_model_bytes'] / 1e6:.1f} MB",
+            "ratio": raw["fp32_model_bytes"] / raw["full_model_bytes"],
+            "target": "reference",
+            "met": None,
+        },
+    ]
+    details = {
+        "artifact": {
+            "name": manifest.name,
+            "fingerprint": manifest.fingerprint,
+            "layer": layer,
+            "total_layers": total,
+        },
+        "raw_sweep": [{**asdict(t), "items_per_second": t.items_per_second} for t in raw["sweep"]],
+        "hot_payload_bytes": payload_bytes,
+        "memory": memory,
+        "full_depth_artifact": raw["full_depth_artifact"],
+        "rounds": [
+            {
+                name: {**asdict(value), "items_per_second": value.items_per_second}
+                | (
+                    {"requests_per_second": value.requests_per_second}
+                    if isinstance(value, LoadResult)
+                    else {}
+                )
+                for name, value in each.items()
+            }
+            for each in rounds
+        ],
+    }
+    finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return BenchReport(
+        machine=machine, options={**options, "finished_at": finished_at}, rows=rows, details=details
+    )
+
+
+def to_markdown(report: BenchReport) -> str:
+    lines = [
+        "| Row | Measured | Limit / reference | Ratio | Target | Met |",
+        "| --- | --- | --- | ---: | --- | --- |",
+    ]
+    for row in report.rows:
+        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        cells = [row["row"], row["measured"], row["limit"], f"{row['ratio']:.3f}", row["target"], met]
+        lines.append("| " + " | ".join(cells) + " |")
+    m = report.machine
+    lines.append("")
+    lines.append(
+        f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average_at_start']} at the start; "
+        f"Python {m['python']}; finished {report.options['finished_at']}."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: BenchReport, json_path: Path | None, markdown_path: Path | None) -> str:
+    markdown = to_markdown(report)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(asdict(report), indent=2, default=str))
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(markdown)
+    return markdown

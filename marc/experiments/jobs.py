@@ -1,0 +1,159 @@
+"""Jobs: one (dataset, vectors, seed) each - make the vectors (PCA, or train MARC on frozen states) and
+score them with the downstream harness - fanned out over worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from marc.config import ModelConfig, TrainConfig
+from marc.data import RecDataset
+from marc.evaluate import evaluate_vectors, pca_vectors
+from marc.experiments.plan import Plan, Vectors
+from marc.train.loop import TrainResult, train_marc
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    vectors: Vectors
+    seed: int
+
+
+@dataclass
+class RunContext:
+    """What every job needs, set once per worker process."""
+
+    plan: Plan
+    datasets: dict[str, RecDataset]
+    states: dict[str, dict[int, np.ndarray]]
+
+
+_CONTEXT: RunContext | None = None
+
+
+def _init_worker(context: RunContext) -> None:
+    global _CONTEXT
+    _CONTEXT = context
+    # The jobs are small models: one intra-op thread per process; the processes use the cores.
+    torch.set_num_threads(1)
+
+
+def _split_overrides(overrides: Iterable[tuple[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    model_fields = {f.name for f in fields(ModelConfig)}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    model, train = {}, {}
+    for name, value in overrides:
+        if name in model_fields:
+            model[name] = value
+        elif name in train_fields:
+            train[name] = value
+        else:
+            raise ValueError(f"unknown MARC setting {name!r} in an experiment row")
+    return model, train
+
+
+def _train(
+    plan: Plan, dataset: RecDataset, vectors: Vectors, seed: int, pooled: np.ndarray | None
+) -> TrainResult:
+    """train_marc for a 'trained' (frozen states) or 'lora' job -> TrainResult."""
+    model_overrides, train_overrides = _split_overrides(vectors.overrides)
+    assert vectors.layer is not None and vectors.dim is not None
+    config = ModelConfig(
+        backbone=plan.backbone,
+        layer=vectors.layer,
+        dim=vectors.dim,
+        pooling=plan.pooling,  # type: ignore[arg-type]
+        max_length=plan.max_length,
+        **model_overrides,
+    )
+    train = TrainConfig(
+        **{
+            "seed": seed,
+            "epochs": plan.train_epochs,
+            "patience": plan.train_patience,
+            "mode": "lora" if vectors.kind == "lora" else "frozen",
+            **train_overrides,
+        }
+    )
+    return train_marc(dataset, config, train, pooled=pooled)
+
+
+def _train_summary(result: TrainResult) -> dict[str, Any]:
+    """What a trained row reports besides the downstream metrics: MARC's own head on test, the
+    training length and how many nats z carries (the KL term at the best epoch)."""
+    metrics = result.metrics
+    best = metrics.get("best_epoch", 0)
+    kl = result.history[best - 1]["kl"] if 0 < best <= len(result.history) else None
+    keep = ("test_auc", "test_auc_warm", "test_auc_cold", "best_epoch", "epochs_run", "seconds", "z_std")
+    return {**{k: metrics.get(k) for k in keep}, "kl_nats": kl}
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Make the job's vectors and score them with the downstream harness for the job's seed."""
+    context = _CONTEXT
+    if context is None:
+        raise RuntimeError("run_job called outside a worker (no context set)")
+    dataset = context.datasets[job.dataset]
+    states = context.states[job.dataset]
+    spec = job.vectors
+    extra: dict[str, Any] = {}
+    vectors: np.ndarray | None
+    if spec.kind == "ids":
+        vectors = None
+    elif spec.kind == "full":
+        vectors = states[spec.layer]  # type: ignore[index]
+    elif spec.kind == "pca":
+        vectors = pca_vectors(states[spec.layer], dataset, spec.dim)  # type: ignore[index,arg-type]
+    elif spec.kind == "trained":
+        result = _train(context.plan, dataset, spec, job.seed, states[spec.layer])  # type: ignore[index]
+        vectors, extra = result.item_vectors(), {"train": _train_summary(result)}
+    else:
+        raise ValueError(f"unknown vectors kind {spec.kind!r}")
+    return {**evaluate_vectors(dataset, vectors, job.seed, context.plan.ctr), **extra}
+
+
+def run_lora_job(plan: Plan, dataset: RecDataset, job: Job) -> dict[str, Any]:
+    """LoRA jobs run in the main process: each loads its own backbone (training changes it in place)."""
+    result = _train(plan, dataset, job.vectors, job.seed, None)
+    return {
+        **evaluate_vectors(dataset, result.item_vectors(), job.seed, plan.ctr),
+        "train": _train_summary(result),
+    }
+
+
+def run_jobs(
+    context: RunContext, jobs: Sequence[Job], desc: str, done: dict[Job, dict[str, Any]] | None = None
+) -> dict[Job, dict[str, Any]]:
+    """Run ``jobs`` (deduplicated) on ``context.plan.workers`` processes; -> result per job. Jobs
+    found in ``done`` (results of an earlier identical run) are reused, not run."""
+    done = done or {}
+    results = {job: done[job] for job in jobs if job in done}
+    unique = [job for job in dict.fromkeys(jobs) if job not in results]
+    progress = tqdm(total=len(unique), desc=desc, unit="job")
+    if context.plan.workers <= 1 or len(unique) <= 1:
+        _init_worker(context)
+        for job in unique:
+            results[job] = run_job(job)
+            progress.update()
+    else:
+        # spawn, not fork: the parent holds torch threads (forking them can deadlock).
+        with ProcessPoolExecutor(
+            max_workers=context.plan.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(context,),
+        ) as pool:
+            futures = {pool.submit(run_job, job): job for job in unique}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                progress.update()
+    progress.close()
+    return results

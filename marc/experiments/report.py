@@ -1,0 +1,213 @@
+"""The files a run writes: summary.json, results.md (markdown tables and the claims check), the plots,
+and optionally the generated block of a document such as EXPERIMENTS.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from marc.experiments.claims import claims
+from marc.experiments.plots import plot_beta, plot_compression, plot_sweep
+from marc.metrics import format_metric
+
+DOC_BEGIN = "<!-- BEGIN GENERATED: marc experiments -->"
+
+
+DOC_END = "<!-- END GENERATED: marc experiments -->"
+
+
+METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("auc_cold", "AUC cold"),
+    ("auc_warm", "AUC warm"),
+    ("logloss_cold", "LogLoss cold"),
+    ("logloss_warm", "LogLoss warm"),
+)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", name).strip("-").lower()
+
+
+def _value(record: dict[str, Any], key: str) -> str:
+    text = format_metric(record.get(key))
+    if text != "n/a" and len(record.get("seeds", [])) > 1:
+        return f"{text} ± {record.get(f'{key}_std', 0.0):.4f}"
+    return text
+
+
+def _bytes(record: dict[str, Any]) -> str:
+    return f"{record['bytes_per_item_fp32']} ({record['bytes_per_item_fp16']})" if record["dim"] else "0"
+
+
+def metrics_table(
+    records: Sequence[dict[str, Any]], first: str = "vectors", extra: Sequence[str] = ()
+) -> str:
+    """Markdown table: label, k, bytes per item, AUC and LogLoss on cold and warm test items."""
+    header = [first, "k", "bytes/item fp32 (fp16)", *(title for _, title in METRIC_COLUMNS), *extra]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for record in records:
+        cells = [record["label"], str(record["dim"] or "-"), _bytes(record)]
+        cells += [_value(record, key) for key, _ in METRIC_COLUMNS]
+        for key in extra:
+            value = (record.get("train") or {}).get(key)
+            cells.append("n/a" if value is None else f"{value:.4g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(result: dict[str, Any], final: int, dim: int) -> str:
+    by_layer: dict[int, dict[str, dict[str, Any]]] = {}
+    for record in result["sweep"]:
+        if record["layer"] is not None:
+            by_layer.setdefault(record["layer"], {})[record["kind"]] = record
+    header = (
+        f"| layer | PCA-{dim} AUC cold | PCA-{dim} AUC warm | full AUC cold | full AUC warm "
+        f"| PCA-{dim} valid AUC cold |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    ids = next(r for r in result["sweep"] if r["kind"] == "ids")
+    cells = (_value(ids, "auc_cold"), _value(ids, "auc_warm"), "", "", _value(ids, "valid_auc_cold"))
+    lines.append("| ids only | " + " | ".join(cells) + " |")
+    for layer, kinds in sorted(by_layer.items()):
+        marks = " (final)" if layer == final else ""
+        marks += " **(chosen mid)**" if layer == result["mid_layer"] else ""
+        p, f = kinds["pca"], kinds["full"]
+        lines.append(
+            f"| {layer}{marks} | {_value(p, 'auc_cold')} | {_value(p, 'auc_warm')} | {_value(f, 'auc_cold')} "
+            f"| {_value(f, 'auc_warm')} | {_value(p, 'valid_auc_cold')} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command: str) -> str:
+    """The results as markdown (results.md, and the generated block of EXPERIMENTS.md)."""
+    plan, backbone, machine, timings = (
+        summary["plan"],
+        summary["backbone"],
+        summary["machine"],
+        summary["timings"],
+    )
+    final = backbone["num_layers"]
+    out = [
+        f"Regenerate: `{command}`",
+        "",
+        f"Run: {plan['size']} size, backbone `{backbone['source']}` ({final} layers, hidden "
+        f"{backbone['hidden_size']}), seeds {_seeds(plan['seeds'])} (sweep: {_seeds(plan['sweep_seeds'])}), "
+        f"wall time {timings['total_seconds'] / 60:.1f} min on {machine['cores']} CPU cores "
+        f"({machine['cpu']}, {machine['platform']}; load average {machine['load_average_at_start']} "
+        f"at start, {machine['load_average_at_end']} at end: the machine was shared). Timings (s): "
+        + ", ".join(f"{k.removesuffix('_seconds')} {v}" for k, v in timings.items())
+        + "."
+        + _jobs_note(summary.get("jobs")),
+        "",
+        f"Served-layer choice: **L{summary['layer_choice']['layer']}** ({summary['layer_choice']['rule']}).",
+    ]
+    for name, result in summary["datasets"].items():
+        files = plots[name]
+        interactions = result["interactions"]
+        out += [
+            "",
+            f"### Dataset `{name}`",
+            "",
+            f"{result['num_items']} items ({result['cold_items']} cold: never in train), "
+            f"{result['num_users']} users, {interactions['train']}/{interactions['valid']}/"
+            f"{interactions['test']} train/valid/test "
+            f"interactions ({result['cold_test_interactions']} test rows on cold items), train positive rate "
+            f"{result['positive_rate_train']}.",
+            "",
+            f"#### 1. Layer sweep (frozen backbone; k={plan['dim']} for PCA)",
+            "",
+            f"![AUC vs layer, {name}]({files['sweep']})",
+            "",
+            sweep_table(result, final, plan["dim"]),
+            "",
+            "#### 2. Compression table (test, mean ± std over seeds)",
+            "",
+            f"![compression, {name}]({files['compression']})",
+            "",
+            metrics_table(result["compression"]),
+            "",
+            f"#### 3. Ablations (k={plan['dim']}, mid layer L{result['mid_layer']})",
+            "",
+            metrics_table(result["ablations"], "variant", extra=("test_auc_cold", "kl_nats", "best_epoch")),
+            "",
+            f"beta sweep: ![beta sweep, {name}]({files['beta']})",
+            "",
+            metrics_table(result["beta"], "beta", extra=("kl_nats", "best_epoch")),
+            "",
+            "#### Claims check (test cold AUC differences; ± is the seed noise of the difference)",
+            "",
+            *(f"- {line}" for line in claims(result, final)),
+        ]
+    return "\n".join(out) + "\n"
+
+
+def _jobs_note(jobs: dict[str, Any] | None) -> str:
+    if not jobs:
+        return ""
+    note = f" The {jobs['total']} jobs (training + downstream evaluation, each timed in its worker) add up"
+    note += f" to {jobs['job_seconds'] / 60:.1f} min"
+    if jobs["reused_from_previous_run"]:
+        note += f"; {jobs['reused_from_previous_run']} of them were reused from an earlier run (`--resume`)"
+    return note + "."
+
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return ",".join(map(str, seeds))
+
+
+def write_outputs(
+    summary: dict[str, Any], out_dir: Path, command: str, doc_prefix: str = ""
+) -> dict[str, Path]:
+    """summary.json, results.md and three plots per dataset under ``out_dir``. ``doc_prefix`` is the
+    path from the markdown's location to ``out_dir`` (image links in results.md are relative to it)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    links: dict[str, dict[str, str]] = {}
+    for name, result in summary["datasets"].items():
+        base = slug(name)
+        paths = {
+            "sweep": plot_sweep(result, summary, out_dir / f"sweep-{base}.png"),
+            "compression": plot_compression(result, out_dir / f"compression-{base}.png"),
+            "beta": plot_beta(result, out_dir / f"beta-{base}.png"),
+        }
+        written.update({f"{kind}-{base}": path for kind, path in paths.items()})
+        links[name] = {kind: f"{doc_prefix}{path.name}" for kind, path in paths.items()}
+    summary_path = out_dir / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    results_path = out_dir / "results.md"
+    results_path.write_text("# Experiment results\n\n" + markdown(summary, links, command))
+    written.update(summary=summary_path, results=results_path)
+    return written
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def update_doc(doc: Path, summary: dict[str, Any], out_dir: Path, command: str) -> None:
+    """Replace the generated block of ``doc`` (between DOC_BEGIN and DOC_END) with this run's results,
+    image links relative to the document."""
+    doc = Path(doc)
+    text = doc.read_text() if doc.is_file() else ""
+    if DOC_BEGIN not in text or DOC_END not in text:
+        raise ValueError(
+            f"{doc}: no generated block to replace (add the lines {DOC_BEGIN!r} and {DOC_END!r})"
+        )
+    prefix = os.path.relpath(Path(out_dir).resolve(), doc.resolve().parent) + "/"
+    links = {
+        name: {kind: f"{prefix}{kind}-{slug(name)}.png" for kind in ("sweep", "compression", "beta")}
+        for name in summary["datasets"]
+    }
+    head, rest = text.split(DOC_BEGIN, 1)
+    tail = rest.split(DOC_END, 1)[1]
+    doc.write_text(f"{head}{DOC_BEGIN}\n{markdown(summary, links, command)}{DOC_END}{tail}")

@@ -1,0 +1,241 @@
+"""One whole run; returns the summary (what summary.json holds). Per dataset:
+  1. MRA sweep - every probed layer's pooled state (full size and PCA to k) scored by the downstream
+     CTR harness (`marc.evaluate`); the "mid layer" used below is the best non-final layer by
+     validation cold AUC (never a test metric).
+  2. Compression table at each k: ids only, final layer full size, final + PCA, final + a trained
+     linear compressor, mid + PCA, MARC (mid layer, C + A + beta * KL).
+  3. Ablations at one k: MARC + reconstruction, without A, without the information constraint
+     (beta = 0), with C and A of the same structure, cut at the final layer; a beta sweep; optionally
+     a short LoRA run at the mid and the final layer.
+
+The backbone runs once per dataset over all items (pooled states of every probed layer, cached on
+disk by `marc.features`); everything downstream works on those arrays, fanned out over worker
+processes (one thread each), so the whole default run fits in about half an hour on 2 CPU cores.
+Every vector set is scored by the same harness and seeds; all selection uses validation data only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from marc.backbone import load_backbone
+from marc.config import ModelConfig
+from marc.data import RecDataset, load_dataset
+from marc.evaluate import summarise_runs
+from marc.experiments.choice import choose_mid_layer, choose_served_layer
+from marc.experiments.jobs import Job, RunContext, run_jobs, run_lora_job
+from marc.experiments.plan import (
+    GENERATED_KINDS,
+    Plan,
+    Row,
+    Vectors,
+    ablation_rows,
+    beta_rows,
+    compression_rows,
+    sweep_rows,
+)
+from marc.features import pooled_states
+from marc.machine import load_average, machine_info
+from marc.probe import probe_layers
+
+log = logging.getLogger(__name__)
+
+
+def _dataset(plan: Plan, spec: str) -> RecDataset:
+    kind = spec.partition(":")[0]
+    sizes = plan.generator_sizes if kind in GENERATED_KINDS and ":" not in spec else {}
+    return load_dataset(spec, seed=0, **sizes)
+
+
+def _scored(rows: Sequence[Row], runs: dict[Vectors, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows -> records with the mean/std of every metric over the row's seeds and its settings."""
+    out = []
+    for row in rows:
+        record = {"label": row.label, "group": row.group, **_describe(row.vectors)}
+        record.update(summarise_runs(runs[row.vectors]))
+        trained = [run["train"] for run in runs[row.vectors] if "train" in run]
+        if trained:
+            record["train"] = {
+                key: _mean([t[key] for t in trained]) for key in trained[0] if key not in ("seconds",)
+            }
+        out.append(record)
+    return out
+
+
+def _describe(vectors: Vectors) -> dict[str, Any]:
+    return {
+        "kind": vectors.kind,
+        "layer": vectors.layer,
+        "k": vectors.dim,
+        "settings": dict(vectors.overrides),
+    }
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [float(v) for v in values if v is not None]
+    return float(np.mean(numbers)) if numbers else None
+
+
+def run_experiments(
+    plan: Plan, cache_dir: Path | None = None, previous: dict[Job, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The whole run: pooled states, sweep, compression table, ablations, beta sweep, layer choice.
+    ``previous`` (from `previous_results`) are reused instead of recomputed. Returns the summary
+    (what summary.json holds)."""
+    started = time.perf_counter()
+    summary: dict[str, Any] = {
+        "plan": plan.to_dict(),
+        "machine": {**machine_info(), "torch": torch.__version__},
+        "datasets": {},
+    }
+    timings: dict[str, float] = {}
+
+    tick = time.perf_counter()
+    backbone = load_backbone(plan.backbone)
+    final = backbone.num_layers
+    layers = probe_layers(final, plan.sweep_every)
+    timings["backbone_load_seconds"] = time.perf_counter() - tick
+    summary["backbone"] = {
+        "source": backbone.source,
+        "num_layers": final,
+        "hidden_size": backbone.hidden_size,
+        "swept_layers": layers,
+    }
+
+    datasets: dict[str, RecDataset] = {}
+    states: dict[str, dict[int, np.ndarray]] = {}
+    tick = time.perf_counter()
+    for spec in plan.datasets:
+        dataset = _dataset(plan, spec)
+        if dataset.name in datasets:
+            raise ValueError(f"two dataset specs give the same dataset name {dataset.name!r}")
+        datasets[dataset.name] = dataset
+        log.info(
+            "%s: %d items (%d cold), %d users",
+            dataset.name,
+            dataset.num_items,
+            int(dataset.cold_items.sum()),
+            dataset.num_users,
+        )
+        states[dataset.name] = pooled_states(
+            backbone,
+            dataset.item_texts,
+            layers,
+            plan.pooling,  # type: ignore[arg-type]
+            plan.max_length,
+            plan.backbone_batch_size,
+            cache_dir,
+        )
+        summary["datasets"][dataset.name] = {"spec": spec, **_dataset_info(dataset)}
+    timings["pooled_states_seconds"] = time.perf_counter() - tick
+    del backbone  # LoRA jobs load their own; free the memory for the workers
+    context = RunContext(plan, datasets, states)
+
+    # 1. the sweep (it picks each dataset's mid layer, which the other parts need)
+    tick = time.perf_counter()
+    sweep = sweep_rows(layers, plan.dim)
+    sweep_jobs = [
+        Job(name, row.vectors, seed) for name in datasets for row in sweep for seed in plan.sweep_seeds
+    ]
+    sweep_results = run_jobs(context, sweep_jobs, "1/2 layer sweep", previous)
+    timings["sweep_seconds"] = time.perf_counter() - tick
+
+    default_beta = ModelConfig().beta
+    for name in datasets:
+        result = summary["datasets"][name]
+        result["sweep"] = _scored(sweep, _collect(sweep_results, name, sweep, plan.sweep_seeds))
+        result["mid_layer"] = choose_mid_layer(result["sweep"], final)
+    summary["layer_choice"] = {
+        **choose_served_layer(summary["datasets"]),
+        "backbone": plan.backbone,
+        "dim": plan.dim,
+        "beta": default_beta,
+    }
+    served = summary["layer_choice"]["layer"]
+    parts: dict[str, dict[str, list[Row]]] = {}
+    for name in datasets:
+        mid = summary["datasets"][name]["mid_layer"]
+        parts[name] = {
+            "compression": compression_rows(final, mid, plan.dims, states[name][final].shape[1]),
+            "ablations": ablation_rows(plan, final, mid, default_beta, served),
+            "beta": beta_rows(plan, mid, default_beta),
+        }
+
+    # 2 + 3. everything else, all datasets at once so the workers stay busy
+    tick = time.perf_counter()
+    jobs = [
+        Job(name, row.vectors, seed)
+        for name, tables in parts.items()
+        for rows in tables.values()
+        for row in rows
+        if row.vectors.kind != "lora"
+        for seed in plan.seeds
+    ]
+    results = run_jobs(context, jobs, "2/2 compression, ablations, beta", previous)
+    timings["tables_seconds"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    lora_jobs = [
+        Job(name, row.vectors, plan.seeds[0])
+        for name, tables in parts.items()
+        for row in tables["ablations"]
+        if row.vectors.kind == "lora"
+    ]
+    for job in tqdm(lora_jobs, desc="LoRA runs", unit="run", disable=not lora_jobs):
+        reused = (previous or {}).get(job)
+        results[job] = reused if reused is not None else run_lora_job(plan, datasets[job.dataset], job)
+    timings["lora_seconds"] = time.perf_counter() - tick
+
+    for name, tables in parts.items():
+        for table, rows in tables.items():
+            summary["datasets"][name][table] = _scored(rows, _collect(results, name, rows, plan.seeds))
+
+    all_jobs = {**sweep_results, **results}
+    reused = sum(1 for job in all_jobs if previous and job in previous)
+    summary["jobs"] = {
+        "total": len(all_jobs),
+        "reused_from_previous_run": reused,
+        # CPU-bound seconds of every job's training + evaluation, reused ones included: the work
+        # behind the numbers whatever the wall time of this particular (possibly resumed) run.
+        "job_seconds": round(sum(_job_seconds(r) for r in all_jobs.values()), 1),
+    }
+    timings["total_seconds"] = time.perf_counter() - started
+    summary["timings"] = {k: round(v, 1) for k, v in timings.items()}
+    summary["machine"]["load_average_at_end"] = load_average()
+    return summary
+
+
+def _job_seconds(result: dict[str, Any]) -> float:
+    return float(result.get("seconds") or 0.0) + float((result.get("train") or {}).get("seconds") or 0.0)
+
+
+def _collect(
+    results: dict[Job, dict[str, Any]], dataset: str, rows: Sequence[Row], seeds: Sequence[int]
+) -> dict[Vectors, list[dict[str, Any]]]:
+    """Per-seed results of each row, in seed order (LoRA rows ran for the first seed only)."""
+    runs: dict[Vectors, list[dict[str, Any]]] = {}
+    for row in rows:
+        row_seeds = seeds[:1] if row.vectors.kind == "lora" else seeds
+        runs[row.vectors] = [results[Job(dataset, row.vectors, seed)] for seed in row_seeds]
+    return runs
+
+
+def _dataset_info(dataset: RecDataset) -> dict[str, Any]:
+    cold = dataset.cold_items
+    return {
+        "name": dataset.name,
+        "num_items": dataset.num_items,
+        "cold_items": int(cold.sum()),
+        "num_users": dataset.num_users,
+        "interactions": {split: len(getattr(dataset, split)) for split in ("train", "valid", "test")},
+        "cold_test_interactions": int(cold[dataset.test.items].sum()),
+        "positive_rate_train": round(float(dataset.train.labels.mean()), 4),
+    }

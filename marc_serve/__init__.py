@@ -1,0 +1,1 @@
+"""The `marc` command: assembles the subcommands each package exposes (marc, export, service, loadtest)."""

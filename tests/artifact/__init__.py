@@ -1,0 +1,1 @@
+"""Tests of artifact/: the verified, torch-free loader and its refusals."""

@@ -1,0 +1,1 @@
+"""Tests of export/: checkpoint -> ONNX artifact, parity, quantised variants, fingerprints."""

@@ -1,0 +1,1 @@
+"""Tests of loadtest/: the headless benchmark and the Locust scenarios."""

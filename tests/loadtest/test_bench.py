@@ -1,0 +1,116 @@
+"""Smoke run of the headless benchmark on the tiny artifact (every row of the table, real servers,
+real Redis, real ONNX Runtime; no timing assertions) and a check that the Locust scenarios load."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from marc_serve.cli import main
+
+ROWS = [
+    "1. cold path",
+    "1b. cold path, naive server",
+    "2. hot path",
+    "2b. hot path at half peak",
+    "3. truncation",
+    "4. precision",
+    "5. memory per cached item",
+    "5b. artifact size",
+]
+
+
+@pytest.mark.slow
+def test_quick_bench_produces_every_row(
+    tiny_artifact: Path, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
+    code = main(
+        [
+            "bench",
+            "--artifact",
+            str(tiny_artifact),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--quick",
+            "--duration",
+            "1",
+            "--concurrency",
+            "8",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(out),
+            "--markdown",
+            str(markdown),
+        ]
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [row["row"] for row in report["rows"]] == ROWS
+    for row in report["rows"]:
+        assert math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+    printed = capsys.readouterr().out
+    for name in ROWS:
+        assert f"| {name} |" in printed
+        assert f"| {name} |" in markdown.read_text()
+
+    (round_,) = report["details"]["rounds"]
+    # The cold path really missed the cache and the hot path really hit it, on every item.
+    assert round_["service_cold"]["cache_hit_ratio"] == 0
+    assert round_["service_hot"]["cache_hit_ratio"] == 1
+    for name, result in round_.items():
+        if name != "limit":
+            assert result["ok"] > 0 and result["statuses"] == {"200": result["requests"]}, name
+    memory = report["details"]["memory"]
+    assert memory["items"] > 0 and memory["redis_bytes_per_item"] > memory["value_bytes"] == 16 * 4
+    half = memory["float16"]  # the same texts cached with MARC_CACHE_DTYPE=float16
+    assert half["items"] > 0 and half["redis_bytes_per_item"] > half["value_bytes"] == 16 * 2
+    # The full-depth twin kept all 4 layers of the tiny backbone, with the same compressor shape.
+    full = json.loads((Path(report["details"]["full_depth_artifact"]) / "manifest.json").read_text())
+    assert (full["backbone"]["layer"], full["backbone"]["total_layers"], full["dim"]) == (4, 4, 16)
+
+
+def test_bench_without_checkpoint_names_the_option(tmp_path: Path, tiny_artifact: Path) -> None:
+    """An artifact whose recorded checkpoint is gone: a clear error, before any server starts."""
+    copy = tmp_path / "artifact"
+    copy.mkdir()
+    for file in tiny_artifact.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["export"]["checkpoint"] = str(tmp_path / "gone")
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.cli",
+            "--artifact",
+            str(copy),
+            "--quick",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "--checkpoint" in done.stderr and "gone" in done.stderr
+
+
+def test_locustfile_lists_the_user_classes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) >= {"ColdUser", "HotUser", "LookupUser", "OpenAIUser"}

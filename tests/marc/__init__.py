@@ -1,0 +1,1 @@
+"""Tests of marc/: data, backbone, training, checkpoints, evaluation, metrics, experiments."""

@@ -1,0 +1,1 @@
+"""Tests of records/: the torch-free items.jsonl reader."""
