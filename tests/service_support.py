@@ -170,3 +170,47 @@ def onnx_reference(artifact_dir: Path, texts: list[str], variant: str = "fp32") 
     artifact = load_artifact(artifact_dir, variant)
     session = onnxruntime.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
     return session.run(["embedding"], artifact.tokenize(texts))[0]
+
+
+class RedisClusterProcesses:
+    """A Redis Cluster of ``nodes`` private primaries on free ports, hash slots split evenly."""
+
+    def __init__(self, directory: Path, nodes: int = 3) -> None:
+        self.nodes: list[RedisProcess] = []
+        self._bus_ports: list[int] = []  # explicit: the default, port + 10000, may not exist
+        for index in range(nodes):
+            node_dir = directory / f"node{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            self._bus_ports.append(free_port())
+            cluster_args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            bus_port = ("--cluster-port", str(self._bus_ports[-1]))
+            self.nodes.append(RedisProcess(*cluster_args, *bus_port, cwd=node_dir))
+        self.url = f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def __enter__(self) -> RedisClusterProcesses:
+        for node in self.nodes:
+            node.start()
+        clients = [redis.Redis(port=node.port) for node in self.nodes]
+        try:
+            bounds = [round(i * 16384 / len(self.nodes)) for i in range(len(self.nodes) + 1)]
+            for client, low, high in zip(clients, bounds, bounds[1:], strict=False):
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", low, high - 1)
+            for node, bus_port in zip(self.nodes[1:], self._bus_ports[1:], strict=True):
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus_port)
+            deadline = time.monotonic() + 20
+            expected = f"cluster_known_nodes:{len(self.nodes)}".encode()
+            while not all(
+                b"cluster_state:ok" in info and expected in info
+                for info in (client.execute_command("CLUSTER", "INFO") for client in clients)
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the {len(self.nodes)}-node Redis Cluster did not come up")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            node.stop()
