@@ -10,6 +10,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from marc.determinism import pin_cpu_kernels
+
 # One module per subcommand group, in the order `marc --help` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "marc.commands.data",
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any command imports torch: the same build gives the same bits on every machine.
+    pin_cpu_kernels()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
