@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis, RedisCluster
 
 from service.cache import resolve_cluster_url
-from service.keys import FINGERPRINT_CHARS, ID_KIND, parse_key
+from service.keys import FINGERPRINT_CHARS, HEX_DIGITS, ID_KIND, parse_key
 from service.settings import Settings
 
 PAGE_KEYS = 1000
@@ -85,7 +85,7 @@ def fingerprint_key_prefix(fingerprint: str) -> str:
     """The part of a fingerprint cache keys carry; refuses anything shorter (a short prefix would
     match several models)."""
     value = fingerprint.strip().lower()
-    if len(value) < FINGERPRINT_CHARS or not re.fullmatch(r"[0-9a-f]+", value):
+    if len(value) < FINGERPRINT_CHARS or not set(value) <= HEX_DIGITS:
         raise ValueError(
             f"fingerprint: expected at least {FINGERPRINT_CHARS} hex characters (as `marc cache stats` "
             f"or /v1/models show it), got {fingerprint!r}"

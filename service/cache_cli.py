@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 if TYPE_CHECKING:
     from service.cache_admin import CacheTarget
-
-from pydantic import ValidationError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -132,7 +131,6 @@ def run_purge(args: argparse.Namespace) -> int:
         raise SystemExit(f"marc cache purge: redis {target.redis_url}: {exc} (re-run to finish)") from None
     print(
         f"removed {removed} keys of fingerprint {fingerprint} under '{target.cache_prefix}:' "
-        f"in {time.perf_counter() - started:.1f} s",
-        file=sys.stdout,
+        f"in {time.perf_counter() - started:.1f} s"
     )
     return 0

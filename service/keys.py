@@ -17,6 +17,7 @@ from dataclasses import dataclass
 FINGERPRINT_CHARS = 16
 DTYPE_TAGS = {"float16": "f16"}
 TEXT_KIND, ID_KIND = "t", "i"
+HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 def normalise_text(text: str) -> str:
@@ -59,12 +60,11 @@ def parse_key(prefix: str, key: str) -> KeyParts | None:
     if not key.startswith(prefix + ":"):
         return None
     fingerprint, _, rest = key[len(prefix) + 1 :].partition(":")
+    if len(fingerprint) != FINGERPRINT_CHARS or not set(fingerprint) <= HEX_DIGITS:
+        return None
     value_dtype = "float32"
     for dtype, tag in DTYPE_TAGS.items():
         if rest.startswith(tag + ":"):
             value_dtype, rest = dtype, rest[len(tag) + 1 :]
     kind, sep, _ = rest.partition(":")
-    hex_digits = set("0123456789abcdef")
-    if len(fingerprint) != FINGERPRINT_CHARS or not set(fingerprint) <= hex_digits:
-        return None
     return KeyParts(fingerprint, value_dtype, kind) if sep and kind in (TEXT_KIND, ID_KIND) else None
