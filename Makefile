@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-test: install promtool
+test: install promtool image-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -101,6 +101,31 @@ promtool: | install
 	dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > promtool && chmod +x promtool && \
 	mv promtool $(abspath $(BIN))/promtool || \
 	echo "promtool: download failed: the Prometheus config check will be skipped"
+
+# ---- The serving image, built and run: `make image-check` (part of `make test` too) -----------------------
+# tests/deploy/test_image.py builds the Dockerfile's cpu and cpu-bundled targets with podman on a local stand-in for
+# python:3.11-slim-bookworm (deploy/docker/python-standin.sh: debootstrap, built once per machine; no
+# container registry is reachable here) and checks the running containers as a client. Debian's podman,
+# runc and debootstrap are installed with apt-get when missing; where there is no apt-get or no root, the
+# image tests skip and say so. A failed install on a machine that has both is an error, not a skip.
+IMAGE_TOOLS := podman runc debootstrap
+
+.PHONY: image-tools image-check
+
+image-tools:
+	@missing=$$(for tool in $(IMAGE_TOOLS); do command -v $$tool >/dev/null || echo $$tool; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ]; then \
+		echo "image-tools:" $$missing "missing and no apt-get as root here: the image check will be skipped"; \
+		exit 0; fi; \
+	echo "==> installing" $$missing "(Debian packages) for the image check"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+	{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }
+
+# Prints each image's size and build time.
+image-check: install image-tools
+	$(BIN)/pytest -s -v tests/deploy/test_image.py
 
 # ---- Benchmark: `make bench` measures the service against its limits on the default artifact -------
 # Table to stdout and reports/bench.md, details to reports/bench.json; e.g. BENCH_ARGS="--quick".

@@ -27,6 +27,7 @@ from export.quantize import quantize_int8
 from export.tokenizer_file import write_tokenizer
 from export.variants import VARIANT_FILES, convert_fp16
 from marc.checkpoint import CONFIG_FILE, load_checkpoint
+from marc.determinism import kernel_profile
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def export_checkpoint(
                 "checkpoint": str(checkpoint_dir),
                 "opset": opset,
                 "torch": torch.__version__,
+                "kernels": kernel_profile(),  # the CPU numerics of this export (marc.determinism)
                 "int8": int8_report,
                 "fp16": "onnxruntime float16 conversion, float32 inputs/outputs kept" if fp16 else None,
             },

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from marc.backbone import Backbone, Pooling, pool, truncate
+from marc.determinism import kernel_profile
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def backbone_fingerprint(backbone: Backbone) -> str:
 def _cache_key(backbone: Backbone, texts: Sequence[str], pooling: Pooling, max_length: int) -> str:
     digest = hashlib.sha256()
     digest.update(backbone_fingerprint(backbone).encode())
-    digest.update(f"|v{CACHE_VERSION}|{pooling}|{max_length}|{len(texts)}|".encode())
+    digest.update(f"|v{CACHE_VERSION}|{kernel_profile()}|{pooling}|{max_length}|{len(texts)}|".encode())
     for text in texts:
         encoded = text.encode("utf-8", "surrogatepass")
         digest.update(len(encoded).to_bytes(8, "little"))  # length prefix: no ambiguity between texts

@@ -12,6 +12,7 @@ import export.cli
 import loadtest.cli
 import marc.cli
 import service.cli
+from marc.determinism import pin_cpu_kernels
 
 # Each package's commands, in the order `marc --help` lists them.
 COMMAND_GROUPS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before any command imports torch: the same build gives the same bits on every machine.
+    pin_cpu_kernels()
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -35,6 +35,14 @@ T = TypeVar("T")
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
+def resolve_cluster_url(url: str, cluster: bool) -> tuple[str, bool]:
+    """``redis+cluster://`` / ``rediss+cluster://`` -> the plain URL redis-py takes, and cluster=True."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in CLUSTER_SCHEMES:
+        return f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}", True
+    return url, cluster
+
+
 class CacheUnavailable(RuntimeError):
     """The cache could not answer; treat every key as a miss."""
 
@@ -117,9 +125,7 @@ class RedisCache:
         cluster: bool = False,
         max_connections: int = 64,
     ) -> None:
-        scheme, sep, rest = url.partition("://")
-        if scheme in CLUSTER_SCHEMES:
-            url, cluster = f"{CLUSTER_SCHEMES[scheme]}{sep}{rest}", True
+        url, cluster = resolve_cluster_url(url, cluster)
         self.cluster = cluster
         self._ttl = ttl_seconds
         self._timeout = timeout_seconds

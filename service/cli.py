@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service import cache_cli
+
 log = logging.getLogger(__name__)
 
 # flag -> Settings field, for flags that override MARC_* variables.
@@ -95,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="value type in Redis; must match the service's (MARC_CACHE_DTYPE, default float32)",
     )
     pre.set_defaults(handler=run_precompute)
+    cache_cli.register(subparsers)
 
 
 def _settings(args: argparse.Namespace, flags: dict[str, str]) -> Any:
