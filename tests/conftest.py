@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from marc.determinism import pin_cpu_kernels
+
+# The kernels every `marc` command computes with, fixed before anything here imports torch: otherwise the
+# first in-process CLI call would pin them only for the worker processes started after it, and
+# results would depend on the test order.
+pin_cpu_kernels()
+
 # --- tiny checkpoints and artifacts (export/) ------------------------------------------------------
 # Tiny random backbone (4 layers, hidden 64), cut at layer 2, k=16, max_length 32: export takes ~1 s.
 

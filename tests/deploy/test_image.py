@@ -30,7 +30,7 @@ from loadtest.processes import free_port
 from tests.support.redis_server import RedisProcess
 from tests.support.servers import LiveServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STANDIN_SCRIPT = REPO / "deploy" / "docker" / "python-standin.sh"
 BASE_IMAGE = "localhost/marc-python:3.11-slim-bookworm"
 # crun refuses this machine's hybrid cgroup layout; podman's default ulimits exceed the host's hard limits.
