@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.batcher import MicroBatcher
-from service.cache import Cache, CacheUnavailable
+from service.cache import Cache, CacheBusy, CacheSkipped, CacheUnavailable
 from service.cache_values import ValueCodec
 from service.keys import KeySpace, normalise_text
 from service.metrics import Metrics
@@ -123,8 +123,8 @@ class EmbeddingPipeline:
         keys = [self._keys.id_key(item_id) for item_id in ids]
         try:
             values = await self._cache.get_many(keys)
-        except CacheUnavailable:
-            self._metrics.cache_requests.labels(result="error").inc(len(keys))
+        except CacheUnavailable as exc:
+            self._count_unavailable(exc, len(keys))
             raise
         found = {
             item_id: self._codec.decode([value])[0]
@@ -140,7 +140,7 @@ class EmbeddingPipeline:
             values = self._valid(await self._cache.get_many(keys))
         except CacheUnavailable as exc:
             log.debug("cache read failed: %s", exc)
-            self._metrics.cache_requests.labels(result="error").inc(counted)
+            self._count_unavailable(exc, counted)
             return [None] * len(keys)
         self._count(hits=sum(value is not None for value in values[:counted]), total=counted)
         return values
@@ -159,6 +159,12 @@ class EmbeddingPipeline:
     def _valid(self, values: Sequence[bytes | None]) -> list[bytes | None]:
         # A value of the wrong size (another writer, a corrupted key) is a miss, never served.
         return [value if self._codec.valid(value) else None for value in values]
+
+    def _count_unavailable(self, exc: CacheUnavailable, keys: int) -> None:
+        result = "error"
+        if isinstance(exc, CacheSkipped | CacheBusy):
+            result = "skipped" if isinstance(exc, CacheSkipped) else "busy"
+        self._metrics.cache_requests.labels(result=result).inc(keys)
 
     def _count(self, *, hits: int, total: int) -> None:
         if hits:

@@ -70,8 +70,10 @@ class ServiceRuntime:
             timeout_seconds=settings.cache_timeout_ms / 1000,
             retry_seconds=settings.cache_retry_seconds,
             timeouts_to_open=settings.cache_breaker_timeouts,
+            max_connections=settings.redis_max_connections,
             lru_max_items=settings.lru_max_items,
         )
+        metrics.cache_skipped.set_function(lambda: float(cache.status() == "skipped"))
         if not await cache.ping():
             log.warning(
                 "cache %s not reachable at start-up; serving from the model until it is", cache.backend

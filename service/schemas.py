@@ -219,8 +219,9 @@ class HealthResponse(BaseModel):
 
 class CacheState(BaseModel):
     backend: Literal["redis", "memory"] = Field(description="redis, or the in-process LRU (memory).")
-    status: Literal["ok", "unavailable"] = Field(
-        description="unavailable = Redis errors; requests are served from the model meanwhile."
+    status: Literal["ok", "skipped"] = Field(
+        description="skipped = Redis failed and is not being asked: requests are served by the model "
+        "while one request probes Redis every MARC_CACHE_RETRY_SECONDS."
     )
 
 

@@ -59,7 +59,13 @@ class Settings(BaseSettings):
         1.0,
         gt=0,
         description="After a Redis connection failure (or cache_breaker_timeouts timeouts), skip Redis "
-        "for this long before trying again.",
+        "for this long; then one request probes it (the others keep skipping until it answers).",
+    )
+    redis_max_connections: int = Field(
+        64,
+        ge=1,
+        description="Redis connections per process. A burst beyond it waits for a free connection "
+        "(within cache_timeout_ms), it is never counted as a Redis failure.",
     )
     cache_dtype: CacheDtype = Field(
         "float32",

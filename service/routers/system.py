@@ -22,7 +22,7 @@ async def healthz() -> OrjsonResponse:
 @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def readyz(runtime: Runtime) -> OrjsonResponse:
     """Ready when the model is loaded and the service is not shutting down. A Redis outage does not
-    make it unready (requests are served from the model); it shows in `cache.status`."""
+    make it unready (requests are served from the model); `cache.status` says "skipped" meanwhile."""
     artifact = runtime.encoder.artifact
     content = {
         "status": "not ready" if runtime.draining else "ready",
