@@ -261,6 +261,9 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             str(options.artifact),
             "--redis-url",
             redis_server.url,
+            # The limits (raw ORT, the naive server) run fp32; so does the service, whatever auto picks.
+            "--variant",
+            "fp32",
         ]
         service_args += ["--log-level", "warning"]
         service = ServerProcess("marc serve", service_args, ready_path="/readyz", env=_service_env())

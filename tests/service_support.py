@@ -21,7 +21,8 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.artifact import load_artifact
+from service.artifact import load_artifact, read_manifest
+from service.encoder import cpu_variant
 from service.settings import Settings
 
 SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -165,8 +166,10 @@ class RedisProcess:
         self.stop()
 
 
-def onnx_reference(artifact_dir: Path, texts: list[str], variant: str = "fp32") -> np.ndarray:
-    """The artifact's model run directly with ONNX Runtime on one padded batch of ``texts``."""
+def onnx_reference(artifact_dir: Path, texts: list[str], variant: str | None = None) -> np.ndarray:
+    """The artifact's model run directly with ONNX Runtime on one padded batch of ``texts``; by default
+    the variant a service with ``MARC_VARIANT=auto`` serves on this CPU machine."""
+    variant = variant or cpu_variant(read_manifest(artifact_dir))
     artifact = load_artifact(artifact_dir, variant)
     session = onnxruntime.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
     return session.run(["embedding"], artifact.tokenize(texts))[0]

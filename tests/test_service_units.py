@@ -43,9 +43,10 @@ def test_encoder_on_cpu_logs_one_line_and_matches_onnx(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="service.encoder"):
         encoder = load_encoder(tiny_artifact)
-    assert encoder.provider == "CPUExecutionProvider" and encoder.artifact.variant == "fp32"
+    # auto on CPU = int8, as the artifact's int8 records per-row activation scales
+    assert encoder.provider == "CPUExecutionProvider" and encoder.artifact.variant == "int8"
     assert [r.getMessage() for r in caplog.records if "execution provider" in r.getMessage()] == [
-        "execution provider: CPUExecutionProvider (CUDA not available), variant fp32, model tiny-artifact"
+        "execution provider: CPUExecutionProvider (CUDA not available), variant int8, model tiny-artifact"
     ]
     texts = ["short", "a much longer text about a red leather sofa and a lamp", "medium length text"]
     encoded = encoder.embed(texts, max_batch_size=2)
@@ -54,7 +55,7 @@ def test_encoder_on_cpu_logs_one_line_and_matches_onnx(
 
 
 def test_int8_variant_has_its_own_fingerprint(tiny_artifact: Path) -> None:
-    fp32, int8 = load_encoder(tiny_artifact), load_encoder(tiny_artifact, variant="int8")
+    fp32, int8 = load_encoder(tiny_artifact, variant="fp32"), load_encoder(tiny_artifact, variant="int8")
     assert int8.artifact.variant == "int8" and int8.artifact.fingerprint != fp32.artifact.fingerprint
     texts = ["red shoes", "blue wireless speaker"]
     a, b = fp32.embed(texts, 8).vectors, int8.embed(texts, 8).vectors
