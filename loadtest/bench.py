@@ -41,6 +41,7 @@ from loadtest.processes import RedisServer, ServerProcess
 from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import item_texts
 from service.artifact import Manifest, read_manifest
+from service.cache_values import ValueCodec
 
 log = logging.getLogger("marc.bench")
 
@@ -315,12 +316,12 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         "items": cached_items,
         "redis_bytes_per_item": (memory_after - memory_before) / max(cached_items, 1),
         "memory_usage_command_mean": memory_usage_sample,
-        "value_bytes": manifest.dim * 4,
+        "value_bytes": ValueCodec("float32", manifest.dim).value_bytes,
         "raw_state_bytes": manifest.backbone.hidden_size * 4,
         "float16": {
             "items": half_items,
             "redis_bytes_per_item": (half_after - half_before) / max(half_items, 1),
-            "value_bytes": manifest.dim * 2,
+            "value_bytes": ValueCodec("float16", manifest.dim).value_bytes,
         },
     }
     return _report(options, manifest, machine, raw, rounds, memory, len(payload))
@@ -476,9 +477,9 @@ def _report(
         },
         {
             "row": "5. memory per cached item",
-            "measured": f"MARC_CACHE_DTYPE=float16: vector {half['value_bytes']} B (float16 x "
-            f"{manifest.dim}), Redis {half['redis_bytes_per_item']:.0f} B/item ({half['items']} items, "
-            f"{half_redis_fraction:.3f} of the raw state); float32 (default): vector "
+            "measured": f"MARC_CACHE_DTYPE=float16: value {half['value_bytes']} B (float16 x "
+            f"{manifest.dim} + 4-byte token trailer), Redis {half['redis_bytes_per_item']:.0f} B/item "
+            f"({half['items']} items, {half_redis_fraction:.3f} of the raw state); float32 (default): value "
             f"{memory['value_bytes']} B, Redis {memory['redis_bytes_per_item']:.0f} B/item with key, "
             f"expiry and overhead ({memory['items']} items, {redis_fraction:.3f} of the raw state; "
             f"MEMORY USAGE says {memory['memory_usage_command_mean']:.0f} B/key)",

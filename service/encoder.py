@@ -1,4 +1,5 @@
-"""Texts -> vectors: tokenise (one batch call) -> sort by length -> pad per run -> ONNX Runtime.
+"""Texts -> vectors: tokenise (one batch call) -> sort by length -> pad per run -> ONNX Runtime. Each
+text's token count and whether it was cut at the model's max_length come along with its vector.
 
 `OnnxEncoder._run` is the only place that calls the model. The execution provider is decided once,
 at load time: CUDA only when ONNX Runtime lists it *and* a session really comes up on it; else CPU.
@@ -28,6 +29,7 @@ from service.artifact import (
     ort_session_options,
     read_manifest,
 )
+from service.cache_values import Embeddings
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,12 @@ class RunStats:
 
 @dataclass(frozen=True)
 class EncodedTexts:
-    vectors: np.ndarray  # float32 [n, dim], rows in input order
+    rows: Embeddings  # in input order
     runs: list[RunStats]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.rows.vectors
 
 
 class OnnxEncoder:
@@ -68,10 +74,6 @@ class OnnxEncoder:
     def dim(self) -> int:
         return self.artifact.dim
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text uses after truncation (OpenAI `usage`)."""
-        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
-
     def embed(self, texts: Sequence[str], max_batch_size: int) -> EncodedTexts:
         """Vectors for ``texts`` in order, computed in runs of at most ``max_batch_size`` rows of
         similar length (less padding). Blocking: call it from a worker thread."""
@@ -85,7 +87,10 @@ class OnnxEncoder:
             began = time.perf_counter()
             vectors[rows] = self._run(input_ids, attention_mask)
             runs.append(RunStats(len(rows), input_ids.shape[1], time.perf_counter() - began))
-        return EncodedTexts(vectors, runs)
+        tokens = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+        # The tokenizer truncates at max_length and keeps the rest as overflowing encodings.
+        truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
+        return EncodedTexts(Embeddings(vectors, tokens, truncated), runs)
 
     def _pad(self, encodings: Sequence[Encoding]) -> tuple[np.ndarray, np.ndarray]:
         """Right padding (the artifact's convention) to the longest row of this run."""

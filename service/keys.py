@@ -1,11 +1,14 @@
 """Cache key spaces and the text normalisation that decides when two texts share a vector.
 
-Text keys: ``<prefix>:<fingerprint[:16]>:t:<sha256(normalised text)>``
-Id keys:   ``<prefix>:<fingerprint[:16]>:i:<item id>``
-With ``MARC_CACHE_DTYPE=float16`` the namespace is ``<prefix>:<fingerprint[:16]>:f16``.
+Text keys: ``<prefix>:<fingerprint[:16]>:<format>:t:<sha256(normalised text)>``
+Id keys:   ``<prefix>:<fingerprint[:16]>:<format>:i:<item id>``
+``<format>`` names the value layout (`service.cache_values`): ``f32t`` (float32 vector + token trailer)
+or ``f16t`` with ``MARC_CACHE_DTYPE=float16``.
 
 The fingerprint is the served model variant's, so a new model can never read an old model's vectors;
-float16 and float32 values live in different key spaces, so they never mix.
+values of another layout (float16 vs float32, or the layout before the token trailer, under
+``<prefix>:<fingerprint[:16]>[:f16]``) live in other key spaces, so they never mix - also not while
+replicas of two versions share a Redis during a rolling update.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 
 FINGERPRINT_CHARS = 16
-DTYPE_TAGS = {"float16": "f16"}
+VALUE_FORMATS = {"float32": "f32t", "float16": "f16t"}
 
 
 def normalise_text(text: str) -> str:
@@ -32,9 +35,7 @@ class KeySpace:
 
     @property
     def namespace(self) -> str:
-        base = f"{self.prefix}:{self.fingerprint[:FINGERPRINT_CHARS]}"
-        # float32 keeps the original layout, so existing caches stay valid.
-        return base if self.value_dtype == "float32" else f"{base}:{DTYPE_TAGS[self.value_dtype]}"
+        return f"{self.prefix}:{self.fingerprint[:FINGERPRINT_CHARS]}:{VALUE_FORMATS[self.value_dtype]}"
 
     def text_key(self, normalised_text: str) -> str:
         digest = hashlib.sha256(normalised_text.encode("utf-8")).hexdigest()

@@ -45,6 +45,12 @@ class Metrics:
             "marc_cache_writes_total", "Cache write round trips, by result.", ["result"], registry=r
         )
         self.items_embedded = Counter("marc_items_embedded_total", "Items run through the model.", registry=r)
+        self.items_truncated = Counter(
+            "marc_items_truncated_total",
+            "Items served whose text was longer than the model's max_length tokens (embedded truncated; "
+            "the answer says `truncated: true`).",
+            registry=r,
+        )
         self.items_deduplicated = Counter(
             "marc_items_deduplicated_total",
             "Items that shared the result of an identical text already queued or running.",

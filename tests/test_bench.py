@@ -68,9 +68,10 @@ def test_quick_bench_produces_every_row(
         if name != "limit":
             assert result["ok"] > 0 and result["statuses"] == {"200": result["requests"]}, name
     memory = report["details"]["memory"]
-    assert memory["items"] > 0 and memory["redis_bytes_per_item"] > memory["value_bytes"] == 16 * 4
+    # Values: the vector (dim 16) and the 4-byte token trailer.
+    assert memory["items"] > 0 and memory["redis_bytes_per_item"] > memory["value_bytes"] == 16 * 4 + 4
     half = memory["float16"]  # the same texts cached with MARC_CACHE_DTYPE=float16
-    assert half["items"] > 0 and half["redis_bytes_per_item"] > half["value_bytes"] == 16 * 2
+    assert half["items"] > 0 and half["redis_bytes_per_item"] > half["value_bytes"] == 16 * 2 + 4
     # The full-depth twin kept all 4 layers of the tiny backbone, with the same compressor shape.
     full = json.loads((Path(report["details"]["full_depth_artifact"]) / "manifest.json").read_text())
     assert (full["backbone"]["layer"], full["backbone"]["total_layers"], full["dim"]) == (4, 4, 16)

@@ -30,7 +30,7 @@ def _function(path: Path, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
 
 
 def test_api_key_is_compared_with_compare_digest_only() -> None:
-    check = _function(ROOT / "service" / "dependencies.py", "require_api_key")
+    check = _function(ROOT / "service" / "auth.py", "check_api_key")
     calls = {ast.unparse(node.func) for node in ast.walk(check) if isinstance(node, ast.Call)}
     # == / != on secrets returns at the first differing byte: timing reveals how much matched.
     secret_comparisons = [

@@ -90,22 +90,25 @@ def test_float16_values_are_half_the_bytes_in_their_own_key_space(tiny_artifact:
         half_keys, full_keys = KeySpace(prefix, fingerprint, "float16"), KeySpace(prefix, fingerprint)
         stored = client.get(half_keys.text_key(text))
         reference = onnx_reference(tiny_artifact, [text, other])
-        client.set(half_keys.text_key(other), reference[1].astype("<f4").tobytes())  # wrong length
+        # float32 bytes plus a trailer: the length of no float16 value
+        client.set(half_keys.text_key(other), reference[1].astype("<f4").tobytes() + bytes(4))
         wrong_length = _embed(half, other)
         with LiveServer(artifact=tiny_artifact, **settings) as full:
             from_float32_server = _embed(full, text)
         full_value = client.get(full_keys.text_key(text))
         client.close()
     dim = first["dim"]
-    assert half_keys.text_key(text) != full_keys.text_key(text) and ":f16:" in half_keys.text_key(text)
-    assert stored is not None and len(stored) == 2 * dim
-    assert full_value is not None and len(full_value) == 4 * dim
+    assert half_keys.text_key(text) != full_keys.text_key(text) and ":f16t:" in half_keys.text_key(text)
+    # The vector, then the trailer: tokens the model embedded (uint16), flags (uint16).
+    assert stored is not None and len(stored) == 2 * dim + 4
+    assert full_value is not None and len(full_value) == 4 * dim + 4
+    assert int.from_bytes(stored[2 * dim : 2 * dim + 2], "little") == first["data"][0]["tokens"] > 0
     served = np.array(first["data"][0]["embedding"], dtype=np.float32)
     # Served widened to float32; the miss is rounded too, so cached or not the answer is the same.
     assert first["data"][0]["cached"] is False and second["data"][0]["cached"] is True
     np.testing.assert_array_equal(np.array(second["data"][0]["embedding"], dtype=np.float32), served)
     np.testing.assert_array_equal(served.astype("<f2").astype(np.float32), served)  # float16 values
-    np.testing.assert_array_equal(np.frombuffer(stored, "<f2").astype(np.float32), served)
+    np.testing.assert_array_equal(np.frombuffer(stored[: 2 * dim], "<f2").astype(np.float32), served)
     # Rounding error: half a float16 ulp (2^-11 relative), plus batch-padding noise of the reference.
     assert np.all(np.abs(served - reference[0]) <= 2**-11 * np.abs(reference[0]) + 1e-5)
     assert wrong_length["data"][0]["cached"] is False

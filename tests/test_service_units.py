@@ -22,9 +22,10 @@ from service.keys import KeySpace, normalise_text
 def test_key_layout_and_normalisation() -> None:
     keys = KeySpace("marc", "ab" * 32)
     assert normalise_text("  Cafe\u0301 au lait \n") == "Caf\u00e9 au lait"
-    assert re.fullmatch(r"marc:abababababababab:t:[0-9a-f]{64}", keys.text_key("x"))
+    assert re.fullmatch(r"marc:abababababababab:f32t:t:[0-9a-f]{64}", keys.text_key("x"))
     assert keys.text_key(normalise_text(" Cafe\u0301")) == keys.text_key("Caf\u00e9")
-    assert keys.id_key("sku-1") == "marc:abababababababab:i:sku-1"
+    assert keys.id_key("sku-1") == "marc:abababababababab:f32t:i:sku-1"
+    assert KeySpace("marc", "ab" * 32, "float16").id_key("sku-1") == "marc:abababababababab:f16t:i:sku-1"
 
 
 def test_lru_cache_evicts_the_least_recently_used() -> None:
