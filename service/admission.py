@@ -15,11 +15,11 @@ Refusals in 5-7 are 422 naming the field, 400 on the OpenAI route (OpenAI's stat
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import Headers
 from starlette.types import Receive, Scope
 
 from service import json_shape
@@ -42,9 +42,56 @@ SPARE_VALUES = 64
 DECODE_INLINE_IDS = 20_000
 # Bodies above this are scanned and parsed one at a time (milliseconds each at the body limit).
 BIG_BODY_BYTES = 64 * 1024
+# How often late body reads are looked for: a slow upload gets its 408 within this after its deadline.
+SWEEP_SECONDS = 0.25
 CHECK_STRINGS = "check_embedding_ctx_length=False"
 # The rest of a body that was refused is not read: the connection cannot carry another request.
 CLOSE = {"Connection": "close"}
+_READ_HEADERS = frozenset({b"authorization", b"content-type", b"content-length"})
+
+
+class ReadDeadlines:
+    """Body reads in progress and their deadlines; a sweep every `SWEEP_SECONDS` cancels the late ones.
+    A timer per request (asyncio.timeout) would cost about a tenth of answering a cache hit."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadlines: dict[asyncio.Task[object], float] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def watch(self, task: asyncio.Task[object]) -> None:
+        self._deadlines[task] = time.monotonic() + self.seconds
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="marc-body-reads")
+
+    def done(self, task: asyncio.Task[object]) -> bool:
+        """Stop watching ``task``; True (once) if its read was cancelled for being late."""
+        self._deadlines.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            task.uncancel()  # the cancellation was ours and is answered with a 408
+            return True
+        return False
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for task, deadline in list(self._deadlines.items()):
+                if deadline <= now:
+                    del self._deadlines[task]
+                    self._expired.add(task)
+                    task.cancel()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+def _headers(scope: Scope) -> dict[bytes, str]:
+    """The headers admission reads (ASGI names are lower case), in one pass over the raw list."""
+    return {name: value.decode("latin-1") for name, value in scope["headers"] if name in _READ_HEADERS}
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -60,7 +107,7 @@ class Admission:
     def __init__(self, settings: Settings, token_decoder: TokenDecoder | None) -> None:
         self._api_key = settings.api_key
         self.body_limit = settings.body_limit_bytes
-        self._read_timeout = settings.body_read_timeout_seconds
+        self._reads = ReadDeadlines(settings.body_read_timeout_seconds)
         self._max_items = settings.max_items_per_request
         self._max_inputs = settings.max_openai_inputs
         self._max_chars = settings.max_text_chars
@@ -95,9 +142,9 @@ class Admission:
     async def _admit(
         self, model: type[Model], scope: Scope, receive: Receive, field: str, max_items: int, status: int
     ) -> Model:
-        headers = Headers(scope=scope)
-        check_api_key(self._api_key, bearer_token(headers.get("authorization")))
-        content_type = headers.get("content-type")
+        headers = _headers(scope)
+        check_api_key(self._api_key, bearer_token(headers.get(b"authorization")))
+        content_type = headers.get(b"content-type")
         if not _is_json(content_type):
             raise ApiError(
                 415,
@@ -106,7 +153,7 @@ class Admission:
                 code="unsupported_media_type",
                 param="content-type",
             )
-        declared = headers.get("content-length", "")
+        declared = headers.get(b"content-length", "")
         if declared.isdigit() and int(declared) > self.body_limit:
             raise self._too_large()
         body = await self._read(receive)
@@ -142,27 +189,35 @@ class Admission:
     async def _read(self, receive: Receive) -> bytes:
         """The whole body, within the read timeout and the size limit."""
         body = bytearray()
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        self._reads.watch(task)
         try:
-            async with asyncio.timeout(self._read_timeout):
-                more = True
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientDisconnected()
-                    body += message.get("body", b"")
-                    more = message.get("more_body", False)
-                    if len(body) > self.body_limit:
-                        raise self._too_large()
-        except TimeoutError:
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected()
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.body_limit:
+                    raise self._too_large()
+        except asyncio.CancelledError:
+            if not self._reads.done(task):
+                raise
             raise ApiError(
                 408,
-                f"body: not received within {self._read_timeout:g} s",
+                f"body: not received within {self._reads.seconds:g} s",
                 type="request_timeout",
                 code="body_timeout",
                 param="body",
                 headers=CLOSE,
             ) from None
+        finally:
+            self._reads.done(task)  # however the read ended (idempotent)
         return bytes(body)
+
+    def close(self) -> None:
+        self._reads.close()
 
     def _too_large(self) -> ApiError:
         return ApiError(

@@ -2,8 +2,8 @@
 cache and batcher come up in the lifespan and go down in reverse on shutdown.
 
 Request path, outermost first: metrics (every response, refusals included) -> concurrency limit ->
-the embed routes (`service.embed_api`, pure ASGI) -> FastAPI for everything else (models, health,
-metrics, docs)."""
+the embed routes (`service.embed_api`, pure ASGI) -> FastAPI's own stack for everything else (models,
+health, metrics, docs)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.embed_api import EMBED_ROUTES, EmbedApi
 from service.encoder import OnnxEncoder
@@ -34,6 +35,24 @@ Responses carry `x-queue-time-ms`, `x-inference-time-ms`, `x-total-time-ms` and 
 PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
 
 
+class ServiceApp(FastAPI):
+    """FastAPI whose HTTP requests enter through the service's own layers (``front``); FastAPI's own
+    call - telemetry checks, error page, body limit, exception handlers, routing - runs only for what
+    the embed routes leave to it: on a cache hit it costs more than the answer, and the embed routes
+    answer their errors themselves."""
+
+    front: ASGIApp | None = None
+
+    async def fastapi_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is not None and scope["type"] == "http":
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings, lifecycle: Lifecycle | None = None, encoder: OnnxEncoder | None = None
 ) -> FastAPI:
@@ -52,7 +71,7 @@ def create_app(
             await runtime.stop()
 
     protected = settings.protect_metrics_and_docs
-    app = FastAPI(
+    app = ServiceApp(
         title="marc-serve",
         description=DESCRIPTION,
         version="0.1.0",
@@ -68,14 +87,10 @@ def create_app(
         app.include_router(docs.protected_docs(app))
     app.openapi = openapi_builder(app, settings)  # type: ignore[method-assign]
     known_paths = [route.path for route in app.routes if isinstance(route, APIRoute)]
-    # Added last = outermost.
-    app.add_middleware(EmbedApi)
-    app.add_middleware(
-        ConcurrencyLimitMiddleware, limit=settings.max_concurrent_requests, exempt_paths=PROBE_PATHS
+    known_paths += [route.path for route in EMBED_ROUTES]
+
+    limited = ConcurrencyLimitMiddleware(
+        EmbedApi(app.fastapi_call), limit=settings.max_concurrent_requests, exempt_paths=PROBE_PATHS
     )
-    app.add_middleware(
-        RequestMetricsMiddleware,
-        metrics=metrics,
-        known_paths=[*known_paths, *(route.path for route in EMBED_ROUTES)],
-    )
+    app.front = RequestMetricsMiddleware(limited, metrics=metrics, known_paths=known_paths)
     return app

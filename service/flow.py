@@ -26,7 +26,7 @@ from service.batcher import Embedded
 from service.cache import Cache, CacheBusy, CacheSkipped, CacheUnavailable
 from service.cache_values import Embeddings, ValueCodec
 from service.keys import KeySpace, normalise_text
-from service.metrics import Metrics
+from service.metrics import CACHE_RESULTS, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class EmbedFlow:
         self._metrics = metrics
         self._raise_cache_failures = cache_failures == "raise"
         self._reject_truncated = reject_truncated
+        # Counter children looked up once: labels() takes a lock and builds a key on every call.
+        self._lookups = {result: metrics.cache_requests.labels(result=result) for result in CACHE_RESULTS}
 
     async def embed(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> EmbedOutcome:
         """Vectors for ``texts``; items with an id are also stored under it (id key space)."""
@@ -212,10 +214,10 @@ class EmbedFlow:
         result = "error"
         if isinstance(exc, CacheSkipped | CacheBusy):
             result = "skipped" if isinstance(exc, CacheSkipped) else "busy"
-        self._metrics.cache_requests.labels(result=result).inc(keys)
+        self._lookups[result].inc(keys)
 
     def _count(self, *, hits: int, total: int) -> None:
         if hits:
-            self._metrics.cache_requests.labels(result="hit").inc(hits)
+            self._lookups["hit"].inc(hits)
         if total - hits:
-            self._metrics.cache_requests.labels(result="miss").inc(total - hits)
+            self._lookups["miss"].inc(total - hits)

@@ -1,8 +1,8 @@
 """Pure ASGI middleware around the whole app (no per-request task, no body copy).
 
 * `RequestMetricsMiddleware` - outermost: `marc_request_duration_seconds{route,status}` for every
-  response (refusals included) and the `x-total-time-ms` header. A request that ends without an
-  answer because its client hung up is counted as 499, not as a server error.
+  response (refusals included) and the `x-total-time-ms` header. Requests whose client hung up are
+  answered (unread) with 499 by the embed routes, so they are counted apart from server errors.
 * `ConcurrencyLimitMiddleware` - at most ``limit`` requests in the app at once (bodies being read
   included), so a flood of requests or slow uploads cannot take all memory or starve the event loop;
   beyond it, 503 at once. The probes and the metrics scrape are never refused.
@@ -17,7 +17,7 @@ from prometheus_client import Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import CLIENT_CLOSED, error_response
+from service.errors import error_response
 from service.metrics import Metrics
 
 
@@ -34,14 +34,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 0  # no answer yet
-        client_gone = False
-
-        async def receive_watching() -> Message:
-            nonlocal client_gone
-            message = await receive()
-            client_gone = client_gone or message["type"] == "http.disconnect"
-            return message
+        status = 500  # if nothing is sent
 
         async def send_with_timing(message: Message) -> None:
             nonlocal status
@@ -52,10 +45,8 @@ class RequestMetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive_watching, send_with_timing)
+            await self.app(scope, receive, send_with_timing)
         finally:
-            if not status:
-                status = CLIENT_CLOSED if client_gone else 500
             route = scope.get("route")
             path = getattr(route, "path", None) or scope["path"]
             # Unknown paths share one label so scanners can't blow up the metric's cardinality.

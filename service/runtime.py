@@ -127,5 +127,6 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         self.lifecycle.draining = True
+        self.admission.close()
         await self.batcher.stop()
         await self.cache.close()
