@@ -1,5 +1,6 @@
-"""Prometheus metrics (DESIGN §6). Each app owns its registry, so several apps can live in one process
-(tests) without clashing on the global default registry."""
+"""Prometheus metrics: the names and labels operators and the Grafana dashboard rely on (listed in the
+README's Metrics table). Each app owns its registry, so several apps can live in one process (tests)
+without clashing on the global default registry."""
 
 from __future__ import annotations
 

@@ -34,6 +34,16 @@ def encode_vector(vector: np.ndarray, encoding: VectorEncoding) -> np.ndarray | 
     return base64.b64encode(vector.astype(dtype, copy=False).tobytes()).decode("ascii")
 
 
+def _served_model(artifact: LoadedArtifact, encoding: VectorEncoding) -> dict[str, object]:
+    """The fields that say which model and encoding a body's vectors are."""
+    return {
+        "model": artifact.name,
+        "fingerprint": artifact.fingerprint,
+        "dim": artifact.dim,
+        "encoding": encoding,
+    }
+
+
 def embed_body(
     artifact: LoadedArtifact,
     encoding: VectorEncoding,
@@ -43,10 +53,7 @@ def embed_body(
 ) -> bytes:
     """The `EmbedResponse` JSON."""
     content = {
-        "model": artifact.name,
-        "fingerprint": artifact.fingerprint,
-        "dim": artifact.dim,
-        "encoding": encoding,
+        **_served_model(artifact, encoding),
         "data": [
             {
                 "id": item_id,
@@ -84,10 +91,7 @@ def lookup_body(
     """The `LookupResponse` JSON (each id once, in request order)."""
     unique = list(dict.fromkeys(ids))
     content = {
-        "model": artifact.name,
-        "fingerprint": artifact.fingerprint,
-        "dim": artifact.dim,
-        "encoding": encoding,
+        **_served_model(artifact, encoding),
         "data": [
             {"id": item_id, "embedding": encode_vector(found[item_id], encoding)}
             for item_id in unique
