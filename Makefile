@@ -141,7 +141,7 @@ bench: artifact
 
 reliability: install
 	rm -f reports/reliability.json
-	MARC_RELIABILITY_REPORT=reports/reliability.json $(BIN)/pytest -q tests/test_reliability_*.py
+	MARC_RELIABILITY_REPORT=reports/reliability.json $(BIN)/pytest -q tests/reliability/
 	$(PY) tests/support/reliability_report.py --report reports/reliability.json --doc RELIABILITY.md
 
 # ---- Experiments: `make experiments` regenerates reports/experiments/ and EXPERIMENTS.md's results ----

@@ -1,16 +1,23 @@
-"""``model.int8.onnx``: ONNX Runtime dynamic int8 quantisation, keeping the measured-sensitive nodes in fp32.
+"""``model.int8.onnx``: int8 weights, int8 activations with one scale per row (token), and the
+measured-sensitive nodes kept in fp32.
 
-Dynamic quantisation gives each MatMul input one int8 scale per run, set by its largest value. Mid-layer
-LLM states carry a few huge-magnitude activations, so quantising some MatMuls wipes out everything else
-in their input. On SmolLM2 cut at 15 with a trained compressor, everything int8 gives a calibration
-mean cosine of 0.85 vs fp32, and almost all of the loss comes from the ``down_proj`` of a few layers and
-the ``v_proj`` of the last ones: the input's max/RMS ratio did not predict which (ranking by it kept 69
-of 105 MatMuls fp32 and int8 was only ~1.2x faster).
+Activations: ONNX Runtime's dynamic quantisation gives each MatMul input ONE scale per run, set by the
+largest value in the whole batch - padding rows and the other texts included. A text's vector then
+depends on its batch-mates (on SmolLM2 L8, a text alone vs the same text in a batch differed by up to
+0.43 per component: the README's int8 table), and which of those vectors the cache keeps is chance.
+So every ``DynamicQuantizeLinear`` that ``quantize_dynamic`` writes is replaced by a per-row quantisation:
+scale = max|x| / 127 of each row (token), zero point 128 (symmetric, uint8 for the fast u8 x s8 VNNI
+kernel). Rows no longer share anything, so a text gets the same vector in any batch (up to float
+rounding, as fp32), and the precision is better (a token with a large value no longer coarsens the
+others). Per-tensor scales fixed at export (static, calibrated on these texts) are deterministic too
+but were less precise when tried, at the same speed. The README's int8 table has the measurements.
 
-So the selection is measured, on calibration texts, against the fp32 model:
+Weights and the fp32 selection: dynamic quantisation of mid-layer LLM MatMuls can wipe out most of an
+input, and which MatMuls suffer is measured, not guessed, on calibration texts against the fp32 model:
 1. one graph holds both versions of every quantisable node (fp32 and int8, from one full quantisation),
    with a per-row boolean input choosing between them, so one ONNX Runtime run scores many
-   fp32/int8 assignments at once (each is a copy of the calibration batch);
+   fp32/int8 assignments at once (each is a copy of the calibration batch; per-row activation scales
+   keep the copies from influencing each other);
 2. sensitivity: the cosine drop from quantising one role alone (a role = the same weight in every layer,
    e.g. all ``mlp/down_proj``); a role whose drop is a noticeable share of the budget
    (``1 - TARGET_MEAN_COSINE``) is measured again node by node;
@@ -23,7 +30,7 @@ it independently on other texts.
 Options, measured on SmolLM2 (2-core AVX512-VNNI CPU): QInt8 weights (u8 activations x s8 weights is
 the fast VNNI kernel; QUInt8 weights ran at ~1.1x fp32 instead of ~2.6x), per channel (one scale per
 output column, free at run time), no ``reduce_range`` (only needed on CPUs without VNNI, and it costs a
-bit of precision). Dynamic quantisation's activations are always uint8 (DynamicQuantizeLinear).
+bit of precision).
 """
 
 from __future__ import annotations
@@ -47,17 +54,20 @@ from artifact.names import INPUT_NAMES
 
 log = logging.getLogger(__name__)
 
-# Above the parity threshold (0.99) with margin: the synthetic catalogue's items lose about twice as
-# much cosine as these texts. SmolLM2 L15 (calibration -> 512 catalogue items, int8 ÷ fp32 items/s):
-# target 0.998 -> 0.9963, 1.6x; 0.997 -> 0.9943, 1.7x; 0.995 -> 0.9914, 1.9x.
+# Above the parity threshold (0.99) with margin: the synthetic catalogue's items lose a little more
+# cosine than these texts (SmolLM2 L8: calibration 0.9975, 512 catalogue items 0.9966; README).
 TARGET_MEAN_COSINE = 0.997
 # A role whose drop alone exceeds this share of the budget is measured node by node.
 REFINE_SHARE = 0.25
 METHOD = (
-    "onnxruntime quantize_dynamic, QInt8 weights per channel, uint8 activations; nodes kept fp32 by "
-    "measured calibration sensitivity (drop per role, then per node for sensitive roles; quantise the "
-    "least drop per weight element first while the calibration mean cosine >= the target)"
+    "onnxruntime quantize_dynamic, QInt8 weights per channel; activations uint8 with one scale per row "
+    "(token: max|x|/127, zero point 128) instead of one per batch; nodes kept fp32 by measured "
+    "calibration sensitivity (drop per role, then per node for sensitive roles; quantise the least drop "
+    "per weight element first while the calibration mean cosine >= the target)"
 )
+# The manifest says so ("activations" under export -> int8); `MARC_VARIANT=auto` serves int8 on CPU only then.
+ACTIVATIONS = "per-row"
+ROW_ZERO_POINT = 128
 CALIBRATION_TEXTS = (
     "Nordik premium formal cotton shoes in red, vegan, 82 USD",
     "Pink cream by Tidewell. Vegan. Price: 33 USD",
@@ -129,6 +139,57 @@ def _quantize(src: Path, dst: Path, keep_fp32: Sequence[str]) -> None:
         quantize_dynamic(
             src, dst, weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=list(keep_fp32)
         )
+    model = onnx.load(str(dst))
+    _per_row_activations(model)
+    onnx.save(model, str(dst))
+
+
+def _per_row_activations(model: onnx.ModelProto) -> None:
+    """Replace every ``DynamicQuantizeLinear`` (one scale per tensor) by the same three outputs computed
+    per row: scale = max|x| / 127 over the last axis (kept as [..., 1], so the MatMulInteger result
+    downstream is rescaled row by row), zero point 128, x_q = round(x / scale) + 128 as uint8 (the
+    rounded values lie in [-127, 127], so no clipping is needed)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
+    nodes: list[onnx.NodeProto] = []
+    constants: list[onnx.TensorProto] = []
+    for node in model.graph.node:
+        if node.op_type != "DynamicQuantizeLinear":
+            nodes.append(node)
+            continue
+        (x,), (quantized, scale, zero_point) = node.input, node.output
+        name = f"{node.name}/per_row"
+
+        def const(suffix: str, value: np.ndarray, name: str = name) -> str:
+            constants.append(onnx.numpy_helper.from_array(value, f"{name}/{suffix}"))
+            return f"{name}/{suffix}"
+
+        if opset >= 18:  # ReduceMax takes its axes as an input from opset 18 on
+            reduce_max = helper.make_node(
+                "ReduceMax", [f"{name}/abs", const("axes", np.array([-1], np.int64))], [f"{name}/max"]
+            )
+        else:
+            reduce_max = helper.make_node("ReduceMax", [f"{name}/abs"], [f"{name}/max"], axes=[-1])
+        constants.append(onnx.numpy_helper.from_array(np.array(ROW_ZERO_POINT, np.uint8), zero_point))
+        nodes += [
+            helper.make_node("Abs", [x], [f"{name}/abs"]),
+            reduce_max,
+            # An all-zero row gets a tiny scale instead of a division by zero (it quantises to 0).
+            helper.make_node(
+                "Max", [f"{name}/max", const("tiny", np.array(1e-12, np.float32))], [f"{name}/nz"]
+            ),
+            helper.make_node("Mul", [f"{name}/nz", const("inv127", np.array(1 / 127, np.float32))], [scale]),
+            helper.make_node("Div", [x, scale], [f"{name}/scaled"]),
+            helper.make_node("Round", [f"{name}/scaled"], [f"{name}/rounded"]),
+            helper.make_node(
+                "Add",
+                [f"{name}/rounded", const("zero", np.array(ROW_ZERO_POINT, np.float32))],
+                [f"{name}/shifted"],
+            ),
+            helper.make_node("Cast", [f"{name}/shifted"], [quantized], to=TensorProto.UINT8),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(constants)
 
 
 def _mixed_graph(
@@ -268,6 +329,7 @@ def quantize_int8(src: Path, dst: Path, tokenizer_path: Path) -> dict[str, Any]:
         per_role[candidate.role][1] += 1
     return {
         "method": METHOD,
+        "activations": ACTIVATIONS,
         "target_calibration_mean_cosine": TARGET_MEAN_COSINE,
         "calibration_texts": len(CALIBRATION_TEXTS),
         "calibration_mean_cosine": written,

@@ -38,6 +38,7 @@ from loadtest.processes import RedisServer, ServerProcess, environment_without_s
 from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import item_texts
 from marc.machine import machine_info
+from service.cache_values import ValueCodec
 
 log = logging.getLogger("marc.bench")
 
@@ -214,6 +215,9 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             str(options.artifact),
             "--redis-url",
             redis_server.url,
+            # The limits (raw ORT, the naive server) run fp32; so does the service, whatever auto picks.
+            "--variant",
+            "fp32",
         ]
         service_args += ["--log-level", "warning"]
         service = ServerProcess(
@@ -271,13 +275,13 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         "items": cached_items,
         "redis_bytes_per_item": (memory_after - memory_before) / max(cached_items, 1),
         "memory_usage_command_mean": memory_usage_sample,
-        "value_bytes": manifest.dim * 4,
+        "value_bytes": ValueCodec("float32", manifest.dim).value_bytes,
         "raw_state_bytes": manifest.backbone.hidden_size * 4,
         "float16": {
             "items": half_items,
             "redis_bytes_per_item": (half_after - half_before) / max(half_items, 1),
             "memory_usage_command_mean": half_memory_usage_sample,
-            "value_bytes": manifest.dim * 2,
+            "value_bytes": ValueCodec("float16", manifest.dim).value_bytes,
         },
     }
     return build_report(options.to_dict(), manifest, machine, raw, rounds, memory, len(payload))

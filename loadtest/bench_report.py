@@ -153,9 +153,9 @@ def build_report(
         },
         {
             "row": "5. memory per cached item",
-            "measured": f"MARC_CACHE_DTYPE=float16: vector {half['value_bytes']} B (float16 x "
-            f"{manifest.dim}), Redis {half['redis_bytes_per_item']:.0f} B/item ({half['items']} items, "
-            f"{half_redis_fraction:.3f} of the raw state); float32 (default): vector "
+            "measured": f"MARC_CACHE_DTYPE=float16: value {half['value_bytes']} B (float16 x "
+            f"{manifest.dim} + 4-byte token trailer), Redis {half['redis_bytes_per_item']:.0f} B/item "
+            f"({half['items']} items, {half_redis_fraction:.3f} of the raw state); float32 (default): value "
             f"{memory['value_bytes']} B, Redis {memory['redis_bytes_per_item']:.0f} B/item with key, "
             f"expiry and overhead ({memory['items']} items, {redis_fraction:.3f} of the raw state; "
             f"MEMORY USAGE says {memory['memory_usage_command_mean']:.0f} B/key)",

@@ -177,9 +177,22 @@ class RedisServer:
 
     def data_memory(self) -> int:
         """``used_memory`` less the client connections' buffers: what stored keys cost (plus a
-        constant), not how many connections the service happens to have open."""
-        info = self.client.info("memory")
-        return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
+        constant), not how many connections the service happens to have open. Redis updates
+        mem_clients_normal in its client cron (every 100 ms) while used_memory is exact, so right after
+        traffic the two disagree: read until two readings 200 ms apart agree (at most 5 s)."""
+
+        def reading() -> int:
+            info = self.client.info("memory")
+            return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
+
+        last, deadline = reading(), time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            current = reading()
+            if current == last:
+                break
+            last = current
+        return last
 
     def sampled_key_bytes(self, count: int = 200, match: str | None = None) -> float:
         """Mean ``MEMORY USAGE`` of up to ``count`` keys matching ``match`` (key + value + per-key

@@ -1,5 +1,9 @@
 """`create_app(settings)`: the FastAPI application. Nothing is built at import time; the model,
-cache and batcher come up in the lifespan and go down in reverse on shutdown."""
+cache and batcher come up in the lifespan and go down in reverse on shutdown.
+
+Request path, outermost first: metrics (every response, refusals included) -> concurrency limit ->
+the embed routes (`service.embed_api`, pure ASGI) -> FastAPI's own stack for everything else (models,
+health, metrics, docs)."""
 
 from __future__ import annotations
 
@@ -8,16 +12,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.embed_api import EMBED_ROUTES, EmbedApi
 from service.encoder import OnnxEncoder
 from service.errors import install_error_handlers
-from service.hot_path import CachedEmbedMiddleware
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
-from service.middleware import RequestGuardMiddleware, RequestMetricsMiddleware
-from service.openapi import document_limits
+from service.middleware import ConcurrencyLimitMiddleware, RequestMetricsMiddleware
+from service.openapi import openapi_builder
 from service.responses import OrjsonResponse
-from service.routers import embed, items, models, openai_compat, system
+from service.routers import docs, models, system
 from service.runtime import ServiceRuntime
 from service.settings import Settings
 
@@ -26,6 +31,26 @@ plus a compression module), with micro-batching, a Redis or in-process cache and
 
 Vectors in `base64` are little-endian float32 bytes; `base64_fp16` little-endian float16.
 Responses carry `x-queue-time-ms`, `x-inference-time-ms`, `x-total-time-ms` and `x-cache-hits`."""
+# Never refused by the concurrency limit: liveness, readiness and the scrape must answer under load.
+PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class ServiceApp(FastAPI):
+    """FastAPI whose HTTP requests enter through the service's own layers (``front``); FastAPI's own
+    call - telemetry checks, error page, body limit, exception handlers, routing - runs only for what
+    the embed routes leave to it: on a cache hit it costs more than the answer, and the embed routes
+    answer their errors themselves."""
+
+    front: ASGIApp | None = None
+
+    async def fastapi_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is not None and scope["type"] == "http":
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -41,26 +66,31 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, ServiceRuntime]]:
         runtime = await ServiceRuntime.start(settings, metrics, lifecycle, encoder)
         try:
-            yield {"runtime": runtime}  # -> request.state.runtime (see service.dependencies)
+            yield {"runtime": runtime}  # -> scope["state"]["runtime"] of every request
         finally:
             await runtime.stop()
 
-    app = FastAPI(
+    protected = settings.protect_metrics_and_docs
+    app = ServiceApp(
         title="marc-serve",
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=OrjsonResponse,
+        # With the key on the docs, FastAPI's own docs routes are off and `protected_docs` serves them.
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if protected else {}),
     )
     install_error_handlers(app)
-    document_limits(app, settings)
-    routers = [module.router for module in (embed, openai_compat, items, models, system)]
-    for router in routers:
+    for router in (models.router, system.router):
         app.include_router(router)
-    known_paths = [route.path for router in routers for route in router.routes if isinstance(route, APIRoute)]
-    # Added last = outermost: metrics see every response, including the guard's refusals; the
-    # all-hits lane only sees bodies the guard let through.
-    app.add_middleware(CachedEmbedMiddleware)
-    app.add_middleware(RequestGuardMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, known_paths=known_paths)
+    if protected:
+        app.include_router(docs.protected_docs(app))
+    app.openapi = openapi_builder(app, settings)  # type: ignore[method-assign]
+    known_paths = [route.path for route in app.routes if isinstance(route, APIRoute)]
+    known_paths += [route.path for route in EMBED_ROUTES]
+
+    limited = ConcurrencyLimitMiddleware(
+        EmbedApi(app.fastapi_call), limit=settings.max_concurrent_requests, exempt_paths=PROBE_PATHS
+    )
+    app.front = RequestMetricsMiddleware(limited, metrics=metrics, known_paths=known_paths)
     return app

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.cache_values import Embeddings
 from service.encoder import EncodedTexts
 from service.metrics import Metrics
 
@@ -57,17 +58,24 @@ class WindowTiming:
     inference_seconds: float  # ONNX Runtime time of all runs in the window
 
 
+@dataclass(frozen=True)
+class _Result:
+    rows: Embeddings  # the window's rows
+    row: int  # this job's row in them
+    timing: WindowTiming
+
+
 @dataclass(eq=False)
 class _Job:
     text: str
     enqueued: float
-    future: asyncio.Future[tuple[np.ndarray, WindowTiming]]
+    future: asyncio.Future[_Result]
     waiters: int = field(default=1)
 
 
 @dataclass(frozen=True)
 class Embedded:
-    vectors: np.ndarray  # float32 [n, dim] in request order
+    rows: Embeddings  # in request order
     queue_seconds: float  # longest wait of this request's texts before their window ran
     inference_seconds: float  # model time of the windows this request's texts were in
 
@@ -149,12 +157,17 @@ class MicroBatcher:
         finally:
             for job in jobs.values():
                 self._release(job)
-        windows = {id(timing): timing for _, timing in results.values()}
+        windows = {id(result.timing): result.timing for result in results.values()}
+        ordered = [results[text] for text in texts]
         return Embedded(
-            vectors=np.stack([results[text][0] for text in texts]),
+            rows=Embeddings(
+                np.stack([result.rows.vectors[result.row] for result in ordered]),
+                np.array([result.rows.tokens[result.row] for result in ordered]),
+                np.array([result.rows.truncated[result.row] for result in ordered]),
+            ),
             # A job this request joined may have been queued before the request arrived.
             queue_seconds=max(
-                timing.started - max(jobs[text].enqueued, now) for text, (_, timing) in results.items()
+                result.timing.started - max(jobs[text].enqueued, now) for text, result in results.items()
             ),
             inference_seconds=sum(timing.inference_seconds for timing in windows.values()),
         )
@@ -231,9 +244,9 @@ class MicroBatcher:
             self._metrics.batch_size.observe(run.items)
             self._metrics.inference_duration.observe(run.seconds)
         self._metrics.items_embedded.inc(len(jobs))
-        for job, vector in zip(jobs, encoded.vectors, strict=True):
+        for row, job in enumerate(jobs):
             if not job.future.done():
-                job.future.set_result((vector, timing))
+                job.future.set_result(_Result(encoded.rows, row, timing))
             self._forget(job)
 
     def _forget(self, job: _Job) -> None:

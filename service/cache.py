@@ -1,15 +1,22 @@
 """Vector caches: Redis (shared by all replicas) and an in-process LRU (the embedded default).
 
-Both store raw little-endian float32 bytes under the keys from `service.keys`. A cache never fails a
-request: `RedisCache` raises `CacheUnavailable` for any Redis error or timeout, the caller counts it
-and carries on without the cache.
+Both store the value bytes of `service.cache_values` under the keys from `service.keys`. A cache never
+fails a request: `RedisCache` raises `CacheUnavailable` (or a subclass saying why Redis was not asked)
+for any Redis error or timeout, the caller counts it and carries on without the cache.
 
-A small circuit breaker keeps a dead or hung Redis from costing every request a timeout: it opens
-(Redis is skipped for `retry_seconds`, then one attempt probes it) on a connection failure (refused,
-reset, unknown host), or after `timeouts_to_open` consecutive timeouts. A single slow call - e.g. the
-event loop starved of CPU for longer than the timeout - only fails its own request. Timeouts of calls
-that were already in flight together (one stall) count once; any successful call resets the count.
-redis-py reconnects by itself on the next attempt.
+Connections: at most ``max_connections`` calls use Redis at once; a burst waits for a free connection,
+within the same ``timeout`` as the call (so a wait is never longer than the timeout a slow Redis
+costs). A wait that runs out is `CacheBusy`: the pool is too small for the burst, Redis is fine, so it
+does not count as a failure.
+
+A small circuit breaker keeps a dead or hung Redis from costing every request a timeout: it opens on a
+connection failure (refused, reset, unknown host) or after ``timeouts_to_open`` consecutive timeouts.
+While open, calls are skipped (`CacheSkipped`, Redis is not asked); once ``retry_seconds`` have passed,
+the next call - one call, not every request of the moment - probes Redis: success closes the breaker,
+failure skips Redis for another ``retry_seconds``. A single slow call - e.g. the event loop starved of
+CPU for longer than the timeout - only fails its own request; timeouts of calls that were already in
+flight together (one stall) count once; any successful call resets the count. redis-py reconnects by
+itself on the next attempt.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol, TypeVar
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
-CacheStatus = Literal["ok", "unavailable"]
+CacheStatus = Literal["ok", "skipped"]
 T = TypeVar("T")
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -47,6 +54,14 @@ class CacheUnavailable(RuntimeError):
     """The cache could not answer; treat every key as a miss."""
 
 
+class CacheSkipped(CacheUnavailable):
+    """Redis was not asked: it failed recently and is skipped until a probe finds it back."""
+
+
+class CacheBusy(CacheUnavailable):
+    """No Redis connection came free within the cache timeout (a burst larger than the pool)."""
+
+
 class Cache(Protocol):
     backend: Literal["redis", "memory"]
 
@@ -60,7 +75,9 @@ class Cache(Protocol):
 
     async def ping(self) -> bool: ...
 
-    def status(self) -> CacheStatus: ...
+    def status(self) -> CacheStatus:
+        """ "skipped" while Redis is not being asked after failures; else "ok"."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -108,9 +125,60 @@ class LruCache:
         return len(self._entries)
 
 
+class Breaker:
+    """When to skip Redis (see the module docstring). Single-threaded: used from the event loop only."""
+
+    def __init__(self, *, retry_seconds: float, timeouts_to_open: int) -> None:
+        self._retry_seconds = retry_seconds
+        self._timeouts_to_open = timeouts_to_open
+        self.open = False
+        self._skip_until = 0.0
+        self._probing = False
+        self._timeout_streak = 0  # consecutive timeouts (one per stall) since the last success
+        self._last_timeout_at = -float("inf")
+
+    def admit(self) -> bool:
+        """Whether the caller may ask Redis now and is the probe (True) or a normal call (False).
+        Raises CacheSkipped while the breaker is open, outside the one probe."""
+        if not self.open:
+            return False
+        if self._probing or time.monotonic() < self._skip_until:
+            raise CacheSkipped("redis is skipped after failures; served without the cache")
+        self._probing = True
+        return True
+
+    def end_probe(self) -> None:
+        self._probing = False
+
+    def answered(self) -> None:
+        """Redis answered (a result or a command error): it is reachable."""
+        self._timeout_streak = 0
+        if self.open:
+            log.info("redis reachable again")
+            self.open = False
+
+    def timed_out(self, started: float, probe: bool) -> None:
+        # Calls that were in flight when the previous timeout fired belong to the same stall.
+        if started >= self._last_timeout_at:
+            self._timeout_streak += 1
+        self._last_timeout_at = time.monotonic()
+        if probe or self._timeout_streak >= self._timeouts_to_open:
+            self.trip(f"{self._timeout_streak} consecutive timeouts")
+
+    def trip(self, reason: str) -> None:
+        if not self.open:
+            log.warning(
+                "redis unavailable (%s); serving from the model, one probe every %.1f s",
+                reason,
+                self._retry_seconds,
+            )
+        self.open = True
+        self._skip_until = time.monotonic() + self._retry_seconds
+
+
 class RedisCache:
-    """Redis or Redis Cluster through `redis.asyncio` (pooled connections, no client-side retries:
-    the request falls back to the model instead of waiting)."""
+    """Redis or Redis Cluster through `redis.asyncio` (a bounded connection pool, no client-side
+    retries: the request falls back to the model instead of waiting)."""
 
     backend: Literal["redis", "memory"] = "redis"
 
@@ -129,12 +197,10 @@ class RedisCache:
         self.cluster = cluster
         self._ttl = ttl_seconds
         self._timeout = timeout_seconds
-        self._retry_seconds = retry_seconds
-        self._timeouts_to_open = timeouts_to_open
-        self._skip_until = 0.0
-        self._failing = False
-        self._timeout_streak = 0  # consecutive timeouts (one per stall) since the last success
-        self._last_timeout_at = -float("inf")
+        self._breaker = Breaker(retry_seconds=retry_seconds, timeouts_to_open=timeouts_to_open)
+        # The queue for connections: a caller holds one of these while it uses Redis, so the pool
+        # below is never asked for more than it has (redis-py would raise "Too many connections").
+        self._connections = asyncio.Semaphore(max_connections)
         options = {
             # No socket timeout: every call already runs under `asyncio.timeout` in `_guarded`, and
             # redis-py implements socket_timeout with an extra task per command (asyncio.wait_for).
@@ -144,9 +210,13 @@ class RedisCache:
             "retry": Retry(NoBackoff(), 0),
             "max_connections": max_connections,
         }
-        self._client: Redis | RedisCluster = (
-            RedisCluster.from_url(url, **options) if cluster else Redis.from_url(url, **options)
-        )
+        self._client: Redis | RedisCluster
+        if cluster:
+            self._client = RedisCluster.from_url(url, **options)
+        else:
+            # Blocking pool (timeout None): waits instead of raising; the semaphore bounds the wait.
+            pool = BlockingConnectionPool.from_url(url, timeout=None, **options)
+            self._client = Redis.from_pool(pool)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -178,51 +248,37 @@ class RedisCache:
         return True
 
     def status(self) -> CacheStatus:
-        return "unavailable" if self._failing else "ok"
+        return "skipped" if self._breaker.open else "ok"
 
     async def close(self) -> None:
         await self._client.aclose()
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
-        started = time.monotonic()
-        if started < self._skip_until:
-            raise CacheUnavailable("redis is unavailable; skipped until the retry interval passes")
+        probe = self._breaker.admit()
+        started: float | None = None  # when this call got its connection
         try:
             async with asyncio.timeout(self._timeout):
-                result = await operation()
+                async with self._connections:
+                    started = time.monotonic()
+                    result = await operation()
         except (RedisTimeoutError, TimeoutError) as exc:
-            self._timed_out(started)
+            if started is None:
+                raise CacheBusy(f"no redis connection free within {self._timeout * 1000:.0f} ms") from exc
+            self._breaker.timed_out(started, probe)
             raise CacheUnavailable(f"redis call timed out after {self._timeout * 1000:.0f} ms") from exc
         except (RedisConnectionError, OSError) as exc:
             # The server is gone (refused, reset, unknown host): open at once, don't wait per request.
-            self._open(f"{type(exc).__name__}: {exc}")
+            self._breaker.trip(f"{type(exc).__name__}: {exc}")
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except RedisError as exc:
-            # Command-level errors (OOM, wrong type, ...) don't mean the server is gone.
+            # Command-level errors (OOM, wrong type, ...) come from a server that answers.
+            self._breaker.answered()
             raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        self._timeout_streak = 0
-        if self._failing:
-            log.info("redis reachable again")
-            self._failing = False
+        finally:
+            if probe:
+                self._breaker.end_probe()
+        self._breaker.answered()
         return result
-
-    def _timed_out(self, started: float) -> None:
-        # Calls that were in flight when the previous timeout fired belong to the same stall.
-        if started >= self._last_timeout_at:
-            self._timeout_streak += 1
-        self._last_timeout_at = time.monotonic()
-        if self._timeout_streak >= self._timeouts_to_open:
-            self._open(f"{self._timeout_streak} consecutive timeouts of {self._timeout * 1000:.0f} ms")
-
-    def _open(self, reason: str) -> None:
-        if not self._failing:
-            log.warning(
-                "redis unavailable (%s); serving from the model, retrying every %.1f s",
-                reason,
-                self._retry_seconds,
-            )
-        self._failing = True
-        self._skip_until = time.monotonic() + self._retry_seconds
 
 
 def build_cache(
@@ -233,6 +289,7 @@ def build_cache(
     timeout_seconds: float,
     retry_seconds: float,
     timeouts_to_open: int,
+    max_connections: int,
     lru_max_items: int,
 ) -> Cache:
     """Redis when a URL is given, else the in-process LRU."""
@@ -245,4 +302,5 @@ def build_cache(
         retry_seconds=retry_seconds,
         timeouts_to_open=timeouts_to_open,
         cluster=cluster,
+        max_connections=max_connections,
     )

@@ -93,10 +93,10 @@ def run_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(usage.to_dict()))
         return 0
-    print(f"{'fingerprint':<18}{'values':<9}{'texts':>10}{'ids':>10}{'keys':>10}{'bytes':>13}")
+    print(f"{'fingerprint':<18}{'values':<18}{'texts':>10}{'ids':>10}{'keys':>10}{'bytes':>13}")
     for row in usage.fingerprints:
         print(
-            f"{row.fingerprint:<18}{row.value_dtype:<9}{row.texts:>10}{row.ids:>10}{row.keys:>10}"
+            f"{row.fingerprint:<18}{row.value_dtype:<18}{row.texts:>10}{row.ids:>10}{row.keys:>10}"
             f"{_megabytes(row.bytes):>13}"
         )
     total_keys = sum(row.keys for row in usage.fingerprints)

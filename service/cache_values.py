@@ -1,7 +1,11 @@
-"""How vectors are stored as cache values: raw little-endian bytes of ``MARC_CACHE_DTYPE``.
+"""How embedded items are stored as cache values: the vector as raw little-endian bytes of
+``MARC_CACHE_DTYPE``, then a 4-byte trailer with what the model saw of the text - the number of
+tokens it embedded (uint16) and whether the text was cut at the model's ``max_length`` (uint16 flags,
+bit 0) - so a cached answer reports truncation and token usage exactly as a computed one, without
+tokenising the text again.
 
-float32 keeps the model's output exactly (4·k bytes). float16 halves the memory (2·k bytes, 128 B
-for k = 64): each component is rounded to the nearest float16, a relative error of at most 2^-11
+float32 keeps the model's output exactly (4·k + 4 bytes). float16 halves the vector (2·k + 4 bytes,
+132 B for k = 64): each component is rounded to the nearest float16, a relative error of at most 2^-11
 (≈ 4.9e-4) for normal values - an absolute error of at most 2^-11·|x| (≈ 2.4e-4 for |x| < 0.5,
 4.9e-4 for |x| < 1) - and values are widened back to float32 when served. With float16 the service
 serves the rounded vector for misses too, so a text gets the same answer whether it came from the
@@ -10,33 +14,71 @@ cache or from the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 CacheDtype = Literal["float32", "float16"]
 VALUE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+TRUNCATED = 1  # bit of the flags field
+TRAILER_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Rows of embedded texts: float32 vectors [n, dim], tokens the model embedded per text, and
+    whether each text was longer than the model's max_length (embedded truncated)."""
+
+    vectors: np.ndarray
+    tokens: np.ndarray  # int [n]
+    truncated: np.ndarray  # bool [n]
+
+    @classmethod
+    def empty(cls, rows: int, dim: int) -> Embeddings:
+        return cls(np.empty((rows, dim), np.float32), np.zeros(rows, np.int64), np.zeros(rows, bool))
+
+    def put(self, rows: Sequence[int], other: Embeddings) -> None:
+        self.vectors[rows] = other.vectors
+        self.tokens[rows] = other.tokens
+        self.truncated[rows] = other.truncated
+
+    def take(self, rows: Sequence[int]) -> Embeddings:
+        return Embeddings(self.vectors[rows], self.tokens[rows], self.truncated[rows])
 
 
 class ValueCodec:
-    """Vectors (float32 rows) <-> cache values of one dtype."""
+    """Embedded rows <-> cache values of one vector dtype."""
 
     def __init__(self, cache_dtype: CacheDtype, dim: int) -> None:
         self.dtype = VALUE_DTYPES[cache_dtype]
         self.dim = dim
-        self.value_bytes = dim * self.dtype.itemsize
+        self._record = np.dtype([("vector", self.dtype, (dim,)), ("tokens", "<u2"), ("flags", "<u2")])
+        self.value_bytes = self._record.itemsize  # dim · dtype size + TRAILER_BYTES
 
     def valid(self, value: bytes | None) -> bool:
-        # A value of the wrong size (other dtype, another writer, a corrupted key) is a miss.
+        # A value of the wrong size (other dtype or layout, another writer, a corrupted key) is a miss.
         return value is not None and len(value) == self.value_bytes
 
-    def encode(self, vector: np.ndarray) -> bytes:
-        return vector.astype(self.dtype, copy=False).tobytes()
+    def encode(self, rows: Embeddings) -> list[bytes]:
+        """One value per row."""
+        records = np.empty(len(rows.vectors), self._record)
+        records["vector"] = rows.vectors
+        records["tokens"] = rows.tokens
+        records["flags"] = np.where(rows.truncated, TRUNCATED, 0)
+        data = records.tobytes()
+        size = self.value_bytes
+        return [data[start : start + size] for start in range(0, len(data), size)]
 
-    def decode(self, values: list[bytes]) -> np.ndarray:
-        """float32 [len(values), dim] from equally sized values."""
-        rows = np.frombuffer(b"".join(values), dtype=self.dtype).reshape(len(values), self.dim)
-        return rows.astype(np.float32)
+    def decode(self, values: Sequence[bytes]) -> Embeddings:
+        """Rows from equally sized (valid) values."""
+        records = np.frombuffer(b"".join(values), self._record)
+        return Embeddings(
+            records["vector"].astype(np.float32),
+            records["tokens"].astype(np.int64),
+            (records["flags"] & TRUNCATED).astype(bool),
+        )
 
     def round_trip(self, vectors: np.ndarray) -> np.ndarray:
         """What ``vectors`` read back from the cache will be (float32)."""

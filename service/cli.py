@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--variant",
         choices=["auto", "fp32", "int8", "fp16"],
-        help="model variant (MARC_VARIANT; auto = fp16 on CUDA if exported, else fp32)",
+        help="model variant (MARC_VARIANT; auto = fp16 on CUDA if exported; on CPU int8 with per-row "
+        "scales if exported, else fp32)",
     )
     serve.add_argument(
         "--provider", choices=["auto", "cpu", "cuda"], help="execution provider (MARC_PROVIDER, default auto)"

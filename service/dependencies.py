@@ -1,15 +1,14 @@
-"""FastAPI dependencies: the running service and the optional API key."""
+"""FastAPI dependencies of the routes FastAPI serves (models, metrics, docs): the running service and
+the optional API key."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import ApiError
+from service.auth import bearer_token, check_api_key
 from service.runtime import ServiceRuntime
 
 bearer_scheme = HTTPBearer(
@@ -25,24 +24,15 @@ async def get_runtime(request: Request) -> ServiceRuntime:
 Runtime = Annotated[ServiceRuntime, Depends(get_runtime)]
 
 
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
-
-
 async def require_api_key(
     runtime: Runtime,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> None:
-    expected = runtime.settings.api_key
-    if not expected:
-        return
-    supplied = credentials.credentials if credentials else ""
-    # Constant time: hashing first hides the key's length too, compare_digest hides matched prefixes.
-    if not hmac.compare_digest(_digest(supplied), _digest(expected)):
-        raise ApiError(
-            401,
-            "authorization: missing or invalid API key (send `Authorization: Bearer <key>`)",
-            type="authentication_error",
-            param="authorization",
-            headers={"WWW-Authenticate": 'Bearer realm="marc"'},
-        )
+    check_api_key(runtime.settings.api_key, credentials.credentials if credentials else "")
+
+
+async def require_api_key_for_operations(runtime: Runtime, request: Request) -> None:
+    """/metrics and the docs: the key only with ``MARC_PROTECT_METRICS_AND_DOCS`` (not declared as a
+    security scheme: by default these routes are open)."""
+    if runtime.settings.protect_metrics_and_docs:
+        check_api_key(runtime.settings.api_key, bearer_token(request.headers.get("authorization")))

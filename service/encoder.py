@@ -1,4 +1,5 @@
-"""Texts -> vectors: tokenise (one batch call) -> sort by length -> pad per run -> ONNX Runtime.
+"""Texts -> vectors: tokenise (one batch call) -> sort by length -> pad per run -> ONNX Runtime. Each
+text's token count and whether it was cut at the model's max_length come along with its vector.
 
 `OnnxEncoder._run` is the only place that calls the model. The execution provider is decided once,
 at load time: CUDA only when ONNX Runtime lists it *and* a session really comes up on it; else CPU.
@@ -18,8 +19,9 @@ import onnxruntime
 from tokenizers import Encoding, Tokenizer
 
 from artifact.loader import LoadedArtifact, load_artifact
-from artifact.manifest import read_manifest
+from artifact.manifest import Manifest, read_manifest
 from artifact.names import INPUT_NAMES, ArtifactError, Variant
+from service.cache_values import Embeddings
 from service.onnx_session import open_session, ort_session_options
 
 log = logging.getLogger(__name__)
@@ -40,8 +42,12 @@ class RunStats:
 
 @dataclass(frozen=True)
 class EncodedTexts:
-    vectors: np.ndarray  # float32 [n, dim], rows in input order
+    rows: Embeddings  # in input order
     runs: list[RunStats]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.rows.vectors
 
 
 class OnnxEncoder:
@@ -61,10 +67,6 @@ class OnnxEncoder:
     def dim(self) -> int:
         return self.artifact.dim
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokens each text uses after truncation (OpenAI `usage`)."""
-        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
-
     def embed(self, texts: Sequence[str], max_batch_size: int) -> EncodedTexts:
         """Vectors for ``texts`` in order, computed in runs of at most ``max_batch_size`` rows of
         similar length (less padding). Blocking: call it from a worker thread."""
@@ -78,7 +80,10 @@ class OnnxEncoder:
             began = time.perf_counter()
             vectors[rows] = self._run(input_ids, attention_mask)
             runs.append(RunStats(len(rows), input_ids.shape[1], time.perf_counter() - began))
-        return EncodedTexts(vectors, runs)
+        tokens = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+        # The tokenizer truncates at max_length and keeps the rest as overflowing encodings.
+        truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
+        return EncodedTexts(Embeddings(vectors, tokens, truncated), runs)
 
     def _pad(self, encodings: Sequence[Encoding]) -> tuple[np.ndarray, np.ndarray]:
         """Right padding (the artifact's convention) to the longest row of this run."""
@@ -125,6 +130,15 @@ def _try_cuda(
     return session if session.get_providers()[0] == CUDA else None
 
 
+def cpu_variant(manifest: Manifest) -> Variant:
+    """What ``MARC_VARIANT=auto`` serves on CPU: int8 when the artifact has it with per-row activation
+    scales (the same vector for a text in any batch; ~2x the items/s of fp32 at a catalogue cosine of
+    ~0.998 to it: see the README), else fp32. Older int8 variants scaled activations per batch, so a
+    text's vector depended on its batch-mates: auto never serves those."""
+    int8 = manifest.export.get("int8") or {}
+    return "int8" if "int8" in manifest.variants and int8.get("activations") == "per-row" else "fp32"
+
+
 def load_encoder(
     directory: Path,
     *,
@@ -136,8 +150,8 @@ def load_encoder(
 ) -> OnnxEncoder:
     """Verify the artifact, pick provider and variant once, and build the encoder.
 
-    variant "auto" serves fp16 on CUDA when the artifact has it, fp32 otherwise. provider "cuda"
-    fails loudly when CUDA cannot be used; "auto" falls back to CPU.
+    variant "auto" serves fp16 on CUDA when the artifact has it, else `cpu_variant` (int8 or fp32).
+    provider "cuda" fails loudly when CUDA cannot be used; "auto" falls back to CPU.
     """
     manifest = read_manifest(directory)
     options = ort_session_options(intra_threads, inter_threads)
@@ -153,7 +167,7 @@ def load_encoder(
     elif cuda_listed and provider != "cpu" and "fp16" in manifest.variants:
         chosen = "fp16"
     else:
-        chosen = "fp32"
+        chosen = cpu_variant(manifest)
 
     why_cpu = "MARC_PROVIDER=cpu" if provider == "cpu" else "CUDA not available"
     if cuda_listed and provider != "cpu":
@@ -172,11 +186,16 @@ def load_encoder(
             raise ArtifactError(f"MARC_PROVIDER=cuda but {CUDA} failed to load on device {cuda_device_id}")
         why_cpu = f"{CUDA} listed but failed to load"
         if variant == "auto":
-            chosen = "fp32"  # fp16 was only picked for the GPU
+            chosen = cpu_variant(manifest)  # fp16 was only picked for the GPU
 
     artifact = load_artifact(directory, chosen)
     session = open_session(artifact, providers=[CPU], options=options)
     if chosen == "fp16":
         log.warning("serving the fp16 variant on CPU is slow; fp32 or int8 suit CPUs better")
+    if chosen == "int8" and cpu_variant(manifest) != "int8":
+        log.warning(
+            "this artifact's int8 variant scales activations per batch: a text's vector depends on "
+            "the texts it is batched with; re-export it (marc export --int8) or serve fp32"
+        )
     log.info("execution provider: %s (%s), variant %s, model %s", CPU, why_cpu, chosen, artifact.name)
     return OnnxEncoder(artifact, session, CPU)

@@ -1,5 +1,9 @@
-"""Every error leaves as JSON ``{"error": {"message", "type", "param", "code"}}`` (OpenAI's shape, so
-the openai SDK shows the message), with the field named in ``param`` and in the message."""
+"""Every error leaves as JSON ``{"error": {"message", "type", "param", "code"}}`` - OpenAI's shape, so
+OpenAI clients show the message - with the field named in ``param`` and in the message, ``type`` the
+error class and ``code`` a string saying exactly what went wrong (e.g. ``too_many_items``).
+
+Messages never carry internals (Redis addresses, exception texts of libraries): those go to the log.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ from service.responses import OrjsonResponse
 
 log = logging.getLogger(__name__)
 
+# nginx's "client closed request": nobody reads the answer, but the metrics keep it apart from 5xx.
+CLIENT_CLOSED = 499
+
 
 class ApiError(Exception):
     def __init__(
@@ -26,11 +33,12 @@ class ApiError(Exception):
         message: str,
         *,
         type: str = "invalid_request_error",
+        code: str = "invalid_value",
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type, self.param = status, message, type, param
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
         self.headers = dict(headers or {})
 
 
@@ -39,11 +47,47 @@ def error_response(
     message: str,
     *,
     type: str,
+    code: str,
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> OrjsonResponse:
-    body = {"error": {"message": message, "type": type, "param": param, "code": status}}
+    body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return OrjsonResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def api_error_response(exc: ApiError) -> OrjsonResponse:
+    return error_response(
+        exc.status, exc.message, type=exc.type, code=exc.code, param=exc.param, headers=exc.headers
+    )
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """The answer to any exception of a request, with nothing internal in its message."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, Overloaded | ShuttingDown):
+        kind = "overloaded" if isinstance(exc, Overloaded) else "shutting_down"
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
+        return ApiError(503, str(exc), type=kind, code=kind, headers=headers)  # our own message
+    if isinstance(exc, CacheUnavailable):
+        log.warning("cache unavailable for a lookup: %s", exc)
+        message = "the cache is unavailable; retry later"
+        return ApiError(
+            503, message, type="cache_unavailable", code="cache_unavailable", headers={"Retry-After": "1"}
+        )
+    if isinstance(exc, InferenceFailed):  # the batcher logged the traceback
+        return ApiError(
+            500, "inference failed (logged); retry later", type="server_error", code="inference_failed"
+        )
+    if isinstance(exc, ClientDisconnected):
+        return ApiError(
+            CLIENT_CLOSED,
+            "client closed the connection",
+            type="client_closed_request",
+            code="client_closed_request",
+        )
+    log.error("unhandled error", exc_info=exc)
+    return ApiError(500, "internal error (logged)", type="server_error", code="server_error")
 
 
 def _field_path(loc: Sequence[Any]) -> str:
@@ -53,76 +97,61 @@ def _field_path(loc: Sequence[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
-    """("items.0.text: must not be empty; ...", "items.0.text") from pydantic/FastAPI errors."""
+def _unparsable(detail: str) -> str:
+    """A readable reason for the JSON parser's error (which says where: line and column)."""
+    if "recursion limit" in detail:
+        return "nested too deeply"
+    if "surrogate" in detail or "hex escape" in detail:
+        return f"a \\u escape that is no character (lone surrogate), {detail}"
+    if "unicode code point" in detail:
+        return f"not valid UTF-8, {detail}"
+    return detail
+
+
+def validation_error(errors: Sequence[Mapping[str, Any]], status: int) -> ApiError:
+    """One ApiError ("items.0.text: must not be empty; ...", param "items.0.text") for pydantic errors."""
     described: list[str] = []
     for error in errors[:10]:
         path = _field_path(error.get("loc", ()))
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
-            detail = (error.get("ctx") or {}).get("error", "")
-            path, message = "body", f"malformed JSON at character {error['loc'][-1]} ({detail})"
+            detail = str((error.get("ctx") or {}).get("error", message))
+            path, message = "body", f"malformed JSON ({_unparsable(detail)})"
         described.append(f"{path}: {message}")
     if len(errors) > 10:
         described.append(f"... and {len(errors) - 10} more")
     first = errors[0] if errors else {}
-    param = "body" if first.get("type") == "json_invalid" else _field_path(first.get("loc", ()))
-    return "; ".join(described), param
+    invalid_json = first.get("type") == "json_invalid"
+    param = "body" if invalid_json else _field_path(first.get("loc", ()))
+    code = "invalid_json" if invalid_json else "invalid_value"
+    return ApiError(status, "; ".join(described), param=param, code=code)
 
 
-async def _api_error(_: Request, exc: Exception) -> OrjsonResponse:
-    assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, type=exc.type, param=exc.param, headers=exc.headers)
+# --- FastAPI's handlers (the routes FastAPI serves: models, health, metrics, docs) -----------------
 
 
-async def _validation_error(_: Request, exc: Exception) -> OrjsonResponse:
+async def _exception(_: Request, exc: Exception) -> OrjsonResponse:
+    return api_error_response(as_api_error(exc))
+
+
+async def _validation(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, RequestValidationError)
-    message, param = validation_message(exc.errors())
-    return error_response(422, message, type="invalid_request_error", param=param)
+    return api_error_response(validation_error(exc.errors(), 422))
 
 
-def _unparsable_body(cause: BaseException | None) -> str:
-    if isinstance(cause, UnicodeDecodeError):
-        return f"malformed JSON: not valid UTF-8 (byte {cause.start}: {cause.reason})"
-    if isinstance(cause, RecursionError):
-        return "malformed JSON: nested too deeply"
-    return f"malformed JSON ({type(cause).__name__ if cause else 'unreadable body'})"
-
-
-async def _http_error(_: Request, exc: Exception) -> OrjsonResponse:
+async def _http(_: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "invalid_request")
     kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-    if exc.status_code == 400:  # FastAPI's "error parsing the body": the JSON decoder raised
-        return error_response(422, f"body: {_unparsable_body(exc.__cause__)}", type=kind, param="body")
-    return error_response(exc.status_code, str(exc.detail), type=kind, headers=exc.headers)
-
-
-async def _unavailable(_: Request, exc: Exception) -> OrjsonResponse:
-    retry_after = getattr(exc, "retry_after_seconds", 1)
-    kind = {Overloaded: "overloaded", ShuttingDown: "shutting_down"}.get(type(exc), "cache_unavailable")
-    return error_response(503, str(exc), type=kind, headers={"Retry-After": str(retry_after)})
-
-
-async def _inference_failed(_: Request, exc: Exception) -> OrjsonResponse:
-    return error_response(500, str(exc), type="server_error")
-
-
-async def _client_gone(_: Request, exc: Exception) -> OrjsonResponse:
-    # Nobody reads this; 499 (nginx's "client closed request") keeps it apart in the metrics.
-    return error_response(499, "client closed the connection", type="client_closed_request")
-
-
-async def _unexpected(_: Request, exc: Exception) -> OrjsonResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal error (logged)", type="server_error")
+    return error_response(exc.status_code, str(exc.detail), type=kind, code=code, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    for kind in (Overloaded, ShuttingDown, CacheUnavailable):
-        app.add_exception_handler(kind, _unavailable)
-    app.add_exception_handler(InferenceFailed, _inference_failed)
-    app.add_exception_handler(ClientDisconnected, _client_gone)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    # Named kinds are answered by Starlette's ExceptionMiddleware; `Exception` goes to the outermost
+    # ServerErrorMiddleware, which answers and then re-raises (logged by the server).
+    for kind in (ApiError, Overloaded, ShuttingDown, CacheUnavailable, InferenceFailed, ClientDisconnected):
+        app.add_exception_handler(kind, _exception)
+    app.add_exception_handler(Exception, _exception)

@@ -1,11 +1,14 @@
 """Cache key spaces and the text normalisation that decides when two texts share a vector.
 
-Text keys: ``<prefix>:<fingerprint[:16]>:t:<sha256(normalised text)>``
-Id keys:   ``<prefix>:<fingerprint[:16]>:i:<item id>``
-With ``MARC_CACHE_DTYPE=float16`` the namespace is ``<prefix>:<fingerprint[:16]>:f16``.
+Text keys: ``<prefix>:<fingerprint[:16]>:<format>:t:<sha256(normalised text)>``
+Id keys:   ``<prefix>:<fingerprint[:16]>:<format>:i:<item id>``
+``<format>`` names the value layout (`service.cache_values`): ``f32t`` (float32 vector + token trailer)
+or ``f16t`` with ``MARC_CACHE_DTYPE=float16``.
 
 The fingerprint is the served model variant's, so a new model can never read an old model's vectors;
-float16 and float32 values live in different key spaces, so they never mix.
+values of another layout (float16 vs float32, or the layout before the token trailer, under
+``<prefix>:<fingerprint[:16]>[:f16]``) live in other key spaces, so they never mix - also not while
+replicas of two versions share a Redis during a rolling update.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import unicodedata
 from dataclasses import dataclass
 
 FINGERPRINT_CHARS = 16
-DTYPE_TAGS = {"float16": "f16"}
+VALUE_FORMATS = {"float32": "f32t", "float16": "f16t"}
+# Key spaces of the layout before the token trailer (no tag = float32): never read any more, but still
+# in a Redis that served an older release, so `marc cache stats/purge` must see them.
+LEGACY_FORMATS = {"": "float32 (legacy)", "f16": "float16 (legacy)"}
 TEXT_KIND, ID_KIND = "t", "i"
 HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -34,9 +40,7 @@ class KeySpace:
 
     @property
     def namespace(self) -> str:
-        base = f"{self.prefix}:{self.fingerprint[:FINGERPRINT_CHARS]}"
-        # float32 keeps the original layout, so existing caches stay valid.
-        return base if self.value_dtype == "float32" else f"{base}:{DTYPE_TAGS[self.value_dtype]}"
+        return f"{self.prefix}:{self.fingerprint[:FINGERPRINT_CHARS]}:{VALUE_FORMATS[self.value_dtype]}"
 
     def text_key(self, normalised_text: str) -> str:
         digest = hashlib.sha256(normalised_text.encode("utf-8")).hexdigest()
@@ -62,9 +66,11 @@ def parse_key(prefix: str, key: str) -> KeyParts | None:
     fingerprint, _, rest = key[len(prefix) + 1 :].partition(":")
     if len(fingerprint) != FINGERPRINT_CHARS or not set(fingerprint) <= HEX_DIGITS:
         return None
-    value_dtype = "float32"
-    for dtype, tag in DTYPE_TAGS.items():
-        if rest.startswith(tag + ":"):
-            value_dtype, rest = dtype, rest[len(tag) + 1 :]
+    tag, _, after_tag = rest.partition(":")
+    formats = {tag: dtype for dtype, tag in VALUE_FORMATS.items()} | LEGACY_FORMATS
+    if tag in formats and tag:
+        value_dtype, rest = formats[tag], after_tag
+    else:
+        value_dtype = LEGACY_FORMATS[""]
     kind, sep, _ = rest.partition(":")
     return KeyParts(fingerprint, value_dtype, kind) if sep and kind in (TEXT_KIND, ID_KIND) else None

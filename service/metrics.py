@@ -9,6 +9,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+CACHE_RESULTS = ("hit", "miss", "error", "skipped", "busy")
 
 
 class Metrics:
@@ -34,7 +35,9 @@ class Metrics:
         self.queue_depth = Gauge("marc_queue_depth", "Items waiting for the model.", registry=r)
         self.cache_requests = Counter(
             "marc_cache_requests_total",
-            "Cache lookups per key, by result (error = cache unavailable, served without it).",
+            "Cache lookups per key, by result: hit, miss; error = Redis failed or timed out, skipped = "
+            "Redis not asked (skipped after failures), busy = no connection free in time (served "
+            "without the cache in all three).",
             ["result"],
             registry=r,
         )
@@ -42,6 +45,12 @@ class Metrics:
             "marc_cache_writes_total", "Cache write round trips, by result.", ["result"], registry=r
         )
         self.items_embedded = Counter("marc_items_embedded_total", "Items run through the model.", registry=r)
+        self.items_truncated = Counter(
+            "marc_items_truncated_total",
+            "Items served whose text was longer than the model's max_length tokens (embedded truncated; "
+            "the answer says `truncated: true`).",
+            registry=r,
+        )
         self.items_deduplicated = Counter(
             "marc_items_deduplicated_total",
             "Items that shared the result of an identical text already queued or running.",
@@ -63,7 +72,13 @@ class Metrics:
             ["name", "fingerprint", "layer", "dim", "provider", "variant"],
             registry=r,
         )
-        for result in ("hit", "miss", "error"):
+        self.cache_skipped = Gauge(
+            "marc_cache_skipped",
+            "1 while Redis is skipped after failures (requests are served by the model; one request "
+            "probes Redis every MARC_CACHE_RETRY_SECONDS), else 0.",
+            registry=r,
+        )
+        for result in CACHE_RESULTS:
             self.cache_requests.labels(result=result)
         for result in ("ok", "error"):
             self.cache_writes.labels(result=result)

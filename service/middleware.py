@@ -1,9 +1,11 @@
-"""Pure ASGI middleware (no per-request task or body copy beyond what is needed).
+"""Pure ASGI middleware around the whole app (no per-request task, no body copy).
 
 * `RequestMetricsMiddleware` - outermost: `marc_request_duration_seconds{route,status}` for every
-  response (refusals included) and the `x-total-time-ms` header.
-* `RequestGuardMiddleware` - refuses, before anything is parsed or queued, a body that is not JSON
-  (415) or is larger than the limit (413: by Content-Length, else while the body streams in).
+  response (refusals included) and the `x-total-time-ms` header. Requests whose client hung up are
+  answered (unread) with 499 by the embed routes, so they are counted apart from server errors.
+* `ConcurrencyLimitMiddleware` - at most ``limit`` requests in the app at once (bodies being read
+  included), so a flood of requests or slow uploads cannot take all memory or starve the event loop;
+  beyond it, 503 at once. The probes and the metrics scrape are never refused.
 """
 
 from __future__ import annotations
@@ -12,96 +14,11 @@ import time
 from collections.abc import Iterable
 
 from prometheus_client import Histogram
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
 from service.metrics import Metrics
-
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def _is_json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    )
-
-
-def replay_body(body: bytes, receive: Receive) -> Receive:
-    """A receive channel that delivers ``body`` (already read) in one message, then the server's."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # later calls wait for http.disconnect, as the server's would
-
-    return replay
-
-
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body; None if the client disconnected before sending it all."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-class RequestGuardMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        if not _is_json(headers.get("content-type")):
-            got = headers.get("content-type") or "none"
-            response = error_response(
-                415,
-                f"content-type: must be application/json (got {got})",
-                type="unsupported_media_type",
-                param="content-type",
-            )
-            await response(scope, receive, send)
-            return
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(scope, receive, send)
-            return
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # client gone before it finished sending: nothing to answer
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
-                await self._too_large(scope, receive, send)
-                return
-
-        await self.app(scope, replay_body(bytes(body), receive), send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413,
-            f"body: larger than the {self.max_body_bytes}-byte limit",
-            type="payload_too_large",
-            param="body",
-        )
-        await response(scope, receive, send)
 
 
 class RequestMetricsMiddleware:
@@ -117,7 +34,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status = 500  # if nothing is sent
 
         async def send_with_timing(message: Message) -> None:
             nonlocal status
@@ -139,3 +56,31 @@ class RequestMetricsMiddleware:
                 histogram = self.metrics.request_duration.labels(route=label, status=str(status))
                 self._durations[label, status] = histogram
             histogram.observe(time.perf_counter() - started)
+
+
+class ConcurrencyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, limit: int, exempt_paths: Iterable[str]) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt_paths = frozenset(exempt_paths)
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            response = error_response(
+                503,
+                f"too many requests in progress (limit {self.limit}); retry later",
+                type="overloaded",
+                code="too_many_requests",
+                headers={"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1

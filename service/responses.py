@@ -1,5 +1,6 @@
-"""JSON responses rendered with orjson (numpy vectors serialised natively), the /v1/embed body and
-the per-request timing headers."""
+"""JSON responses rendered with orjson (numpy vectors serialised natively), the bodies of the embed
+routes (serialised once, no pydantic pass over a response we build) and the per-request timing
+headers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import orjson
 from fastapi.responses import JSONResponse
 
 from artifact.loader import LoadedArtifact
+from service.cache_values import Embeddings
 from service.schemas import VectorEncoding
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -32,30 +34,84 @@ def encode_vector(vector: np.ndarray, encoding: VectorEncoding) -> np.ndarray | 
     return base64.b64encode(vector.astype(dtype, copy=False).tobytes()).decode("ascii")
 
 
-def embed_body(
-    artifact: LoadedArtifact,
-    encoding: VectorEncoding,
-    ids: Sequence[str | None],
-    vectors: np.ndarray,
-    cached: Sequence[bool],
-) -> bytes:
-    """The `EmbedResponse` JSON, serialised once (no pydantic pass over a response we build)."""
-    content = {
+def _served_model(artifact: LoadedArtifact, encoding: VectorEncoding) -> dict[str, object]:
+    """The fields that say which model and encoding a body's vectors are."""
+    return {
         "model": artifact.name,
         "fingerprint": artifact.fingerprint,
         "dim": artifact.dim,
         "encoding": encoding,
+    }
+
+
+def embed_body(
+    artifact: LoadedArtifact,
+    encoding: VectorEncoding,
+    ids: Sequence[str | None],
+    rows: Embeddings,
+    cached: Sequence[bool],
+) -> bytes:
+    """The `EmbedResponse` JSON."""
+    content = {
+        **_served_model(artifact, encoding),
         "data": [
-            {"id": item_id, "embedding": encode_vector(vector, encoding), "cached": hit}
-            for item_id, vector, hit in zip(ids, vectors, cached, strict=True)
+            {
+                "id": item_id,
+                "embedding": encode_vector(vector, encoding),
+                "cached": hit,
+                "tokens": tokens,
+                "truncated": truncated,
+            }
+            for item_id, vector, hit, tokens, truncated in zip(
+                ids, rows.vectors, cached, rows.tokens.tolist(), rows.truncated.tolist(), strict=True
+            )
         ],
     }
     return orjson.dumps(content, option=ORJSON_OPTIONS)
 
 
-def timing_headers(*, queue_seconds: float, inference_seconds: float, cache_hits: int) -> dict[str, str]:
-    return {
-        "x-queue-time-ms": f"{queue_seconds * 1000:.3f}",
-        "x-inference-time-ms": f"{inference_seconds * 1000:.3f}",
-        "x-cache-hits": str(cache_hits),
+def openai_body(artifact: LoadedArtifact, encoding: VectorEncoding, rows: Embeddings) -> bytes:
+    """The `OpenAIEmbeddingsResponse` JSON; usage counts the tokens the model embedded."""
+    tokens = int(rows.tokens.sum())
+    content = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": index, "embedding": encode_vector(vector, encoding)}
+            for index, vector in enumerate(rows.vectors)
+        ],
+        "model": artifact.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+    return orjson.dumps(content, option=ORJSON_OPTIONS)
+
+
+def lookup_body(
+    artifact: LoadedArtifact, encoding: VectorEncoding, ids: Sequence[str], found: dict[str, np.ndarray]
+) -> bytes:
+    """The `LookupResponse` JSON (each id once, in request order)."""
+    unique = list(dict.fromkeys(ids))
+    content = {
+        **_served_model(artifact, encoding),
+        "data": [
+            {"id": item_id, "embedding": encode_vector(found[item_id], encoding)}
+            for item_id in unique
+            if item_id in found
+        ],
+        "unknown": [item_id for item_id in unique if item_id not in found],
+    }
+    return orjson.dumps(content, option=ORJSON_OPTIONS)
+
+
+def json_headers(content: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """ASGI headers of a JSON body."""
+    return [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()), *extra]
+
+
+def timing_headers(
+    *, queue_seconds: float, inference_seconds: float, cache_hits: int
+) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-queue-time-ms", f"{queue_seconds * 1000:.3f}".encode()),
+        (b"x-inference-time-ms", f"{inference_seconds * 1000:.3f}".encode()),
+        (b"x-cache-hits", str(cache_hits).encode()),
+    ]

@@ -7,15 +7,17 @@ import gc
 import logging
 from dataclasses import dataclass
 
+from service.admission import Admission
 from service.batcher import MicroBatcher
 from service.cache import Cache, build_cache
 from service.cache_values import ValueCodec
 from service.encoder import OnnxEncoder, load_encoder
+from service.flow import EmbedFlow
 from service.keys import KeySpace
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
-from service.pipeline import EmbeddingPipeline
 from service.settings import Settings
+from service.token_ids import load_token_decoder
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,8 @@ class ServiceRuntime:
     encoder: OnnxEncoder
     cache: Cache
     batcher: MicroBatcher
-    pipeline: EmbeddingPipeline
+    admission: Admission
+    flow: EmbedFlow
     lifecycle: Lifecycle
 
     @property
@@ -70,8 +73,10 @@ class ServiceRuntime:
             timeout_seconds=settings.cache_timeout_ms / 1000,
             retry_seconds=settings.cache_retry_seconds,
             timeouts_to_open=settings.cache_breaker_timeouts,
+            max_connections=settings.redis_max_connections,
             lru_max_items=settings.lru_max_items,
         )
+        metrics.cache_skipped.set_function(lambda: float(cache.status() == "skipped"))
         if not await cache.ping():
             log.warning(
                 "cache %s not reachable at start-up; serving from the model until it is", cache.backend
@@ -102,17 +107,26 @@ class ServiceRuntime:
             cache.backend,
             settings.cache_dtype,
         )
-        pipeline = EmbeddingPipeline(
-            keys, cache, batcher, metrics, ValueCodec(settings.cache_dtype, artifact.dim)
+        flow = EmbedFlow(
+            keys,
+            cache,
+            batcher.embed,
+            ValueCodec(settings.cache_dtype, artifact.dim),
+            metrics,
+            reject_truncated=settings.reject_truncated,
+        )
+        admission = Admission(
+            settings, await asyncio.to_thread(load_token_decoder, settings.openai_token_encoding)
         )
         # Everything loaded so far lives as long as the process: move it out of the collector's
         # sight, or every full collection walks it again (~60 ms with the default artifact, a stall
         # that shows in p99 and can push Redis calls past their timeout).
         gc.collect()
         gc.freeze()
-        return cls(settings, metrics, encoder, cache, batcher, pipeline, lifecycle)
+        return cls(settings, metrics, encoder, cache, batcher, admission, flow, lifecycle)
 
     async def stop(self) -> None:
         self.lifecycle.draining = True
+        self.admission.close()
         await self.batcher.stop()
         await self.cache.close()

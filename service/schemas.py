@@ -1,14 +1,24 @@
 """Request and response bodies (docs/ARCHITECTURE.md, "API"). Field descriptions feed /docs.
 
 Static rules live here (types, empty text, invalid Unicode); the configurable limits (items per
-request, characters per text) are checked by `service.limits` against the running settings.
+request, characters per text, one text per id) are checked by `service.admission` against the
+running settings.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
 
 NUL = "\x00"
 VectorEncoding = Literal["float", "base64", "base64_fp16"]
@@ -77,7 +87,9 @@ class EmbedItem(_Request):
     )
     text: ItemText = Field(
         description="Item text (title, description, attributes). Unicode NFC-normalised and trimmed "
-        "before embedding; texts longer than the model's max_length tokens are truncated.",
+        "before embedding; a text longer than the model's max_length tokens is embedded truncated "
+        "(`truncated: true` in the answer), or refused when MARC_REJECT_TRUNCATED is set. Items with "
+        "the same id must have the same text.",
         examples=["Wireless waterproof bluetooth speaker, blue, 39 USD"],
     )
 
@@ -91,6 +103,11 @@ class EmbeddedItem(BaseModel):
     id: str | None = Field(description="The item id from the request, if any.")
     embedding: list[float] | str = Field(description="The vector (list of floats or a base64 string).")
     cached: bool = Field(description="True when the vector came from the cache, not the model.")
+    tokens: int = Field(description="Tokens of the text the model embedded (at most its max_length).")
+    truncated: bool = Field(
+        description="True when the text was longer than the model's max_length tokens and only its "
+        "first max_length tokens were embedded."
+    )
 
 
 class EmbedResponse(BaseModel):
@@ -126,27 +143,42 @@ class LookupResponse(BaseModel):
 # --- POST /v1/embeddings (OpenAI-compatible) ----------------------------------------------------
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _inputs_as_list(value: Any) -> Any:
-    """A single string becomes a one-element list (answers are indexed the same way); token arrays
-    (lists of ints, lists of lists) get a clear refusal instead of a type error per element."""
+    """A single text or a single token array becomes a one-element list (answers are indexed the
+    same way)."""
     if isinstance(value, str):
         return [value]
-    if isinstance(value, list):
-        if not value:
-            raise ValueError("must contain at least one text")
-        if all(isinstance(x, int | list) and not isinstance(x, bool) for x in value):
-            raise ValueError("token arrays are not supported; send a string or a list of strings")
+    if isinstance(value, list) and value and all(_is_number(x) for x in value):
+        return [value]
     return value
 
 
+def _text_or_token_ids(value: Any) -> str | list[int]:
+    """An input: a text (the item text rules) or a token-id array (decoded by `service.admission`,
+    which also reports ids the encoding does not know)."""
+    if isinstance(value, str):
+        return _non_blank_text(value)
+    if isinstance(value, list) and value:
+        return value
+    raise PydanticCustomError("input_type", "Input should be a text or a non-empty array of token ids")
+
+
+TOKEN_IDS_SCHEMA = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
 OpenAIInput = Annotated[
-    list[ItemText],
+    list[Annotated[str | list[int], PlainValidator(_text_or_token_ids)]],
     BeforeValidator(_inputs_as_list),
+    Field(min_length=1),
     WithJsonSchema(
         {
             "anyOf": [
                 NON_BLANK_STRING_SCHEMA,
                 {"type": "array", "items": NON_BLANK_STRING_SCHEMA, "minItems": 1},
+                TOKEN_IDS_SCHEMA,
+                {"type": "array", "items": TOKEN_IDS_SCHEMA, "minItems": 1},
             ]
         }
     ),
@@ -158,8 +190,9 @@ class OpenAIEmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     input: OpenAIInput = Field(
-        description="A text or a list of texts (errors name `input.<index>`; a single text is index 0). "
-        "Token arrays are not supported.",
+        description="A text, a list of texts, a token-id array or a list of them (token ids of the "
+        "server's MARC_OPENAI_TOKEN_ENCODING, cl100k_base by default, as LangChain sends; decoded to text "
+        "and embedded like it). Errors name `input.<index>`; a single input is index 0.",
         examples=["Wireless waterproof bluetooth speaker"],
     )
     model: str | None = Field(
@@ -179,7 +212,9 @@ class OpenAIEmbedding(BaseModel):
 
 
 class OpenAIUsage(BaseModel):
-    prompt_tokens: int = Field(description="Tokens in the inputs (after truncation).")
+    prompt_tokens: int = Field(
+        description="Tokens the model embedded, summed over the inputs (its own tokenizer, after truncation)."
+    )
     total_tokens: int = Field(description="Same as prompt_tokens.")
 
 
@@ -219,8 +254,9 @@ class HealthResponse(BaseModel):
 
 class CacheState(BaseModel):
     backend: Literal["redis", "memory"] = Field(description="redis, or the in-process LRU (memory).")
-    status: Literal["ok", "unavailable"] = Field(
-        description="unavailable = Redis errors; requests are served from the model meanwhile."
+    status: Literal["ok", "skipped"] = Field(
+        description="skipped = Redis failed and is not being asked: requests are served by the model "
+        "while one request probes Redis every MARC_CACHE_RETRY_SECONDS."
     )
 
 
@@ -242,7 +278,7 @@ class ErrorBody(BaseModel):
     message: str = Field(description="What is wrong, naming the field.")
     type: str = Field(description="Error class, e.g. invalid_request_error, overloaded.")
     param: str | None = Field(None, description="The offending field, dotted (e.g. items.2.text).")
-    code: int = Field(description="HTTP status code.")
+    code: str = Field(description="What exactly, e.g. invalid_value, too_many_items, invalid_api_key.")
 
 
 class ErrorResponse(BaseModel):

@@ -17,6 +17,10 @@ from service.cache_values import CacheDtype
 VariantChoice = Literal["auto", "fp32", "int8", "fp16"]
 ProviderChoice = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+# The JSON around one item (keys, quotes, an id of up to 512 characters) and around the whole request.
+ITEM_JSON_BYTES = 600
+REQUEST_JSON_BYTES = 1024
+MIN_BODY_BYTES = 1024
 
 
 class Settings(BaseSettings):
@@ -26,8 +30,8 @@ class Settings(BaseSettings):
     artifact: Path = Field(description="Artifact directory written by `marc export`.")
     variant: VariantChoice = Field(
         "auto",
-        description="Model file to serve. auto = fp16 when CUDA is usable and the artifact has it, "
-        "else fp32.",
+        description="Model file to serve. auto = fp16 when CUDA is usable and the artifact has it; on "
+        "CPU int8 when the artifact's int8 has per-row activation scales, else fp32.",
     )
     provider: ProviderChoice = Field(
         "auto", description="ONNX Runtime execution provider. auto = CUDA when it really loads, else CPU."
@@ -59,7 +63,13 @@ class Settings(BaseSettings):
         1.0,
         gt=0,
         description="After a Redis connection failure (or cache_breaker_timeouts timeouts), skip Redis "
-        "for this long before trying again.",
+        "for this long; then one request probes it (the others keep skipping until it answers).",
+    )
+    redis_max_connections: int = Field(
+        64,
+        ge=1,
+        description="Redis connections per process. A burst beyond it waits for a free connection "
+        "(within cache_timeout_ms), it is never counted as a Redis failure.",
     )
     cache_dtype: CacheDtype = Field(
         "float32",
@@ -68,16 +78,51 @@ class Settings(BaseSettings):
     )
     lru_max_items: int = Field(100_000, ge=1, description="Capacity of the in-process LRU cache.")
 
-    # --- batching and limits -----------------------------------------------------------------
+    # --- batching -----------------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, description="Items per ONNX Runtime run.")
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits to fill before it runs.")
-    max_queue_items: int = Field(1024, ge=1, description="Items waiting for the model; beyond this, 503.")
-    max_items_per_request: int = Field(256, ge=1, description="Items (or inputs) per request.")
+    max_queue_items: int = Field(
+        2048,
+        ge=1,
+        description="Items waiting for the model; beyond this, 503. Keep it at least the largest request "
+        "(max_openai_inputs), or such a request with all texts new is refused every time.",
+    )
+
+    # --- request limits ---------------------------------------------------------------------------
+    max_items_per_request: int = Field(256, ge=1, description="Items (or ids) per /v1/embed or lookup.")
+    max_openai_inputs: int = Field(2048, ge=1, description="Inputs per /v1/embeddings request (OpenAI's).")
     max_text_chars: int = Field(8192, ge=1, description="Characters per item text.")
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Request body size limit (413 above).")
+    max_body_bytes: int = Field(
+        0,
+        ge=0,
+        description="Request body size limit (413 above). 0 = what max_items_per_request texts of "
+        "max_text_chars one-byte characters need, with their JSON (2.1 MiB by default).",
+    )
+    body_read_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request body must arrive within this (408 otherwise: slow uploads)."
+    )
+    max_concurrent_requests: int = Field(
+        1024,
+        ge=1,
+        description="Requests in the service at once (bodies being read included; /healthz, /readyz "
+        "and /metrics not counted); beyond this, 503 at once. With the body limit it bounds memory.",
+    )
+    reject_truncated: bool = Field(
+        False,
+        description="Answer 422 (400 on /v1/embeddings) naming the item when a text is longer than the "
+        "model's max_length tokens, instead of embedding it truncated (and saying so).",
+    )
+    openai_token_encoding: str = Field(
+        "cl100k_base",
+        description="tiktoken encoding that token-id arrays sent to /v1/embeddings are decoded with "
+        "(LangChain's default); empty = token arrays are refused with a 400.",
+    )
 
     # --- HTTP ----------------------------------------------------------------------------------
     api_key: str = Field("", description="Bearer token required on /v1/* when set.")
+    protect_metrics_and_docs: bool = Field(
+        False, description="Also require the API key on /metrics and the docs (/docs, /redoc, /openapi.json)."
+    )
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 to listen on all interfaces).")
     port: int = Field(8000, ge=0, le=65535, description="Bind port.")
     drain_seconds: float = Field(
@@ -85,13 +130,22 @@ class Settings(BaseSettings):
     )
     log_level: LogLevel = Field("info", description="Log level of the service and uvicorn.")
 
+    @property
+    def body_limit_bytes(self) -> int:
+        """``max_body_bytes``, or what the item and character limits need."""
+        return self.max_body_bytes or (
+            self.max_items_per_request * (self.max_text_chars + ITEM_JSON_BYTES) + REQUEST_JSON_BYTES
+        )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lowercase_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _check_cluster_url(self) -> Settings:
+    def _check_combinations(self) -> Settings:
         if self.redis_cluster and not self.redis_url:
             raise ValueError("MARC_REDIS_CLUSTER needs MARC_REDIS_URL")
+        if 0 < self.max_body_bytes < MIN_BODY_BYTES:
+            raise ValueError(f"MARC_MAX_BODY_BYTES must be 0 (derived) or at least {MIN_BODY_BYTES}")
         return self

@@ -1,11 +1,12 @@
-"""Liveness, readiness and Prometheus metrics. Never behind the API key (probes and scrapers)."""
+"""Liveness, readiness and Prometheus metrics. The probes are never behind the API key; /metrics is
+with ``MARC_PROTECT_METRICS_AND_DOCS`` (Prometheus then sends the key as a bearer token)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from service.dependencies import Runtime
+from service.dependencies import Runtime, require_api_key_for_operations
 from service.metrics import METRICS_CONTENT_TYPE
 from service.responses import OrjsonResponse
 from service.schemas import HealthResponse, ReadyResponse
@@ -22,7 +23,7 @@ async def healthz() -> OrjsonResponse:
 @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
 async def readyz(runtime: Runtime) -> OrjsonResponse:
     """Ready when the model is loaded and the service is not shutting down. A Redis outage does not
-    make it unready (requests are served from the model); it shows in `cache.status`."""
+    make it unready (requests are served from the model); `cache.status` says "skipped" meanwhile."""
     artifact = runtime.encoder.artifact
     content = {
         "status": "not ready" if runtime.draining else "ready",
@@ -37,7 +38,7 @@ async def readyz(runtime: Runtime) -> OrjsonResponse:
     return OrjsonResponse(content, status_code=503 if runtime.draining else 200)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[Depends(require_api_key_for_operations)])
 async def metrics(runtime: Runtime) -> Response:
     """Prometheus text exposition of this process's metrics."""
     return Response(runtime.metrics.render(), media_type=METRICS_CONTENT_TYPE)

@@ -1,1 +1,1 @@
-"""Tests of service/; the route-level ones are still tests/test_service_*.py and test_reliability_*.py."""
+"""Tests of service/: units with fakes of our own classes, and routes against a live server."""

@@ -8,10 +8,14 @@ import numpy as np
 import onnxruntime
 
 from artifact.loader import load_artifact
+from artifact.manifest import read_manifest
+from service.encoder import cpu_variant
 
 
-def onnx_reference(artifact_dir: Path, texts: list[str], variant: str = "fp32") -> np.ndarray:
-    """The artifact's model run directly with ONNX Runtime on one padded batch of ``texts``."""
+def onnx_reference(artifact_dir: Path, texts: list[str], variant: str | None = None) -> np.ndarray:
+    """The artifact's model run directly with ONNX Runtime on one padded batch of ``texts``; by default
+    the variant a service with ``MARC_VARIANT=auto`` serves on this CPU machine."""
+    variant = variant or cpu_variant(read_manifest(artifact_dir))
     artifact = load_artifact(artifact_dir, variant)
     session = onnxruntime.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
     return session.run(["embedding"], artifact.tokenize(texts))[0]

@@ -1,7 +1,7 @@
 """Figures of the reliability suite: tests call `record(section, **figures)`; `make reliability` runs
 the suite with MARC_RELIABILITY_REPORT set and then this script writes them into RELIABILITY.md.
 
-    MARC_RELIABILITY_REPORT=reports/reliability.json pytest tests/test_reliability_*.py
+    MARC_RELIABILITY_REPORT=reports/reliability.json pytest tests/reliability/
     python tests/support/reliability_report.py [--report reports/reliability.json] [--doc RELIABILITY.md]
 
 Without MARC_RELIABILITY_REPORT (plain `make test`) `record` does nothing, so CI leaves no files.

@@ -85,22 +85,25 @@ def test_float16_values_are_half_the_bytes_in_their_own_key_space(tiny_artifact:
         half_keys, full_keys = KeySpace(prefix, fingerprint, "float16"), KeySpace(prefix, fingerprint)
         stored = client.get(half_keys.text_key(text))
         reference = onnx_reference(tiny_artifact, [text, other])
-        client.set(half_keys.text_key(other), reference[1].astype("<f4").tobytes())  # wrong length
+        # float32 bytes plus a trailer: the length of no float16 value
+        client.set(half_keys.text_key(other), reference[1].astype("<f4").tobytes() + bytes(4))
         wrong_length = _embed(half, other)
         with LiveServer(artifact=tiny_artifact, **settings) as full:
             from_float32_server = _embed(full, text)
         full_value = client.get(full_keys.text_key(text))
         client.close()
     dim = first["dim"]
-    assert half_keys.text_key(text) != full_keys.text_key(text) and ":f16:" in half_keys.text_key(text)
-    assert stored is not None and len(stored) == 2 * dim
-    assert full_value is not None and len(full_value) == 4 * dim
+    assert half_keys.text_key(text) != full_keys.text_key(text) and ":f16t:" in half_keys.text_key(text)
+    # The vector, then the trailer: tokens the model embedded (uint16), flags (uint16).
+    assert stored is not None and len(stored) == 2 * dim + 4
+    assert full_value is not None and len(full_value) == 4 * dim + 4
+    assert int.from_bytes(stored[2 * dim : 2 * dim + 2], "little") == first["data"][0]["tokens"] > 0
     served = np.array(first["data"][0]["embedding"], dtype=np.float32)
     # Served widened to float32; the miss is rounded too, so cached or not the answer is the same.
     assert first["data"][0]["cached"] is False and second["data"][0]["cached"] is True
     np.testing.assert_array_equal(np.array(second["data"][0]["embedding"], dtype=np.float32), served)
     np.testing.assert_array_equal(served.astype("<f2").astype(np.float32), served)  # float16 values
-    np.testing.assert_array_equal(np.frombuffer(stored, "<f2").astype(np.float32), served)
+    np.testing.assert_array_equal(np.frombuffer(stored[: 2 * dim], "<f2").astype(np.float32), served)
     # Rounding error: half a float16 ulp (2^-11 relative), plus batch-padding noise of the reference.
     assert np.all(np.abs(served - reference[0]) <= 2**-11 * np.abs(reference[0]) + 1e-5)
     assert wrong_length["data"][0]["cached"] is False
@@ -149,8 +152,41 @@ def test_breaker_opens_on_refusal_or_repeated_timeouts_not_on_one_slow_call() ->
         seen = asyncio.run(scenario(own_redis))
     assert seen["stalled"] == ["CacheUnavailable"] * 5
     assert seen["after_stall"] == ("ok", [b"v"])  # the stall did not open the breaker
-    assert seen["sequential"] == ["ok", "ok", "unavailable"]
-    assert seen["refused"] == "unavailable"
+    assert seen["sequential"] == ["ok", "ok", "skipped"]
+    assert seen["refused"] == "skipped"
+
+
+def test_after_the_skip_window_one_probe_asks_redis_not_the_crowd() -> None:
+    async def scenario(redis_process: RedisProcess) -> dict[str, object]:
+        cache = RedisCache(
+            redis_process.url, ttl_seconds=60, timeout_seconds=1.0, retry_seconds=0.3, timeouts_to_open=3
+        )
+        seen: dict[str, object] = {}
+        redis_process.stop()
+        with pytest.raises(CacheUnavailable):
+            await cache.get_many(["k"])  # refused: the breaker opens
+        during = await asyncio.gather(*(cache.get_many(["k"]) for _ in range(20)), return_exceptions=True)
+        seen["during"] = {type(result).__name__ for result in during}
+        seen["status_open"] = cache.status()
+        redis_process.start()  # same port
+        stats = redis.Redis(port=redis_process.port)
+        stats.config_resetstat()
+        await asyncio.sleep(0.4)  # the skip window is over: the next call probes
+        crowd = await asyncio.gather(*(cache.get_many(["k"]) for _ in range(50)), return_exceptions=True)
+        seen["mget_calls"] = stats.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+        seen["crowd"] = sorted(type(result).__name__ for result in crowd)
+        seen["status_after"] = cache.status()
+        seen["next"] = await cache.get_many(["k"])
+        stats.close()
+        await cache.close()
+        return seen
+
+    with RedisProcess() as own_redis:
+        seen = asyncio.run(scenario(own_redis))
+    assert seen["during"] == {"CacheSkipped"} and seen["status_open"] == "skipped"
+    assert seen["mget_calls"] == 1  # one probe reached Redis, not 50 requests
+    assert seen["crowd"] == ["CacheSkipped"] * 49 + ["list"]
+    assert seen["status_after"] == "ok" and seen["next"] == [None]
 
 
 @pytest.mark.slow
@@ -171,7 +207,10 @@ def test_redis_outage_is_served_from_the_model_and_the_cache_comes_back(tiny_art
             ready = client.get("/readyz")
         assert all(not item["cached"] for body in during for item in body["data"])
         assert live.metric("marc_cache_requests_total", result="error") > errors_before
-        assert ready.status_code == 200 and ready.json()["cache"]["status"] == "unavailable"
+        # Skipping is visible: readiness says so, the gauge is 1, skipped lookups are counted apart.
+        assert ready.status_code == 200 and ready.json()["cache"]["status"] == "skipped"
+        assert live.metric("marc_cache_skipped") == 1
+        assert live.metric("marc_cache_requests_total", result="skipped") > 0
 
         own_redis.start()  # same port, empty: the service reconnects by itself
         deadline = time.monotonic() + 15
@@ -183,6 +222,7 @@ def test_redis_outage_is_served_from_the_model_and_the_cache_comes_back(tiny_art
             pytest.fail("no cache hit within 15 s of Redis coming back")
         with live.client() as client:
             assert client.get("/readyz").json()["cache"]["status"] == "ok"
+        assert live.metric("marc_cache_skipped") == 0
 
 
 def test_redis_cluster_url(tiny_artifact: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import redis
 from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
 from artifact.manifest import read_manifest, sha256_file
 from artifact.names import MANIFEST_FILE
+from service.cache_values import ValueCodec
 from service.keys import KeySpace
 from tests.support.redis_server import RedisProcess, unique_prefix
 from tests.support.reference import onnx_reference
@@ -167,8 +168,10 @@ def test_two_artifacts_on_one_redis_never_share_vectors(
 
 def test_cached_bytes_of_the_wrong_length_are_recomputed_not_served(tiny_artifact: Path) -> None:
     dim = read_manifest(tiny_artifact).dim
-    # Empty, one byte, one short, one long, an fp16-sized vector of the right dim, twice the size.
-    wrong_lengths = [0, 1, 4 * dim - 1, 4 * dim + 4, 2 * dim, 8 * dim]
+    value_bytes = ValueCodec("float32", dim).value_bytes  # 4·dim + the 4-byte token trailer
+    # Empty, one byte, one short, one long, a bare float32 vector (the layout before the trailer),
+    # an fp16-sized value of the right dim, twice the size.
+    wrong_lengths = [0, 1, value_bytes - 1, value_bytes + 1, 4 * dim, 2 * dim + 4, 2 * value_bytes]
     texts = [f"corrupted entry {n}" for n in wrong_lengths]
     ids = [f"corrupt-{n}" for n in wrong_lengths]
     prefix = unique_prefix()
@@ -189,7 +192,7 @@ def test_cached_bytes_of_the_wrong_length_are_recomputed_not_served(tiny_artifac
         lengths_tried=wrong_lengths,
         served_from_cache=sum(d["cached"] for d in body["data"]),
         returned_by_lookup=len(lookup["data"]),
-        rewritten_with_the_right_length=sum(n == 4 * dim for n in stored),
+        rewritten_with_the_right_length=sum(n == value_bytes for n in stored),
     )
     assert lookup["data"] == [] and lookup["unknown"] == ids
     assert not any(d["cached"] for d in body["data"])
@@ -197,4 +200,4 @@ def test_cached_bytes_of_the_wrong_length_are_recomputed_not_served(tiny_artifac
         np.array([d["embedding"] for d in body["data"]]), onnx_reference(tiny_artifact, texts), atol=1e-5
     )
     assert misses >= len(texts)
-    assert stored == [4 * dim] * len(texts)  # the bad values were replaced by the recomputed vectors
+    assert stored == [value_bytes] * len(texts)  # the bad values were replaced by the recomputed vectors

@@ -135,7 +135,8 @@ def test_models_and_health(server: LiveServer, tiny_artifact: Path) -> None:
         health = client.get("/healthz")
     card = models["data"][0]
     assert card["manifest"]["dim"] == card["dim"] == 16
-    assert card["provider"] == "CPUExecutionProvider" and card["variant"] == "fp32"
+    # MARC_VARIANT=auto on CPU: the artifact's int8 (per-row activation scales).
+    assert card["provider"] == "CPUExecutionProvider" and card["variant"] == "int8"
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     assert ready.status_code == 200
     assert ready.json()["cache"] == {"backend": "redis", "status": "ok"}
@@ -182,7 +183,8 @@ BAD_REQUESTS = [
     ("/v1/embed", {"items": [{"text": "a", "id": ""}]}, "application/json", 422, "items.0.id"),
     ("/v1/embed", {"items": [{"text": "a", "id": [1]}]}, "application/json", 422, "items.0.id"),
     ("/v1/embed", {"items": [{"text": "a"}], "encoding": "hex"}, "application/json", 422, "encoding"),
-    ("/v1/embed", b'{"items": [{"text": "\\ud800"}]}', "application/json", 422, "items.0.text"),
+    # JSON with a lone surrogate escape is malformed for the one parser (it names line and column).
+    ("/v1/embed", b'{"items": [{"text": "\\ud800"}]}', "application/json", 422, "body"),
     (
         "/v1/embed",
         {"items": [{"text": "a"}, {"text": "nul \x00 byte"}]},
@@ -190,18 +192,30 @@ BAD_REQUESTS = [
         422,
         "items.1.text",
     ),
-    ("/v1/embeddings", {"input": "nul \x00"}, "application/json", 422, "input.0"),
+    # /v1/embeddings answers invalid input with OpenAI's 400.
+    ("/v1/embeddings", {"input": "nul \x00"}, "application/json", 400, "input.0"),
     ("/v1/embed", b"[" * 5000 + b"]" * 5000, "application/json", 422, "body"),
     ("/v1/embed", b'{"items": [{"text": "' + b"a" * 70_000 + b'"}]}', "application/json", 413, "body"),
-    ("/v1/embeddings", {"input": [[1, 2, 3]], "model": "m"}, "application/json", 422, "input"),
-    ("/v1/embeddings", {"input": [1, 2, 3], "model": "m"}, "application/json", 422, "input"),
-    ("/v1/embeddings", {"input": [], "model": "m"}, "application/json", 422, "input"),
-    ("/v1/embeddings", {"input": ["a", ""], "model": "m"}, "application/json", 422, "input.1"),
-    ("/v1/embeddings", {"input": LONG, "model": "m"}, "application/json", 422, "input.0"),
-    ("/v1/embeddings", {"input": " ", "model": "m"}, "application/json", 422, "input.0"),
-    ("/v1/embeddings", {"input": 7, "model": "m"}, "application/json", 422, "input"),
-    ("/v1/embeddings", {"input": "a", "encoding_format": "x"}, "application/json", 422, "encoding_format"),
-    ("/v1/embeddings", {"input": "a", "dimensions": 3}, "application/json", 422, "dimensions"),
+    ("/v1/embeddings", {"input": [[1, 2], [-1]], "model": "m"}, "application/json", 400, "input.1"),
+    ("/v1/embeddings", {"input": [[1, "a"]], "model": "m"}, "application/json", 400, "input.0"),
+    ("/v1/embeddings", {"input": [[10**9]], "model": "m"}, "application/json", 400, "input.0"),
+    ("/v1/embeddings", {"input": [[]], "model": "m"}, "application/json", 400, "input.0"),
+    ("/v1/embeddings", {"input": [True], "model": "m"}, "application/json", 400, "input.0"),
+    ("/v1/embeddings", {"input": [], "model": "m"}, "application/json", 400, "input"),
+    ("/v1/embeddings", {"input": ["a", ""], "model": "m"}, "application/json", 400, "input.1"),
+    ("/v1/embeddings", {"input": LONG, "model": "m"}, "application/json", 400, "input.0"),
+    ("/v1/embeddings", {"input": " ", "model": "m"}, "application/json", 400, "input.0"),
+    ("/v1/embeddings", {"input": 7, "model": "m"}, "application/json", 400, "input"),
+    ("/v1/embeddings", {"input": ["a"] * 2049, "model": "m"}, "application/json", 400, "input"),
+    ("/v1/embeddings", {"input": "a", "encoding_format": "x"}, "application/json", 400, "encoding_format"),
+    ("/v1/embeddings", {"input": "a", "dimensions": 3}, "application/json", 400, "dimensions"),
+    (
+        "/v1/embed",
+        {"items": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
+        "application/json",
+        422,
+        "items.1.id",
+    ),
     ("/v1/items/lookup", {"ids": []}, "application/json", 422, "ids"),
     ("/v1/items/lookup", {"ids": [None]}, "application/json", 422, "ids.0"),
     ("/v1/items/lookup", {"ids": ["a"] * 9}, "application/json", 422, "ids"),

@@ -22,9 +22,10 @@ from tests.support.reference import onnx_reference
 def test_key_layout_and_normalisation() -> None:
     keys = KeySpace("marc", "ab" * 32)
     assert normalise_text("  Cafe\u0301 au lait \n") == "Caf\u00e9 au lait"
-    assert re.fullmatch(r"marc:abababababababab:t:[0-9a-f]{64}", keys.text_key("x"))
+    assert re.fullmatch(r"marc:abababababababab:f32t:t:[0-9a-f]{64}", keys.text_key("x"))
     assert keys.text_key(normalise_text(" Cafe\u0301")) == keys.text_key("Caf\u00e9")
-    assert keys.id_key("sku-1") == "marc:abababababababab:i:sku-1"
+    assert keys.id_key("sku-1") == "marc:abababababababab:f32t:i:sku-1"
+    assert KeySpace("marc", "ab" * 32, "float16").id_key("sku-1") == "marc:abababababababab:f16t:i:sku-1"
 
 
 def test_lru_cache_evicts_the_least_recently_used() -> None:
@@ -43,9 +44,10 @@ def test_encoder_on_cpu_logs_one_line_and_matches_onnx(
 ) -> None:
     with caplog.at_level(logging.INFO, logger="service.encoder"):
         encoder = load_encoder(tiny_artifact)
-    assert encoder.provider == "CPUExecutionProvider" and encoder.artifact.variant == "fp32"
+    # auto on CPU = int8, as the artifact's int8 records per-row activation scales
+    assert encoder.provider == "CPUExecutionProvider" and encoder.artifact.variant == "int8"
     assert [r.getMessage() for r in caplog.records if "execution provider" in r.getMessage()] == [
-        "execution provider: CPUExecutionProvider (CUDA not available), variant fp32, model tiny-artifact"
+        "execution provider: CPUExecutionProvider (CUDA not available), variant int8, model tiny-artifact"
     ]
     texts = ["short", "a much longer text about a red leather sofa and a lamp", "medium length text"]
     encoded = encoder.embed(texts, max_batch_size=2)
@@ -54,7 +56,7 @@ def test_encoder_on_cpu_logs_one_line_and_matches_onnx(
 
 
 def test_int8_variant_has_its_own_fingerprint(tiny_artifact: Path) -> None:
-    fp32, int8 = load_encoder(tiny_artifact), load_encoder(tiny_artifact, variant="int8")
+    fp32, int8 = load_encoder(tiny_artifact, variant="fp32"), load_encoder(tiny_artifact, variant="int8")
     assert int8.artifact.variant == "int8" and int8.artifact.fingerprint != fp32.artifact.fingerprint
     texts = ["red shoes", "blue wireless speaker"]
     a, b = fp32.embed(texts, 8).vectors, int8.embed(texts, 8).vectors

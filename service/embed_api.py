@@ -1,0 +1,157 @@
+"""The embed routes - ``POST /v1/embed``, ``/v1/embeddings`` (OpenAI-compatible), ``/v1/items/lookup``
+- as one pure-ASGI app in front of FastAPI's routing.
+
+A recommender asks for the same catalogue items again and again, so most requests are answered from
+the cache, and for those FastAPI's per-request machinery (routing, dependency solving, JSON parsing
+plus a separate validation pass) costs more than the answer. So each request here is admitted once
+(`service.admission`: key, content type, size, shape, one parse, limits), runs the embed flow once
+(`service.flow`: read the cache, compute what is missing, write it back) and gets a body serialised
+once. A request that waits for the model is cancelled when its client hangs up. Errors have the
+shape and codes of `service.errors`. Their OpenAPI entries are built from `EMBED_ROUTES`
+(`service.openapi`); every other path goes on to FastAPI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.disconnect import cancel_on_disconnect
+from service.errors import ApiError, api_error_response, as_api_error
+from service.flow import EmbedFlow, EmbedOutcome, TruncatedTexts
+from service.responses import embed_body, json_headers, lookup_body, openai_body, timing_headers
+from service.runtime import ServiceRuntime
+from service.schemas import (
+    EmbedRequest,
+    EmbedResponse,
+    LookupRequest,
+    LookupResponse,
+    OpenAIEmbeddingsRequest,
+    OpenAIEmbeddingsResponse,
+)
+
+Headers = list[tuple[bytes, bytes]]
+Handler = Callable[[ServiceRuntime, Scope, Receive], Awaitable[tuple[bytes, Headers]]]
+
+
+async def _embedded(
+    runtime: ServiceRuntime,
+    texts: Sequence[str],
+    ids: Sequence[str | None] | None,
+    receive: Receive,
+    *,
+    param: Callable[[int], str],
+    status: int,
+) -> EmbedOutcome:
+    flow: EmbedFlow = runtime.flow
+    try:
+        read = await flow.read(texts, ids)
+        outcome = flow.cached_outcome(read)
+        if outcome is None:
+            work = flow.complete(read)
+            # Only work that waits for the model needs watching for a client that hangs up.
+            outcome = await (cancel_on_disconnect(receive, work) if read.missing else work)
+    except TruncatedTexts as exc:
+        where = param(exc.rows[0])
+        raise ApiError(
+            status,
+            f"{where}: longer than the model's {runtime.encoder.artifact.max_length} tokens "
+            "(MARC_REJECT_TRUNCATED is set: the server embeds no truncated text)",
+            code="context_length_exceeded",
+            param=where,
+        ) from None
+    return outcome
+
+
+def _timing(outcome: EmbedOutcome) -> Headers:
+    return timing_headers(
+        queue_seconds=outcome.queue_seconds,
+        inference_seconds=outcome.inference_seconds,
+        cache_hits=outcome.cache_hits,
+    )
+
+
+async def embed(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
+    """Embed item texts. Cached vectors are served from the cache; the rest are computed in
+    micro-batches. Items with an `id` are also stored under it for `/v1/items/lookup`."""
+    request = await runtime.admission.embed(scope, receive)
+    ids = [item.id for item in request.items]
+    texts = [item.text for item in request.items]
+    outcome = await _embedded(runtime, texts, ids, receive, param=lambda i: f"items.{i}.text", status=422)
+    body = embed_body(runtime.encoder.artifact, request.encoding, ids, outcome.rows, outcome.cached)
+    return body, _timing(outcome)
+
+
+async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
+    """OpenAI-compatible embeddings. `model` is accepted whatever it names; `dimensions`, if given,
+    must equal the served dim. Invalid input is a 400, as with OpenAI."""
+    request, texts = await runtime.admission.openai(scope, receive)
+    artifact = runtime.encoder.artifact
+    if request.dimensions is not None and request.dimensions != artifact.dim:
+        raise ApiError(
+            400,
+            f"dimensions: this model serves {artifact.dim}-dimensional vectors (got {request.dimensions})",
+            param="dimensions",
+        )
+    outcome = await _embedded(runtime, texts, None, receive, param=lambda i: f"input.{i}", status=400)
+    return openai_body(artifact, request.encoding_format, outcome.rows), _timing(outcome)
+
+
+async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
+    """Stored vectors for `ids`; ids without a vector for this model are listed in `unknown`.
+    No inference on this path. Answers 503 when the cache is unavailable (there is nothing else to
+    look in)."""
+    request = await runtime.admission.lookup(scope, receive)
+    found = await runtime.flow.lookup(request.ids)
+    return lookup_body(runtime.encoder.artifact, request.encoding, request.ids, found), []
+
+
+@dataclass(frozen=True)
+class EmbedRoute:
+    path: str
+    handler: Handler
+    request: type[BaseModel]
+    response: type[BaseModel]
+    tag: str
+    invalid_status: int  # the status of invalid input: 422, or 400 (OpenAI's) on /v1/embeddings
+
+
+EMBED_ROUTES = (
+    EmbedRoute("/v1/embed", embed, EmbedRequest, EmbedResponse, "embeddings", 422),
+    EmbedRoute(
+        "/v1/embeddings", create_embeddings, OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, "openai", 400
+    ),
+    EmbedRoute("/v1/items/lookup", lookup_items, LookupRequest, LookupResponse, "items", 422),
+)
+_BY_PATH = {route.path: route for route in EMBED_ROUTES}
+
+
+class EmbedApi:
+    """Serves `EMBED_ROUTES`; passes every other request on to ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _BY_PATH.get(scope["path"]) if scope["type"] == "http" else None
+        runtime: ServiceRuntime | None = scope.get("state", {}).get("runtime")
+        if route is None or runtime is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            if scope["method"] != "POST":
+                raise ApiError(
+                    405,
+                    f"{scope['method']} {route.path}: method not allowed (use POST)",
+                    code="method_not_allowed",
+                    headers={"Allow": "POST"},
+                )
+            body, headers = await route.handler(runtime, scope, receive)
+        except Exception as exc:
+            await api_error_response(as_api_error(exc))(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": json_headers(body, *headers)})
+        await send({"type": "http.response.body", "body": body})

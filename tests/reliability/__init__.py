@@ -1,0 +1,2 @@
+"""Reliability: fuzzing, faults, overload, hostile bodies, shutdown, integrity, security; figures go to
+RELIABILITY.md."""

@@ -1,0 +1,164 @@
+"""The embed flow on its own: the real in-process cache, a fake compute that records what reaches
+"the model", and a fake cache (our `Cache` protocol) that fails - read, compute each new text once,
+write back, all-hits answers, id keys, strict truncation, and the two cache-failure policies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from service.batcher import Embedded
+from service.cache import CacheUnavailable, LruCache
+from service.cache_values import Embeddings, ValueCodec
+from service.flow import EmbedFlow, TruncatedTexts
+from service.keys import KeySpace
+from service.metrics import Metrics
+
+DIM = 4
+
+
+class FakeModel:
+    """Vector of a text: its length in every component; a text of more than 5 words is 'truncated'."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    async def __call__(self, texts: list[str]) -> Embedded:
+        self.calls.append(texts)
+        words = np.array([len(t.split()) for t in texts])
+        vectors = np.repeat(np.array([[len(t)] for t in texts], dtype=np.float32), DIM, axis=1) / 3
+        return Embedded(Embeddings(vectors, np.minimum(words, 5), words > 5), 0.002, 0.001)
+
+
+class BrokenCache:
+    backend = "redis"
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        raise CacheUnavailable("redis is down")
+
+    async def set_many(self, entries: Sequence[tuple[str, bytes]]) -> None:
+        raise CacheUnavailable("redis is down")
+
+
+def _flow(cache: object, model: FakeModel, **options: object) -> tuple[EmbedFlow, Metrics]:
+    metrics = Metrics()
+    codec = ValueCodec(options.pop("dtype", "float32"), DIM)  # type: ignore[arg-type]
+    flow = EmbedFlow(KeySpace("t", "f" * 64), cache, model, codec, metrics, **options)  # type: ignore[arg-type]
+    return flow, metrics
+
+
+def _count(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_new_texts_are_computed_once_written_back_and_then_served_from_the_cache() -> None:
+    async def scenario() -> dict[str, object]:
+        model, cache = FakeModel(), LruCache(100, 0)
+        flow, metrics = _flow(cache, model)
+        first = await flow.embed(["oak desk", "  oak desk ", "linen shirt"], ["sku-1", None, "sku-2"])
+        read = await flow.read(["oak desk", "linen shirt"], ["sku-1", "sku-2"])
+        again = flow.cached_outcome(read)
+        found = await flow.lookup(["sku-2", "sku-9"])
+        return {
+            "first": first,
+            "again": again,
+            "calls": model.calls,
+            "keys": len(cache),
+            "found": found,
+            "hits": _count(metrics, "marc_cache_requests_total", result="hit"),
+        }
+
+    seen = asyncio.run(scenario())
+    first, again = seen["first"], seen["again"]
+    assert seen["calls"] == [["oak desk", "linen shirt"]]  # normalised, each new text once
+    assert first.cached == [False, False, False]  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(first.rows.vectors[0], first.rows.vectors[1])  # type: ignore[attr-defined]
+    assert first.queue_seconds == 0.002 and first.inference_seconds == 0.001  # type: ignore[attr-defined]
+    assert seen["keys"] == 4  # two text keys, two id keys
+    assert again is not None and again.cached == [True, True] and again.cache_hits == 2
+    np.testing.assert_array_equal(again.rows.vectors, first.rows.vectors[[0, 2]])  # type: ignore[attr-defined]
+    assert list(seen["found"]) == ["sku-2"] and seen["hits"] == 2 + 1  # type: ignore[arg-type]
+
+
+def test_an_id_given_a_new_text_is_not_all_hits_and_is_rewritten() -> None:
+    async def scenario() -> tuple[object, object, list[list[str]]]:
+        model = FakeModel()
+        flow, _ = _flow(LruCache(100, 0), model)
+        await flow.embed(["oak desk", "walnut shelf"], ["sku-1", None])
+        read = await flow.read(["walnut shelf"], ["sku-1"])  # text cached, id points elsewhere
+        stale = flow.cached_outcome(read)
+        moved = await flow.complete(read)
+        found = await flow.lookup(["sku-1"])
+        return stale, (moved, found), model.calls
+
+    stale, (moved, found), calls = asyncio.run(scenario())
+    assert stale is None and calls == [["oak desk", "walnut shelf"]]  # nothing recomputed
+    np.testing.assert_array_equal(found["sku-1"], moved.rows.vectors[0])  # type: ignore[index, attr-defined]
+
+
+def test_float16_values_are_served_rounded_whether_cached_or_computed() -> None:
+    async def scenario() -> tuple[np.ndarray, np.ndarray]:
+        flow, _ = _flow(LruCache(100, 0), FakeModel(), dtype="float16")
+        computed = await flow.embed(["a text of an odd length"])
+        cached = await flow.embed(["a text of an odd length"])
+        return computed.rows.vectors, cached.rows.vectors
+
+    computed, cached = asyncio.run(scenario())
+    np.testing.assert_array_equal(computed, cached)
+    np.testing.assert_array_equal(computed, computed.astype(np.float16).astype(np.float32))
+
+
+def test_strict_truncation_refuses_before_anything_is_written() -> None:
+    async def scenario() -> tuple[list[int], int, float]:
+        cache = LruCache(100, 0)
+        flow, metrics = _flow(cache, FakeModel(), reject_truncated=True)
+        with pytest.raises(TruncatedTexts) as refused:
+            await flow.embed(["short", "one two three four five six seven"])
+        return refused.value.rows, len(cache), _count(metrics, "marc_items_truncated_total")
+
+    rows, stored, counted = asyncio.run(scenario())
+    assert rows == [1] and stored == 0 and counted == 0
+
+
+def test_truncated_items_are_counted_when_served() -> None:
+    async def scenario() -> tuple[list[bool], float]:
+        flow, metrics = _flow(LruCache(100, 0), FakeModel())
+        outcome = await flow.embed(["short", "one two three four five six seven"])
+        await flow.embed(["one two three four five six seven"])  # from the cache: counted again
+        return outcome.rows.truncated.tolist(), _count(metrics, "marc_items_truncated_total")
+
+    truncated, counted = asyncio.run(scenario())
+    assert truncated == [False, True] and counted == 2
+
+
+def test_a_failing_cache_is_served_around_in_the_service_and_stops_a_batch_job() -> None:
+    async def serve() -> tuple[list[bool], float]:
+        model = FakeModel()
+        flow, metrics = _flow(BrokenCache(), model)
+        outcome = await flow.embed(["still answered"])
+        return outcome.cached, _count(metrics, "marc_cache_requests_total", result="error")
+
+    async def batch_job() -> None:
+        flow, _ = _flow(BrokenCache(), FakeModel(), cache_failures="raise")
+        await flow.embed(["never computed"])
+
+    cached, errors = asyncio.run(serve())
+    assert cached == [False] and errors == 1
+    with pytest.raises(CacheUnavailable):
+        asyncio.run(batch_job())
+
+
+def test_values_carry_the_token_trailer_and_reject_other_lengths() -> None:
+    codec = ValueCodec("float32", DIM)
+    rows = Embeddings(
+        np.arange(8, dtype=np.float32).reshape(2, DIM), np.array([7, 64]), np.array([False, True])
+    )
+    values = codec.encode(rows)
+    decoded = codec.decode(values)
+    assert [len(v) for v in values] == [4 * DIM + 4] * 2 and codec.value_bytes == 4 * DIM + 4
+    np.testing.assert_array_equal(decoded.vectors, rows.vectors)
+    assert decoded.tokens.tolist() == [7, 64] and decoded.truncated.tolist() == [False, True]
+    assert not codec.valid(values[0][:-4]) and not codec.valid(None) and codec.valid(values[1])
