@@ -3,7 +3,7 @@
     artifact = load_artifact(directory, variant)   # sha256 + fingerprint + tokenizer checks
 
 and then builds its ONNX Runtime session from the loaded artifact's ``model_path``
-(`service.onnx_session`).
+(`service.model.onnx_session`).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from loadtest.processes import RedisServer, ServerProcess, environment_without_s
 from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import item_texts
 from marc.machine import machine_info
-from service.cache_values import ValueCodec
+from service.cache.values import ValueCodec
 
 log = logging.getLogger("marc.bench")
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime
 
 from artifact.loader import LoadedArtifact, load_artifact
-from service.onnx_session import open_session, ort_session_options
+from service.model.onnx_session import open_session, ort_session_options
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
 from artifact.loader import load_artifact
-from service.onnx_session import open_session
+from service.model.onnx_session import open_session
 
 
 class NaiveItem(BaseModel):

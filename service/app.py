@@ -2,7 +2,7 @@
 cache and batcher come up in the lifespan and go down in reverse on shutdown.
 
 Request path, outermost first: metrics (every response, refusals included) -> concurrency limit ->
-the embed routes (`service.embed_api`, pure ASGI) -> FastAPI's own stack for everything else (models,
+the embed routes (`service.api.embed`, pure ASGI) -> FastAPI's own stack for everything else (models,
 health, metrics, docs)."""
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.embed_api import EMBED_ROUTES, EmbedApi
-from service.encoder import OnnxEncoder
-from service.errors import install_error_handlers
+from service.api.embed import EMBED_ROUTES, EmbedApi
+from service.api.errors import install_error_handlers
+from service.api.middleware import ConcurrencyLimitMiddleware, RequestMetricsMiddleware
+from service.api.openapi import openapi_builder
+from service.api.responses import OrjsonResponse
+from service.api.routers import docs, models, system
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
-from service.middleware import ConcurrencyLimitMiddleware, RequestMetricsMiddleware
-from service.openapi import openapi_builder
-from service.responses import OrjsonResponse
-from service.routers import docs, models, system
+from service.model.encoder import OnnxEncoder
 from service.runtime import ServiceRuntime
 from service.settings import Settings
 

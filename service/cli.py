@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service import cache_cli
+from service.cache import cli as cache_cli
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,10 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_precompute(args: argparse.Namespace) -> int:
     from artifact.names import ArtifactError
     from records.errors import DataError
-    from service.cache import CacheUnavailable, RedisCache
-    from service.cache_values import ValueCodec
-    from service.encoder import load_encoder
-    from service.keys import KeySpace
+    from service.cache.keys import KeySpace
+    from service.cache.stores import CacheUnavailable, RedisCache
+    from service.cache.values import ValueCodec
+    from service.model.encoder import load_encoder
     from service.precompute import count_lines, iter_items, precompute
     from service.vector_files import open_vector_writer
 

@@ -1,5 +1,5 @@
 """The embed flow every entry shares - `POST /v1/embed` (all hits or not), `/v1/embeddings`,
-`/v1/items/lookup` and `marc precompute` - after the request was admitted (`service.admission`):
+`/v1/items/lookup` and `marc precompute` - after the request was admitted (`service.api.admission`):
 
     read the cache  -> one round trip for the texts' keys and the ids' keys (`read`)
     compute missing -> each new text once (the micro-batcher in the service, big encoder batches in
@@ -22,11 +22,11 @@ from typing import Literal
 
 import numpy as np
 
-from service.batcher import Embedded
-from service.cache import Cache, CacheBusy, CacheSkipped, CacheUnavailable
-from service.cache_values import Embeddings, ValueCodec
-from service.keys import KeySpace, normalise_text
+from service.cache.keys import KeySpace, normalise_text
+from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheUnavailable
+from service.cache.values import Embeddings, ValueCodec
 from service.metrics import CACHE_RESULTS, Metrics
+from service.model.batcher import Embedded
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from records.jsonl import iter_items_jsonl
-from service.batcher import Embedded
-from service.cache import RedisCache
-from service.cache_values import ValueCodec
-from service.encoder import OnnxEncoder
+from service.cache.keys import KeySpace
+from service.cache.stores import RedisCache
+from service.cache.values import ValueCodec
 from service.flow import EmbedFlow
-from service.keys import KeySpace
 from service.metrics import Metrics
+from service.model.batcher import Embedded
+from service.model.encoder import OnnxEncoder
 from service.vector_files import VectorWriter
 
 log = logging.getLogger(__name__)

@@ -7,17 +7,17 @@ import gc
 import logging
 from dataclasses import dataclass
 
-from service.admission import Admission
-from service.batcher import MicroBatcher
-from service.cache import Cache, build_cache
-from service.cache_values import ValueCodec
-from service.encoder import OnnxEncoder, load_encoder
+from service.api.admission import Admission
+from service.api.token_ids import load_token_decoder
+from service.cache.keys import KeySpace
+from service.cache.stores import Cache, build_cache
+from service.cache.values import ValueCodec
 from service.flow import EmbedFlow
-from service.keys import KeySpace
 from service.lifecycle import Lifecycle
 from service.metrics import Metrics
+from service.model.batcher import MicroBatcher
+from service.model.encoder import OnnxEncoder, load_encoder
 from service.settings import Settings
-from service.token_ids import load_token_decoder
 
 log = logging.getLogger(__name__)
 

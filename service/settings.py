@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.cache_values import CacheDtype
+from service.cache.values import CacheDtype
 
 VariantChoice = Literal["auto", "fp32", "int8", "fp16"]
 ProviderChoice = Literal["auto", "cpu", "cuda"]

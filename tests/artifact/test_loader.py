@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from artifact.loader import load_artifact
 from artifact.names import ArtifactError
-from service.onnx_session import open_session
+from service.model.onnx_session import open_session
 from tests.support.artifacts import rehash
 
 _TORCH_FREE_SCRIPT = textwrap.dedent(
@@ -34,7 +34,7 @@ _TORCH_FREE_SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, Forbidden())
     from artifact.loader import load_artifact
-    from service.onnx_session import open_session
+    from service.model.onnx_session import open_session
 
     artifact = load_artifact(sys.argv[1], sys.argv[2])
     session = open_session(artifact)

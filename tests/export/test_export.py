@@ -15,7 +15,7 @@ from artifact.manifest import read_manifest
 from export.onnx_export import export_checkpoint
 from marc.checkpoint import Checkpoint, load_checkpoint
 from marc_serve.cli import main as marc_main
-from service.onnx_session import open_session
+from service.model.onnx_session import open_session
 
 ExportFn = Callable[..., Path]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from artifact.manifest import read_manifest
-from service.encoder import load_encoder
+from service.model.encoder import load_encoder
 from tests.support.reliability_report import record
 
 # Float rounding of a different padding length or batch shape: ~1e-6 for fp32 and int8, ~1e-5 for fp16
@@ -63,6 +63,6 @@ def test_auto_serves_int8_on_cpu_only_with_per_row_activation_scales(
     del manifest["export"]["int8"]["activations"]
     (older / "manifest.json").write_text(json.dumps(manifest))
     assert load_encoder(older).artifact.variant == "fp32"
-    with caplog.at_level(logging.WARNING, logger="service.encoder"):
+    with caplog.at_level(logging.WARNING, logger="service.model.encoder"):
         assert load_encoder(older, variant="int8").artifact.variant == "int8"
     assert any("depends on the texts it is batched with" in r.getMessage() for r in caplog.records)

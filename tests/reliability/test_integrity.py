@@ -16,8 +16,8 @@ import redis
 from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
 from artifact.manifest import read_manifest, sha256_file
 from artifact.names import MANIFEST_FILE
-from service.cache_values import ValueCodec
-from service.keys import KeySpace
+from service.cache.keys import KeySpace
+from service.cache.values import ValueCodec
 from tests.support.redis_server import RedisProcess, unique_prefix
 from tests.support.reference import onnx_reference
 from tests.support.reliability_report import record

@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
-from service import json_shape
-from service.admission import Admission
-from service.disconnect import ClientDisconnected
-from service.errors import ApiError
-from service.schemas import EmbedRequest
+from service.api import json_shape
+from service.api.admission import Admission
+from service.api.disconnect import ClientDisconnected
+from service.api.errors import ApiError
+from service.api.schemas import EmbedRequest
+from service.api.token_ids import load_token_decoder
 from service.settings import Settings
-from service.token_ids import load_token_decoder
 
 KEY = "unit-key"
 GOOD = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from service.batcher import InferenceFailed, MicroBatcher, Overloaded, ShuttingDown
-from service.cache_values import Embeddings
-from service.encoder import EncodedTexts, RunStats
+from service.cache.values import Embeddings
 from service.metrics import Metrics
+from service.model.batcher import InferenceFailed, MicroBatcher, Overloaded, ShuttingDown
+from service.model.encoder import EncodedTexts, RunStats
 
 
 class FakeEncoder:

@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from artifact.manifest import read_manifest
-from service.cache_admin import cache_usage, connect, purge_fingerprint
-from service.keys import KeySpace
+from service.cache.admin import cache_usage, connect, purge_fingerprint
+from service.cache.keys import KeySpace
 from tests.support.redis_server import RedisClusterProcesses, RedisProcess, unique_prefix
 from tests.support.servers import LiveServer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.batcher import InferenceFailed
-from service.errors import as_api_error
+from service.api.errors import as_api_error
+from service.model.batcher import InferenceFailed
 from tests.support.redis_server import RedisProcess
 from tests.support.servers import LiveServer
 
@@ -31,7 +31,7 @@ def test_a_redis_outage_answers_a_generic_message_and_logs_the_details(
     assert lookup.status_code == 503 and error["code"] == "cache_unavailable"
     assert error["message"] == "the cache is unavailable; retry later"
     assert "ConnectionError" not in lookup.text and str(own_redis.port) not in lookup.text
-    logged = [r.getMessage() for r in caplog.records if r.name == "service.errors"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "service.api.errors"]
     assert any("ConnectionError" in message for message in logged), logged  # the details are logged
 
 

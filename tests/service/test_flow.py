@@ -10,12 +10,12 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from service.batcher import Embedded
-from service.cache import CacheUnavailable, LruCache
-from service.cache_values import Embeddings, ValueCodec
+from service.cache.keys import KeySpace
+from service.cache.stores import CacheUnavailable, LruCache
+from service.cache.values import Embeddings, ValueCodec
 from service.flow import EmbedFlow, TruncatedTexts
-from service.keys import KeySpace
 from service.metrics import Metrics
+from service.model.batcher import Embedded
 
 DIM = 4
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions (`service.onnx_session`): a graph whose inputs differ from its manifest is
+"""ONNX Runtime sessions (`service.model.onnx_session`): a graph whose inputs differ from its manifest is
 refused at session start, naming the model file, even when every size, sha256 and fingerprint matches."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from artifact.loader import load_artifact
 from artifact.names import ArtifactError
-from service.onnx_session import open_session
+from service.model.onnx_session import open_session
 from tests.support.artifacts import rename_graph_input
 
 

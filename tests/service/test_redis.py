@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import redis
 
-from service.cache import CacheUnavailable, RedisCache
-from service.keys import KeySpace
+from service.cache.keys import KeySpace
+from service.cache.stores import CacheUnavailable, RedisCache
 from tests.support.redis_server import SHARED_REDIS_URL, RedisProcess, delete_prefix, unique_prefix
 from tests.support.reference import onnx_reference
 from tests.support.servers import LiveServer

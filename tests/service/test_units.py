@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from artifact.names import ArtifactError
-from service.cache import LruCache
-from service.encoder import load_encoder
-from service.keys import KeySpace, normalise_text
+from service.cache.keys import KeySpace, normalise_text
+from service.cache.stores import LruCache
+from service.model.encoder import load_encoder
 from tests.support.reference import onnx_reference
 
 
@@ -42,7 +42,7 @@ def test_lru_cache_evicts_the_least_recently_used() -> None:
 def test_encoder_on_cpu_logs_one_line_and_matches_onnx(
     tiny_artifact: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="service.encoder"):
+    with caplog.at_level(logging.INFO, logger="service.model.encoder"):
         encoder = load_encoder(tiny_artifact)
     # auto on CPU = int8, as the artifact's int8 records per-row activation scales
     assert encoder.provider == "CPUExecutionProvider" and encoder.artifact.variant == "int8"

@@ -9,7 +9,7 @@ import onnxruntime
 
 from artifact.loader import load_artifact
 from artifact.manifest import read_manifest
-from service.encoder import cpu_variant
+from service.model.encoder import cpu_variant
 
 
 def onnx_reference(artifact_dir: Path, texts: list[str], variant: str | None = None) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Vector caches: Redis (shared by all replicas) and an in-process LRU (the embedded default).
 
-Both store the value bytes of `service.cache_values` under the keys from `service.keys`. A cache never
+Both store the value bytes of `service.cache.values` under the keys from `service.cache.keys`. A cache never
 fails a request: `RedisCache` raises `CacheUnavailable` (or a subclass saying why Redis was not asked)
 for any Redis error or timeout, the caller counts it and carries on without the cache.
 

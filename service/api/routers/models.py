@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.dependencies import Runtime, require_api_key
-from service.responses import OrjsonResponse
-from service.routers import ERROR_RESPONSES
-from service.schemas import ModelList
+from service.api.dependencies import Runtime, require_api_key
+from service.api.responses import OrjsonResponse
+from service.api.routers import ERROR_RESPONSES
+from service.api.schemas import ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from service.dependencies import Runtime, require_api_key_for_operations
+from service.api.dependencies import Runtime, require_api_key_for_operations
+from service.api.responses import OrjsonResponse
+from service.api.schemas import HealthResponse, ReadyResponse
 from service.metrics import METRICS_CONTENT_TYPE
-from service.responses import OrjsonResponse
-from service.schemas import HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["system"])
 

@@ -1,4 +1,4 @@
-"""The published OpenAPI schema: FastAPI's routes, the embed routes (served by `service.embed_api`,
+"""The published OpenAPI schema: FastAPI's routes, the embed routes (served by `service.api.embed`,
 outside FastAPI's routing, so described here from `EMBED_ROUTES`), and the running limits (items per
 request, characters per text) as maxItems / maxLength, so clients and generated tests know them."""
 
@@ -12,9 +12,9 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
-from service.dependencies import require_api_key
-from service.embed_api import EMBED_ROUTES, EmbedRoute
-from service.schemas import ErrorResponse
+from service.api.dependencies import require_api_key
+from service.api.embed import EMBED_ROUTES, EmbedRoute
+from service.api.schemas import ErrorResponse
 from service.settings import Settings
 
 ERRORS: dict[int, str] = {

@@ -22,9 +22,9 @@ from typing import Protocol
 
 import numpy as np
 
-from service.cache_values import Embeddings
-from service.encoder import EncodedTexts
+from service.cache.values import Embeddings
 from service.metrics import Metrics
+from service.model.encoder import EncodedTexts
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope
 
-from service import json_shape
-from service.auth import bearer_token, check_api_key
-from service.disconnect import ClientDisconnected
-from service.errors import ApiError, validation_error
-from service.keys import normalise_text
-from service.schemas import NUL, EmbedRequest, LookupRequest, OpenAIEmbeddingsRequest
+from service.api import json_shape
+from service.api.auth import bearer_token, check_api_key
+from service.api.disconnect import ClientDisconnected
+from service.api.errors import ApiError, validation_error
+from service.api.schemas import NUL, EmbedRequest, LookupRequest, OpenAIEmbeddingsRequest
+from service.api.token_ids import TokenDecoder
+from service.cache.keys import normalise_text
 from service.settings import Settings
-from service.token_ids import TokenDecoder
 
 Model = TypeVar("Model", bound=BaseModel)
 

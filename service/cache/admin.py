@@ -3,7 +3,7 @@ fingerprint's keys once no replica serves it any more.
 
 Both walk the key space with SCAN (never KEYS, which blocks the server for the whole key space) in
 pages of ``page_keys``, and only ever touch keys under ``<prefix>:``; a purge removes only keys of
-the service's vector layout (`service.keys`). Sizes come from MEMORY USAGE (what Redis really spends
+the service's vector layout (`service.cache.keys`). Sizes come from MEMORY USAGE (what Redis really spends
 on a key, the figure `maxmemory` counts); deletion is UNLINK (the memory is reclaimed in a background
 thread), one round trip per page. Every command is short, so a live service sharing the server keeps
 its latency. On a Redis Cluster every primary is scanned and each page is pipelined per node.
@@ -19,8 +19,8 @@ from itertools import islice
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import Redis, RedisCluster
 
-from service.cache import resolve_cluster_url
-from service.keys import FINGERPRINT_CHARS, HEX_DIGITS, ID_KIND, parse_key
+from service.cache.keys import FINGERPRINT_CHARS, HEX_DIGITS, ID_KIND, parse_key
+from service.cache.stores import resolve_cluster_url
 from service.settings import Settings
 
 PAGE_KEYS = 1000

@@ -1,7 +1,7 @@
 """Request and response bodies (docs/ARCHITECTURE.md, "API"). Field descriptions feed /docs.
 
 Static rules live here (types, empty text, invalid Unicode); the configurable limits (items per
-request, characters per text, one text per id) are checked by `service.admission` against the
+request, characters per text, one text per id) are checked by `service.api.admission` against the
 running settings.
 """
 
@@ -158,7 +158,7 @@ def _inputs_as_list(value: Any) -> Any:
 
 
 def _text_or_token_ids(value: Any) -> str | list[int]:
-    """An input: a text (the item text rules) or a token-id array (decoded by `service.admission`,
+    """An input: a text (the item text rules) or a token-id array (decoded by `service.api.admission`,
     which also reports ids the encoding does not know)."""
     if isinstance(value, str):
         return _non_blank_text(value)

@@ -1,4 +1,4 @@
-"""`marc cache stats` and `marc cache purge`: Redis housekeeping (see `service.cache_admin`). The Redis
+"""`marc cache stats` and `marc cache purge`: Redis housekeeping (see `service.cache.admin`). The Redis
 URL, cluster flag and key prefix default to the service's MARC_* variables, so an operator runs them
 with the environment the replicas use."""
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
-    from service.cache_admin import CacheTarget
+    from service.cache.admin import CacheTarget
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _target(args: argparse.Namespace) -> CacheTarget:
-    from service.cache_admin import CacheTarget
+    from service.cache.admin import CacheTarget
 
     flags = {"redis_url": args.redis_url, "redis_cluster": args.cluster, "cache_prefix": args.cache_prefix}
     try:
@@ -68,7 +68,7 @@ def _target(args: argparse.Namespace) -> CacheTarget:
 
 
 def _client(target: CacheTarget) -> Any:
-    from service.cache_admin import connect
+    from service.cache.admin import connect
 
     return connect(target.redis_url, cluster=target.redis_cluster)
 
@@ -80,7 +80,7 @@ def _megabytes(count: int) -> str:
 def run_stats(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
 
-    from service.cache_admin import cache_usage
+    from service.cache.admin import cache_usage
 
     target = _target(args)
     started = time.perf_counter()
@@ -112,7 +112,7 @@ def run_purge(args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
     from tqdm.auto import tqdm
 
-    from service.cache_admin import fingerprint_key_prefix, purge_fingerprint
+    from service.cache.admin import fingerprint_key_prefix, purge_fingerprint
 
     target = _target(args)
     try:

@@ -4,11 +4,11 @@
 A recommender asks for the same catalogue items again and again, so most requests are answered from
 the cache, and for those FastAPI's per-request machinery (routing, dependency solving, JSON parsing
 plus a separate validation pass) costs more than the answer. So each request here is admitted once
-(`service.admission`: key, content type, size, shape, one parse, limits), runs the embed flow once
+(`service.api.admission`: key, content type, size, shape, one parse, limits), runs the embed flow once
 (`service.flow`: read the cache, compute what is missing, write it back) and gets a body serialised
 once. A request that waits for the model is cancelled when its client hangs up. Errors have the
-shape and codes of `service.errors`. Their OpenAPI entries are built from `EMBED_ROUTES`
-(`service.openapi`); every other path goes on to FastAPI.
+shape and codes of `service.api.errors`. Their OpenAPI entries are built from `EMBED_ROUTES`
+(`service.api.openapi`); every other path goes on to FastAPI.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.disconnect import cancel_on_disconnect
-from service.errors import ApiError, api_error_response, as_api_error
-from service.flow import EmbedFlow, EmbedOutcome, TruncatedTexts
-from service.responses import embed_body, json_headers, lookup_body, openai_body, timing_headers
-from service.runtime import ServiceRuntime
-from service.schemas import (
+from service.api.disconnect import cancel_on_disconnect
+from service.api.errors import ApiError, api_error_response, as_api_error
+from service.api.responses import embed_body, json_headers, lookup_body, openai_body, timing_headers
+from service.api.schemas import (
     EmbedRequest,
     EmbedResponse,
     LookupRequest,
@@ -32,6 +30,8 @@ from service.schemas import (
     OpenAIEmbeddingsRequest,
     OpenAIEmbeddingsResponse,
 )
+from service.flow import EmbedFlow, EmbedOutcome, TruncatedTexts
+from service.runtime import ServiceRuntime
 
 Headers = list[tuple[bytes, bytes]]
 Handler = Callable[[ServiceRuntime, Scope, Receive], Awaitable[tuple[bytes, Headers]]]

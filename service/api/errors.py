@@ -15,10 +15,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from service.batcher import InferenceFailed, Overloaded, ShuttingDown
-from service.cache import CacheUnavailable
-from service.disconnect import ClientDisconnected
-from service.responses import OrjsonResponse
+from service.api.disconnect import ClientDisconnected
+from service.api.responses import OrjsonResponse
+from service.cache.stores import CacheUnavailable
+from service.model.batcher import InferenceFailed, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
 

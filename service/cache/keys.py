@@ -2,7 +2,7 @@
 
 Text keys: ``<prefix>:<fingerprint[:16]>:<format>:t:<sha256(normalised text)>``
 Id keys:   ``<prefix>:<fingerprint[:16]>:<format>:i:<item id>``
-``<format>`` names the value layout (`service.cache_values`): ``f32t`` (float32 vector + token trailer)
+``<format>`` names the value layout (`service.cache.values`): ``f32t`` (float32 vector + token trailer)
 or ``f16t`` with ``MARC_CACHE_DTYPE=float16``.
 
 The fingerprint is the served model variant's, so a new model can never read an old model's vectors;

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.auth import bearer_token, check_api_key
+from service.api.auth import bearer_token, check_api_key
 from service.runtime import ServiceRuntime
 
 bearer_scheme = HTTPBearer(

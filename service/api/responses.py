@@ -13,8 +13,8 @@ import orjson
 from fastapi.responses import JSONResponse
 
 from artifact.loader import LoadedArtifact
-from service.cache_values import Embeddings
-from service.schemas import VectorEncoding
+from service.api.schemas import VectorEncoding
+from service.cache.values import Embeddings
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 

@@ -17,7 +17,7 @@ from prometheus_client import Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.api.errors import error_response
 from service.metrics import Metrics
 
 

@@ -21,8 +21,8 @@ from tokenizers import Encoding, Tokenizer
 from artifact.loader import LoadedArtifact, load_artifact
 from artifact.manifest import Manifest, read_manifest
 from artifact.names import INPUT_NAMES, ArtifactError, Variant
-from service.cache_values import Embeddings
-from service.onnx_session import open_session, ort_session_options
+from service.cache.values import Embeddings
+from service.model.onnx_session import open_session, ort_session_options
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
-from service.dependencies import require_api_key_for_operations
-from service.responses import OrjsonResponse
+from service.api.dependencies import require_api_key_for_operations
+from service.api.responses import OrjsonResponse
 
 
 def protected_docs(app: FastAPI) -> APIRouter:

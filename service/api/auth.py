@@ -1,13 +1,13 @@
 """The API key check (``MARC_API_KEY``): the one place the key is compared, in constant time. Every
 route that needs the key calls it once per request - the embed routes from their admission, the
-FastAPI routes through `service.dependencies.require_api_key`."""
+FastAPI routes through `service.api.dependencies.require_api_key`."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 
-from service.errors import ApiError
+from service.api.errors import ApiError
 
 
 def bearer_token(authorization: str | None) -> str:
