@@ -267,7 +267,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             half_before, half_keys_before = redis_server.data_memory(), redis_server.key_count()
             _warm_pool(half.url, POOL_START, options.pool_size)
             half_after, half_keys_after = redis_server.data_memory(), redis_server.key_count()
-            half_memory_usage_sample = redis_server.sampled_key_bytes(match="*:f16:*")
+            half_memory_usage_sample = redis_server.sampled_key_bytes(match="*:f16t:*")
 
     cached_items = keys_after - keys_before
     half_items = half_keys_after - half_keys_before

@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 import redis
 
-from artifact.manifest import read_manifest
 from loadtest.processes import free_port
+from service.cache.keys import KeySpace
 from tests.support.redis_server import RedisProcess
+from tests.support.reference import served_fingerprint
 from tests.support.servers import LiveServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,7 +168,7 @@ def assert_same_vectors(body: dict[str, Any], expected: np.ndarray) -> None:
 def test_cpu_image_serves_the_mounted_artifact_like_the_host(
     cpu_container: Container, tiny_artifact: Path, compose_redis: RedisProcess
 ) -> None:
-    fingerprint = read_manifest(tiny_artifact).fingerprint
+    fingerprint = served_fingerprint(tiny_artifact)
     assert httpx.get(f"{cpu_container.url}/healthz", timeout=5).json() == {"status": "ok"}
     ready = httpx.get(f"{cpu_container.url}/readyz", timeout=5).json()
     assert (ready["fingerprint"], ready["provider"]) == (fingerprint, "CPUExecutionProvider")
@@ -181,7 +182,9 @@ def test_cpu_image_serves_the_mounted_artifact_like_the_host(
     assert_same_vectors(first, expected)
     assert_same_vectors(second, expected)
     client = redis.Redis.from_url(compose_redis.url)
-    stored = sorted(key.decode() for key in client.scan_iter(f"marc:{fingerprint[:16]}:t:*"))
+    stored = sorted(
+        key.decode() for key in client.scan_iter(f"{KeySpace('marc', fingerprint).namespace}:t:*")
+    )
     client.close()
     assert len(stored) == len(TEXTS)
 
@@ -227,7 +230,7 @@ def test_bundled_image_serves_its_own_artifact(images: dict[str, str], tiny_arti
     with Container(images["cpu-bundled"]) as container:
         body = container.embed(TEXTS)
         mounts = podman("inspect", "--format", "{{json .Mounts}}", container.id).stdout
-    assert body["fingerprint"] == read_manifest(tiny_artifact).fingerprint
+    assert body["fingerprint"] == served_fingerprint(tiny_artifact)
     assert_same_vectors(body, host_embeddings(tiny_artifact, TEXTS))
     assert "/models" not in mounts
 

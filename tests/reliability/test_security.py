@@ -18,7 +18,7 @@ from tests.support.redis_server import RedisProcess
 from tests.support.reliability_report import record
 from tests.support.servers import LiveServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "k3y-with-enough-entropy-2f8c"
 REDIS_PASSWORD = "redis-pa55-7d1e"
 
@@ -33,7 +33,7 @@ def _function(path: Path, name: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
 
 
 def test_api_key_is_compared_with_compare_digest_only() -> None:
-    check = _function(ROOT / "service" / "auth.py", "check_api_key")
+    check = _function(ROOT / "service" / "api" / "auth.py", "check_api_key")
     calls = {ast.unparse(node.func) for node in ast.walk(check) if isinstance(node, ast.Call)}
     # == / != on secrets returns at the first differing byte: timing reveals how much matched.
     secret_comparisons = [

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from artifact.manifest import read_manifest
 from service.cache.admin import cache_usage, connect, purge_fingerprint
 from service.cache.keys import KeySpace
 from tests.support.redis_server import RedisClusterProcesses, RedisProcess, unique_prefix
+from tests.support.reference import served_fingerprint
 from tests.support.servers import LiveServer
 
 MARC = str(Path(sys.executable).parent / "marc")
@@ -116,7 +116,7 @@ def test_purge_refuses_a_fingerprint_that_could_match_several_models(
     for bad in ("0123456789abcde", "", "0123456789abcdeg", "*" * 16):
         with pytest.raises(ValueError, match="fingerprint: expected at least 16 hex characters"):
             purge_fingerprint(client, prefix, bad)
-    assert sum(r.keys for r in cache_usage(client, prefix).fingerprints) == 4500
+    assert sum(r.keys for r in cache_usage(client, prefix).fingerprints) == 4502
 
 
 def _served_load(
@@ -145,7 +145,7 @@ def test_live_service_keeps_serving_while_another_fingerprint_is_purged(
     client = redis.Redis.from_url(server.url)
     prefix = unique_prefix()
     fill(client, KeySpace(prefix, OLD), texts=40_000, ids=20_000)
-    served = read_manifest(tiny_artifact).fingerprint
+    served = served_fingerprint(tiny_artifact)
     texts = [f"live catalogue item {i}" for i in range(16)]
     with LiveServer(artifact=tiny_artifact, redis_url=server.url, cache_prefix=prefix) as live:
         with live.client() as http:
@@ -175,7 +175,7 @@ def test_purging_the_served_fingerprint_only_empties_its_cache(
     server: RedisProcess, tiny_artifact: Path
 ) -> None:
     prefix = unique_prefix()
-    served = read_manifest(tiny_artifact).fingerprint
+    served = served_fingerprint(tiny_artifact)
     items = [{"text": f"item {i} of a catalogue"} for i in range(8)]
     live = LiveServer(artifact=tiny_artifact, redis_url=server.url, cache_prefix=prefix)
     with live, live.client() as http:
@@ -226,12 +226,14 @@ def test_cli_stats_and_purge(filled: tuple[redis.Redis, str], server: RedisProce
     env = {"MARC_REDIS_URL": server.url, "MARC_CACHE_PREFIX": prefix}
     table = _marc("cache", "stats", env=env)
     assert table.returncode == 0, table.stderr
-    assert f"{OLD[:16]}  float32        2500       500      3000" in table.stdout
-    assert "4500 vector keys" in table.stdout and "2 other keys" in table.stdout
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert [OLD[:16], "float32", "2500", "500", "3000"] in [row[:5] for row in rows]
+    assert [OLD[:16], "float32", "(legacy)", "1", "0", "1"] in [row[:6] for row in rows]
+    assert "4502 vector keys" in table.stdout and "2 other keys" in table.stdout
 
     purged = _marc("cache", "purge", "--fingerprint", OLD, "--page-keys", "300", env=env)
     assert purged.returncode == 0, purged.stderr
-    assert f"removed 3300 keys of fingerprint {OLD[:16]}" in purged.stdout
+    assert f"removed 3302 keys of fingerprint {OLD[:16]}" in purged.stdout
     stats = _marc("cache", "stats", "--json", "--redis-url", server.url, "--cache-prefix", prefix)
     assert stats.returncode == 0, stats.stderr
     assert '"fingerprint": "fedcba9876543210"' in stats.stdout and OLD[:16] not in stats.stdout

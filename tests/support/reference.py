@@ -19,3 +19,9 @@ def onnx_reference(artifact_dir: Path, texts: list[str], variant: str | None = N
     artifact = load_artifact(artifact_dir, variant)
     session = onnxruntime.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
     return session.run(["embedding"], artifact.tokenize(texts))[0]
+
+
+def served_fingerprint(artifact_dir: Path) -> str:
+    """The fingerprint a service with ``MARC_VARIANT=auto`` serves (and keys its cache with) on CPU."""
+    manifest = read_manifest(artifact_dir)
+    return manifest.variants[cpu_variant(manifest)].fingerprint

@@ -23,7 +23,7 @@ from typing import Any
 from marc.machine import machine_info
 
 REPORT_ENV = "MARC_RELIABILITY_REPORT"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def record(section: str, **figures: Any) -> None:
