@@ -152,4 +152,5 @@ EXPERIMENTS_ARGS ?= --out reports/experiments --update-doc EXPERIMENTS.md
 .PHONY: experiments
 
 experiments: install
+	$(BIN)/marc data get ml-100k
 	$(BIN)/marc experiments $(EXPERIMENTS_ARGS)

@@ -9,6 +9,7 @@ Three sources, one interface (`load_backbone`):
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 from dataclasses import asdict, dataclass
@@ -171,6 +172,26 @@ def truncate(model: PreTrainedModel, layer: int) -> PreTrainedModel:
         if getattr(model.config, "layer_types", None):
             model.config.layer_types = model.config.layer_types[:layer]
     return model
+
+
+def layer_view(model: PreTrainedModel, first: int, last: int) -> PreTrainedModel:
+    """A parameter-sharing copy of ``model`` that runs only blocks ``first + 1 .. last`` (1-based) on
+    given ``inputs_embeds`` (the token states after block ``first``; 0 = the embeddings): its output
+    equals the full model's ``hidden_states[last]``. Own module dict and config, so the caller's
+    model keeps its layers; the blocks themselves are shared (LoRA wrapped into them is seen by both)."""
+    total = len(model.layers)
+    if not 0 <= first < last <= total:
+        raise ValueError(f"need 0 <= first < last <= {total}, got first={first}, last={last}")
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view.config = copy.deepcopy(model.config)
+    view.layers = nn.ModuleList(list(model.layers)[first:last])
+    if last < total:  # HF applies the final norm only after the last block
+        view.norm = nn.Identity()
+    view.config.num_hidden_layers = last - first
+    if getattr(view.config, "layer_types", None):
+        view.config.layer_types = view.config.layer_types[first:last]
+    return view
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling = "mean") -> torch.Tensor:

@@ -68,6 +68,9 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_layers: int = 0
+    """LoRA on the top m kept layers only (their input, the token states of layer L - m, is computed
+    once and cached); 0 = all kept layers (full-depth LoRA)."""
     lora_lr: float = 2e-4
     """Learning rate of the LoRA weights (the modules on top use ``lr``)."""
     device: str = "cpu"
@@ -75,6 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("frozen", "lora"):
             raise ValueError(f"train mode must be 'frozen' or 'lora', got {self.mode!r}")
+        if self.lora_layers < 0:
+            raise ValueError(f"lora_layers must be >= 0 (0 = all kept layers), got {self.lora_layers}")
         if self.epochs < 1 or self.batch_size < 1 or self.history_len < 1:
             raise ValueError("epochs, batch_size and history_len must be >= 1")
 

@@ -23,6 +23,7 @@ from torch import nn
 from marc.data import Interactions, RecDataset
 from marc.metrics import auc, log_loss
 from marc.predictions import predictions_for, save_predictions
+from marc.stats import sample_std
 
 METRIC_KEYS: tuple[str, ...] = (
     "auc_all",
@@ -268,7 +269,8 @@ def evaluate_vectors(
 
 
 def summarise_runs(runs: list[dict[str, float]]) -> dict[str, Any]:
-    """Per-seed results of one vector set -> each metric's mean, ``<metric>_std`` (0 for one seed),
+    """Per-seed results of one vector set -> each metric's mean, ``<metric>_std`` (sample std, ddof=1;
+    NaN for one seed),
     the seeds and the per-seed ``runs``."""
     summary: dict[str, Any] = {
         key: runs[0][key] for key in ("dim", "bytes_per_item_fp32", "bytes_per_item_fp16")
@@ -276,7 +278,7 @@ def summarise_runs(runs: list[dict[str, float]]) -> dict[str, Any]:
     for key in METRIC_KEYS:
         values = np.array([run[key] for run in runs], dtype=np.float64)
         summary[key] = float(values.mean())
-        summary[f"{key}_std"] = float(values.std())
+        summary[f"{key}_std"] = sample_std(values)
     summary["seconds"] = round(sum(run["seconds"] for run in runs), 3)
     summary["seeds"] = [run["seed"] for run in runs]
     summary["runs"] = runs

@@ -1,6 +1,9 @@
-"""Pooled backbone states per layer for a list of item texts, computed in one forward pass and
-cached on disk (one ``.npy`` per layer), so training in frozen mode, evaluation and the layer probe
-never run the backbone twice over the same items."""
+"""Backbone states of item texts, computed once and cached on disk:
+
+* `pooled_states`: pooled states per layer in one forward pass (one ``.npy`` per layer), so training
+  in frozen mode, evaluation and the layer probe never run the backbone twice over the same items;
+* `token_states`: every token's state after one block (one ``.npz``), which LoRA on the top m kept
+  layers starts from, so a LoRA step runs m blocks instead of all L."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import copy
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from marc.backbone import Backbone, Pooling, pool, truncate
+from marc.backbone import Backbone, Pooling, layer_view, pool, truncate
 from marc.determinism import kernel_profile
 
 log = logging.getLogger(__name__)
@@ -170,3 +174,84 @@ def _compute(
             handle.remove()
         model.train(was_training)
     return out
+
+
+@dataclass(frozen=True)
+class TokenStates:
+    """Token states of every item after one block: item i's tokens are rows
+    ``offsets[i]:offsets[i + 1]`` of ``values`` (float32 [total tokens, hidden size])."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def item(self, index: int) -> np.ndarray:
+        return self.values[self.offsets[index] : self.offsets[index + 1]]
+
+
+def token_ids(backbone: Backbone, texts: list[str], max_length: int) -> list[list[int]]:
+    """The token ids of each text, as the served tokenizer makes them (an empty one is an error)."""
+    ids: list[list[int]] = backbone.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    empty = [i for i, row in enumerate(ids) if not row]
+    if empty:
+        raise ValueError(f"item texts at positions {empty[:10]} tokenise to nothing (empty texts?)")
+    return ids
+
+
+def token_states(
+    backbone: Backbone,
+    texts: list[str],
+    layer: int,
+    max_length: int = 64,
+    batch_size: int = 32,
+    cache_dir: Path | None = None,
+) -> TokenStates:
+    """Every token's state after block ``layer`` (0 = the token embeddings) of the unchanged backbone,
+    right-padded batches, pads dropped. Cached under ``cache_dir`` like `pooled_states`."""
+    if not 0 <= layer < backbone.num_layers:
+        raise ValueError(f"token states: layer must be in 0..{backbone.num_layers - 1}, got {layer}")
+    if not texts:
+        raise ValueError("token_states: no texts given")
+    path = None
+    if cache_dir is not None:
+        key = _cache_key(backbone, texts, "mean", max_length)
+        path = Path(cache_dir) / f"tokens-{key}-L{layer}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as cached:
+                values, offsets = cached["values"], cached["offsets"]
+            if len(offsets) == len(texts) + 1 and values.shape[1:] == (backbone.hidden_size,):
+                return TokenStates(values, offsets)
+    ids = token_ids(backbone, texts, max_length)
+    lengths = np.array([len(row) for row in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    values = np.empty((int(offsets[-1]), backbone.hidden_size), dtype=np.float32)
+    model = backbone.model
+    view = layer_view(model, 0, layer) if layer > 0 else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                rows = list(range(start, min(start + batch_size, len(texts))))
+                batch = backbone.tokenizer.pad(
+                    {"input_ids": [ids[i] for i in rows]}, padding=True, return_tensors="pt"
+                )
+                hidden = model.embed_tokens(batch["input_ids"])
+                if view is not None:
+                    hidden = view(
+                        inputs_embeds=hidden, attention_mask=batch["attention_mask"], use_cache=False
+                    )
+                    hidden = hidden.last_hidden_state
+                for row, i in enumerate(rows):
+                    values[offsets[i] : offsets[i + 1]] = hidden[row, : lengths[i]].float().numpy()
+    finally:
+        model.train(was_training)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        with tmp.open("wb") as handle:  # a handle: np.savez would append ".npz" to the name
+            np.savez(handle, values=values, offsets=offsets)
+        tmp.replace(path)
+    return TokenStates(values, offsets)

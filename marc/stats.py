@@ -6,6 +6,8 @@
 * `paired_aucs`: both AUCs and AUC(a) - AUC(b) of two models scored on the same rows, with each
   bootstrap replicate resampling the same groups for both models (paired), so the shared
   difficulty of the rows cancels out.
+* `mean_auc_replicates` + `interval`: the same for the mean AUC over several seeds of each model
+  (replicates of two models on the same rows are paired; their difference gives the CI).
 * `verdict`: "better" / "worse" / "no difference" from the paired difference's CI.
 * `sample_std`: standard deviation with ddof=1 (the spread over seeds).
 
@@ -157,6 +159,33 @@ def paired_aucs(
         _interval(auc_b, replicates_b, level, count),
         _interval(auc_a - auc_b, replicates_a - replicates_b, level, count),
     )
+
+
+def mean_auc_replicates(
+    labels: np.ndarray,
+    score_sets: Sequence[np.ndarray],
+    groups: np.ndarray,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, np.ndarray]:
+    """The mean AUC of several score sets on the same rows (e.g. one model trained with several seeds)
+    and its bootstrap replicates over `groups`. The groups drawn depend only on (groups, resamples,
+    seed), so replicates of different models on the same rows are paired: subtract them for the CI
+    of a difference (`interval`)."""
+    if not score_sets:
+        raise ValueError("no score sets given")
+    positive = _check(labels, *score_sets)
+    sets = [np.asarray(s, np.float64) for s in score_sets]
+    replicates = _replicates(positive, sets, groups, resamples, seed)
+    estimate = float(np.mean([auc(labels, s) for s in sets]))
+    return estimate, np.mean(replicates, axis=0)
+
+
+def interval(estimate: float, replicates: np.ndarray, groups: int, level: float = LEVEL) -> Interval:
+    """The percentile CI of `replicates` around `estimate` (e.g. of `mean_auc_replicates`, or of the
+    difference of two models' paired replicates)."""
+    return _interval(estimate, replicates, level, groups)
 
 
 def verdict(difference: Interval) -> str:

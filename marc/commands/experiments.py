@@ -12,12 +12,16 @@ from typing import Any
 from marc.commands.arguments import HelpFormatter, parse_seeds
 
 DESCRIPTION = """\
-One time-bounded run (about 30 minutes on 2 CPU cores in the default size) that measures the paper's
-claims on the real backbone: (1) layer sweep - each layer's pooled state, full size and PCA to k,
-scored by the downstream CTR harness on cold and warm items; (2) compression table at each k - ids
-only, final layer full size, final + PCA, final + trained linear compressor, mid layer + PCA, MARC;
-(3) ablations - MARC + reconstruction, without A, without the information constraint, with C and A
-alike, cut at the final layer, and a beta sweep. The backbone runs once per dataset (pooled states
+One time-bounded run (about 45 minutes on 2 quiet CPU cores in the default size) that measures the
+paper's claims on the real backbone, on synthetic data and MovieLens-100K with two item texts
+("Title (Year)" and the KAR-style text with genres; fetch it first: `marc data get ml-100k`):
+(1) layer sweep - each layer's pooled state, standardised per channel and PCA to k, scored by the
+downstream CTR harness on cold and warm items over 3 seeds; (2) compression table at each k - ids only,
+the text's surface form, final/mid layer full size, final/mid + PCA (raw and standardised), final +
+trained linear compressor, final + C + A, MARC; (3) ablations, MARC cut at other layers, MARC with
+LoRA on the top m layers at the mid and the final layer, the measured full-depth LoRA cost. Every AUC
+gets a 95% bootstrap CI over items and every claim a paired difference with its CI and verdict, from
+the per-row test predictions (--out/predictions). The backbone runs once per dataset (pooled states
 cached under --cache-dir); the rest is fanned out over --workers processes. Writes summary.json
 (everything, incl. the served-layer choice), results.md (tables) and plots to --out.
 --quick: tiny random backbone, tiny data, one seed, for CI (about a minute).
@@ -43,8 +47,9 @@ def register(subparsers: Any) -> None:
         "--datasets",
         type=_datasets,
         default=None,
-        help="comma-separated dataset specs: 'synthetic', 'entities', 'movielens:<dir>', 'jsonl:<dir>' "
-        "(default: synthetic,entities)",
+        help="comma-separated dataset specs: 'synthetic', 'movielens100k:<dir>?text=title|kar', "
+        "'movielens:<dir>', 'jsonl:<dir>' (default: synthetic and data/ml-100k with both texts; quick: "
+        "synthetic)",
     )
     parser.add_argument(
         "--seeds", type=parse_seeds, default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)"
@@ -61,8 +66,8 @@ def register(subparsers: Any) -> None:
         "--lora-epochs",
         type=int,
         default=None,
-        help="also train MARC with LoRA for this many epochs at the mid and the final layer, first seed "
-        "only (default: 0 = skipped; quick: 1 on the tiny backbone)",
+        help="train MARC with LoRA on the top m layers for this many epochs at the mid and the final "
+        "layer (default 1; 0 = skipped)",
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="processes for the downstream jobs (default 2; quick 1)"
@@ -135,7 +140,9 @@ def run_experiments_command(args: argparse.Namespace) -> int:
         previous = previous_results(args.out / "summary.json", plan) if args.resume else {}
         if args.resume:
             print(f"resuming: {len(previous)} job results reusable from {args.out / 'summary.json'}")
-        summary = run_experiments(plan, cache_dir=args.cache_dir, previous=previous)
+        summary = run_experiments(
+            plan, cache_dir=args.cache_dir, previous=previous, predictions_dir=args.out / "predictions"
+        )
     except (DataError, ValueError, FileNotFoundError) as error:
         print(f"marc experiments: error: {error}", file=sys.stderr)
         return 2

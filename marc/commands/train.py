@@ -108,6 +108,20 @@ def register(subparsers: Any) -> None:
     train.add_argument(
         "--lora-lr", type=float, default=2e-4, help="learning rate of the LoRA weights (lora mode)"
     )
+    train.add_argument(
+        "--lora-layers",
+        type=int,
+        default=0,
+        help="LoRA on the top m kept layers only, fed with cached token states of layer L-m, so a step "
+        "costs m blocks, not L (lora mode; 0 = all kept layers)",
+    )
+    train.add_argument(
+        "--measure-steps",
+        type=int,
+        default=0,
+        help="lora mode: time this many training steps, print the cost per step and the extrapolated "
+        "epoch, and exit without training (e.g. the full-depth cost with --lora-layers 0)",
+    )
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
     io = parser.add_argument_group("files")
@@ -170,8 +184,11 @@ def run_train(args: argparse.Namespace) -> int:
             lora_alpha=args.lora_alpha,
             lora_dropout=args.lora_dropout,
             lora_lr=args.lora_lr,
+            lora_layers=args.lora_layers,
             device=args.device,
         )
+        if args.measure_steps:
+            return _measure(args, dataset, config, train, backbone)
         out = args.out or _default_out(args.backbone, layer, args.dim, args.mode)
         print(
             f"training MARC ({args.mode}) on {dataset.name}: {dataset.num_items} items, "
@@ -199,10 +216,34 @@ def run_train(args: argparse.Namespace) -> int:
     for split, label in (("valid", "validation AUC"), ("test", "test AUC      ")):
         warm, cold = fmt(f"{split}_auc_warm"), fmt(f"{split}_auc_cold")
         print(f"{label} {fmt(f'{split}_auc')} (warm items {warm}, cold items {cold})")
-    print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['seconds']:.1f} s")
+    print(
+        f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['seconds']:.1f} s "
+        f"({m['epoch_seconds']:.1f} s per epoch)"
+    )
     if evidence is not None and result.checkpoint_dir is not None:
         entry = record_layer_choice(result.checkpoint_dir, evidence, config.layer)
         agrees = "follows" if entry["follows_evidence"] else "does NOT follow"
         print(f"layer {config.layer} {agrees} the experiments' choice L{entry['layer']} ({args.evidence})")
     print(f"checkpoint written to {result.checkpoint_dir}")
+    return 0
+
+
+def _measure(args: argparse.Namespace, dataset: Any, config: Any, train: Any, backbone: Any) -> int:
+    """--measure-steps: the LoRA cost per step and per epoch, measured, without training."""
+    import json
+
+    from marc.train.cost import measure_lora_cost
+
+    if args.mode != "lora":
+        raise ValueError("--measure-steps times LoRA steps: use it with --mode lora")
+    cost = measure_lora_cost(
+        dataset, config, train, steps=args.measure_steps, backbone=backbone, cache_dir=args.cache_dir
+    )
+    print(
+        f"LoRA on the top {cost['lora_layers']} of {config.layer} kept layers, batch {cost['batch_size']}: "
+        f"{cost['seconds_per_step']:.2f} s per step (median of {cost['steps_timed']}), "
+        f"{cost['steps_per_epoch']} steps per epoch -> about {cost['epoch_seconds_estimate'] / 60:.1f} min "
+        f"per epoch on {cost['threads']} thread(s)"
+    )
+    print(json.dumps(cost))
     return 0

@@ -15,6 +15,9 @@ from marc.checkpoint import METRICS_FILE
 SELECT_BY = "valid_auc_cold"
 """Validation metric that picks the mid layer and the served layer (cold items: where text matters)."""
 
+SELECT_KIND = "pca_std"
+"""Sweep rows the choice reads: PCA-k of the per-channel standardised state (what C sees)."""
+
 
 def nan_safe(value: float | None) -> float:
     """An undefined metric (None, NaN) ranks below every defined one."""
@@ -22,8 +25,8 @@ def nan_safe(value: float | None) -> float:
 
 
 def choose_mid_layer(sweep: list[dict[str, Any]], final: int) -> int:
-    """Best non-final layer by validation cold AUC of its PCA-k state (the MARC cut layer)."""
-    candidates = [r for r in sweep if r["kind"] == "pca" and r["layer"] != final]
+    """Best non-final layer by validation cold AUC of its standardised PCA-k state (the MARC cut layer)."""
+    candidates = [r for r in sweep if r["kind"] == SELECT_KIND and r["layer"] != final]
     if not candidates:
         raise ValueError("the sweep has no layer below the final one to cut at")
     return max(candidates, key=lambda r: nan_safe(r[SELECT_BY]))["layer"]
@@ -31,18 +34,20 @@ def choose_mid_layer(sweep: list[dict[str, Any]], final: int) -> int:
 
 def choose_served_layer(per_dataset: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The layer the default artifact is cut at: the swept layer with the best validation cold AUC
-    (PCA-k), averaged over the datasets. Recorded with its evidence for the manifest."""
+    (standardised PCA-k, mean over the sweep seeds), averaged over the datasets. Recorded with its
+    evidence for the manifest."""
     by_layer: dict[int, list[float]] = {}
     for result in per_dataset.values():
         for record in result["sweep"]:
-            if record["kind"] == "pca":
+            if record["kind"] == SELECT_KIND:
                 by_layer.setdefault(record["layer"], []).append(nan_safe(record[SELECT_BY]))
     count = len(per_dataset)
     means = {layer: float(np.mean(v)) for layer, v in by_layer.items() if len(v) == count}
     best = max(means, key=lambda layer: means[layer])
     return {
         "layer": best,
-        "rule": f"swept layer with the best mean {SELECT_BY} of its PCA-k state over the datasets",
+        "rule": f"swept layer with the best mean {SELECT_BY} of its standardised PCA-k state over the "
+        "datasets",
         "mean_valid_auc_cold_by_layer": {str(layer): round(v, 4) for layer, v in sorted(means.items())},
         "mid_layer_by_dataset": {name: result["mid_layer"] for name, result in per_dataset.items()},
     }

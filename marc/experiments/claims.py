@@ -1,35 +1,14 @@
-"""The claims check against the paper: each comparison of two table rows as a measured gap, its seed
-noise and a verdict (better / worse / tie)."""
+"""The claims check against the paper: each claim as paired comparisons of two table rows (test cold
+AUC difference, its 95% paired bootstrap CI over items, and a verdict from that CI), and a plain
+verdict per claim and dataset."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from marc.experiments.choice import nan_safe
-
-MIN_GAP = 0.005
-"""Smallest AUC gap called 'better'/'worse': seed noise misses the noise of the fixed test sample
-(about 0.01 AUC on a thousand cold rows), and a single seed has no noise estimate at all."""
-
-
-def compare(a: dict[str, Any], b: dict[str, Any], key: str = "auc_cold") -> tuple[float, float, str]:
-    """a - b on ``key`` with a noise scale (standard error of the difference over seeds; with one
-    seed there is none) and a verdict: 'better' / 'worse' when the gap exceeds twice the noise and
-    MIN_GAP, else 'tie'."""
-    diff = a[key] - b[key]
-    n = max(1, min(len(a.get("seeds", [0])), len(b.get("seeds", [0]))))
-    noise = math.sqrt((a.get(f"{key}_std", 0.0) ** 2 + b.get(f"{key}_std", 0.0) ** 2) / n)
-    if math.isnan(diff):
-        return diff, noise, "n/a"
-    margin = max(2 * noise, MIN_GAP)
-    return diff, noise, "better" if diff > margin else "worse" if diff < -margin else "tie"
-
-
-def _gap(a: dict[str, Any], b: dict[str, Any], key: str = "auc_cold") -> str:
-    diff, noise, verdict = compare(a, b, key)
-    return f"{diff:+.4f} (± {noise:.4f}, {verdict})"
+Compare = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+"""(record a, record b) -> a - b with its CI and verdict (`marc.experiments.intervals.Evidence.compare`)."""
 
 
 def find_record(records: Sequence[dict[str, Any]], **where: Any) -> dict[str, Any]:
@@ -43,65 +22,116 @@ def _is_marc_default(record: dict[str, Any]) -> bool:
     return record["kind"] == "trained" and not record["settings"]
 
 
-def claims(result: dict[str, Any], final: int) -> list[str]:
-    """Bullet points, one per claim and dataset-level comparison, each with the measured gap."""
+def _marc(table: Sequence[dict[str, Any]], layer: int, k: int) -> dict[str, Any]:
+    return next(r for r in table if _is_marc_default(r) and r["layer"] == layer and r["k"] == k)
+
+
+def _plain(comparisons: Sequence[dict[str, Any]]) -> str:
+    """One word for a claim on one dataset, from its comparisons' verdicts."""
+    verdicts = {c["verdict"] for c in comparisons} - {"n/a"}
+    if not verdicts:
+        return "not measurable (too few test rows for a CI)"
+    if verdicts == {"better"}:
+        return "holds"
+    if verdicts == {"worse"}:
+        return "fails (the opposite holds)"
+    if verdicts == {"no difference"}:
+        return "not shown (no difference beyond noise)"
+    if "worse" in verdicts and "better" not in verdicts:
+        return "fails in part (worse or no difference)"
+    if "better" in verdicts and "worse" not in verdicts:
+        return "holds in part (better or no difference)"
+    return "mixed (better in some comparisons, worse in others)"
+
+
+def claims(result: dict[str, Any], final: int, compare: Compare) -> list[dict[str, Any]]:
+    """Per claim: its statement, the comparisons behind it and the plain verdict."""
     mid = result["mid_layer"]
     sweep, table, ablations = result["sweep"], result["compression"], result["ablations"]
-    lines = []
+    dims = sorted({r["k"] for r in table if r["k"]})
+    out: list[dict[str, Any]] = []
 
-    best_sweep = max(
-        (r for r in sweep if r["kind"] == "pca"),
-        key=lambda r: nan_safe(r["auc_cold"]),
-    )
-    final_pca = find_record(sweep, kind="pca", layer=final)
-    mid_pca = find_record(sweep, kind="pca", layer=mid)
-    mid_full, final_full = (
-        find_record(sweep, kind="full", layer=mid),
-        find_record(sweep, kind="full", layer=final),
-    )
-    lines.append(
-        f"**Claim 1 (middle layers beat the final layer).** Sweep, test cold AUC: chosen mid layer L{mid} "
-        f"(by validation) vs final L{final}: PCA-k {_gap(mid_pca, final_pca)}, full size "
-        f"{_gap(mid_full, final_full)}; the best layer on test is L{best_sweep['layer']}. "
-        "Compression table, mid + PCA vs final + PCA at each k: "
-        + ", ".join(
-            f"k={k} "
-            + _gap(
-                find_record(table, kind="pca", layer=mid, k=k),
-                find_record(table, kind="pca", layer=final, k=k),
-            )
-            for k in sorted({r["k"] for r in table if r["k"]})
+    def claim(
+        name: str, statement: str, comparisons: list[dict[str, Any]], extra: Sequence[dict[str, Any]] = ()
+    ):
+        out.append(
+            {
+                "claim": name,
+                "statement": statement,
+                "comparisons": comparisons,
+                "context": list(extra),
+                "verdict": _plain(comparisons),
+            }
         )
-        + "."
+
+    comparisons = [
+        compare(
+            find_record(sweep, kind="pca_std", layer=mid), find_record(sweep, kind="pca_std", layer=final)
+        )
+    ]
+    comparisons += [compare(_marc(table, mid, k), _marc(table, final, k)) for k in dims]
+    loras = [r for r in ablations if r["kind"] == "lora"]
+    lora_by_layer = {r["layer"]: r for r in loras}
+    if mid in lora_by_layer and final in lora_by_layer:
+        comparisons.append(compare(lora_by_layer[mid], lora_by_layer[final]))
+    claim(
+        "1",
+        f"Middle layers beat the final layer: the chosen mid layer L{mid} (by validation) against the "
+        f"final layer L{final} - PCA of the standardised state, MARC (frozen) at each k, MARC with LoRA",
+        comparisons,
     )
 
-    parts = []
-    for k in sorted({r["k"] for r in table if r["k"]}):
-        marc = next(r for r in table if _is_marc_default(r) and r["k"] == k)
-        final_pca_k = find_record(table, kind="pca", layer=final, k=k)
-        linear = next(r for r in table if r["kind"] == "trained" and r["settings"] and r["k"] == k)
-        parts.append(f"k={k}: vs final+PCA {_gap(marc, final_pca_k)}, vs final+linear C {_gap(marc, linear)}")
-    lines.append(
-        "**Claim 2 (compressing the final layer is suboptimal).** MARC at the mid layer minus the usual "
-        "final-layer compressions, test cold AUC: " + "; ".join(parts) + "."
+    comparisons = []
+    for k in dims:
+        marc = _marc(table, mid, k)
+        comparisons += [
+            compare(marc, find_record(table, kind="pca_std", layer=final, k=k)),
+            compare(marc, find_record(table, kind="pca", layer=final, k=k)),
+            compare(marc, next(r for r in table if r["kind"] == "trained" and r["settings"] and r["k"] == k)),
+        ]
+    claim(
+        "2",
+        f"Compressing the final layer is suboptimal: MARC at L{mid} against the usual final-layer "
+        "compressions (PCA, standardised and raw; a trained linear C) at the same k",
+        comparisons,
     )
 
     full = find_record(table, kind="full", layer=final)
-    ids = find_record(table, kind="ids")
-    parts = []
-    for k in sorted({r["k"] for r in table if r["k"]}):
-        marc = next(r for r in table if _is_marc_default(r) and r["k"] == k)
-        parts.append(f"k={k} ({marc['bytes_per_item_fp16']} B fp16): {_gap(marc, full)}")
+    comparisons = [compare(_marc(table, mid, k), full) for k in dims]
     default = next(r for r in ablations if _is_marc_default(r))
-    ablation_parts = [
-        f"{r['label']}: {_gap(r, default)}" for r in ablations if r is not default and r["kind"] == "trained"
+    context = [
+        compare(default, r)
+        for r in ablations
+        if r is not default and r["kind"] == "trained" and r["layer"] == mid
     ]
-    lines.append(
-        f"**Claim 3 (small MARC vectors keep or beat the full representation).** MARC minus the final "
-        f"layer at full size ({full['dim']} floats, {full['bytes_per_item_fp32']} B), test cold AUC: "
-        + "; ".join(parts)
-        + f". Ids only: {ids['auc_cold']:.4f}. Ablations at k={default['k']} minus full MARC: "
-        + "; ".join(ablation_parts)
-        + "."
+    context += [
+        compare(_marc(table, mid, k), find_record(table, kind="pca_std", layer=mid, k=k)) for k in dims
+    ]
+    context += [compare(_marc(table, mid, k), find_record(table, kind="surface")) for k in dims[-1:]]
+    context.append(compare(find_record(table, kind="surface"), find_record(table, kind="ids")))
+    claim(
+        "3",
+        f"Small MARC vectors keep or beat the full representation: MARC at L{mid} at each k against the "
+        f"final layer's full state ({full['dim']} floats); context: full MARC against each ablation, "
+        "against PCA of the same layer, against the text's surface form",
+        comparisons,
+        context,
     )
+    return out
+
+
+def format_comparison(c: dict[str, Any]) -> str:
+    ci = "no CI" if c["low"] is None else f"[{c['low']:+.4f}, {c['high']:+.4f}]"
+    return f"{c['a']} − {c['b']}: {c['difference']:+.4f} {ci} **{c['verdict']}**"
+
+
+def claim_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown bullets: each claim, its plain verdict and the comparisons behind it."""
+    lines = []
+    for entry in entries:
+        lines.append(f"**Claim {entry['claim']}: {entry['verdict']}.** {entry['statement']}.")
+        lines += [f"  - {format_comparison(c)}" for c in entry["comparisons"]]
+        if entry["context"]:
+            lines.append("  - context (not part of the verdict):")
+            lines += [f"    - {format_comparison(c)}" for c in entry["context"]]
     return lines

@@ -1,5 +1,6 @@
 """Jobs: one (dataset, vectors, seed) each - make the vectors (PCA, or train MARC on frozen states) and
-score them with the downstream harness - fanned out over worker processes."""
+score them with the downstream harness, writing the per-row test predictions (`marc.predictions`) that
+the confidence intervals are computed from - fanned out over worker processes."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import multiprocessing
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from marc.baselines import surface_vectors
 from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset
 from marc.evaluate import evaluate_vectors, pca_vectors
+from marc.experiments.intervals import predictions_path
 from marc.experiments.plan import Plan, Vectors
 from marc.train.loop import TrainResult, train_marc
 
@@ -34,6 +38,8 @@ class RunContext:
     plan: Plan
     datasets: dict[str, RecDataset]
     states: dict[str, dict[int, np.ndarray]]
+    predictions_dir: Path | None = None
+    """Where each job writes its per-row test predictions (None: not written)."""
 
 
 _CONTEXT: RunContext | None = None
@@ -61,7 +67,12 @@ def _split_overrides(overrides: Iterable[tuple[str, Any]]) -> tuple[dict[str, An
 
 
 def _train(
-    plan: Plan, dataset: RecDataset, vectors: Vectors, seed: int, pooled: np.ndarray | None
+    plan: Plan,
+    dataset: RecDataset,
+    vectors: Vectors,
+    seed: int,
+    pooled: np.ndarray | None,
+    cache_dir: Path | None = None,
 ) -> TrainResult:
     """train_marc for a 'trained' (frozen states) or 'lora' job -> TrainResult."""
     model_overrides, train_overrides = _split_overrides(vectors.overrides)
@@ -79,11 +90,12 @@ def _train(
             "seed": seed,
             "epochs": plan.train_epochs,
             "patience": plan.train_patience,
+            "batch_size": plan.train_batch_size,
             "mode": "lora" if vectors.kind == "lora" else "frozen",
             **train_overrides,
         }
     )
-    return train_marc(dataset, config, train, pooled=pooled)
+    return train_marc(dataset, config, train, pooled=pooled, cache_dir=cache_dir)
 
 
 def _train_summary(result: TrainResult) -> dict[str, Any]:
@@ -93,7 +105,8 @@ def _train_summary(result: TrainResult) -> dict[str, Any]:
     best = metrics.get("best_epoch", 0)
     kl = result.history[best - 1]["kl"] if 0 < best <= len(result.history) else None
     keep = ("test_auc", "test_auc_warm", "test_auc_cold", "best_epoch", "epochs_run", "seconds", "z_std")
-    return {**{k: metrics.get(k) for k in keep}, "kl_nats": kl}
+    keep += ("epoch_seconds", "epoch_train_seconds", "lora_layers", "setup_seconds")
+    return {**{k: metrics[k] for k in keep if k in metrics}, "kl_nats": kl}
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -108,24 +121,53 @@ def run_job(job: Job) -> dict[str, Any]:
     vectors: np.ndarray | None
     if spec.kind == "ids":
         vectors = None
+    elif spec.kind == "surface":
+        vectors = surface_vectors(dataset.item_texts)
     elif spec.kind == "full":
         vectors = states[spec.layer]  # type: ignore[index]
     elif spec.kind == "pca":
         vectors = pca_vectors(states[spec.layer], dataset, spec.dim)  # type: ignore[index,arg-type]
+    elif spec.kind == "pca_std":
+        standardised = channel_standardised(states[spec.layer])  # type: ignore[index]
+        vectors = pca_vectors(standardised, dataset, spec.dim)  # type: ignore[arg-type]
     elif spec.kind == "trained":
         result = _train(context.plan, dataset, spec, job.seed, states[spec.layer])  # type: ignore[index]
         vectors, extra = result.item_vectors(), {"train": _train_summary(result)}
     else:
         raise ValueError(f"unknown vectors kind {spec.kind!r}")
-    return {**evaluate_vectors(dataset, vectors, job.seed, context.plan.ctr), **extra}
+    return _evaluate(context.plan, dataset, job, vectors, context.predictions_dir) | extra
 
 
-def run_lora_job(plan: Plan, dataset: RecDataset, job: Job) -> dict[str, Any]:
-    """LoRA jobs run in the main process: each loads its own backbone (training changes it in place)."""
-    result = _train(plan, dataset, job.vectors, job.seed, None)
-    return {
-        **evaluate_vectors(dataset, result.item_vectors(), job.seed, plan.ctr),
-        "train": _train_summary(result),
+def channel_standardised(states: np.ndarray) -> np.ndarray:
+    """Each channel to zero mean and unit standard deviation over all items, exactly as C's input
+    standardisation does (`marc.modules.Compressor.set_input_stats`: unsupervised, every item)."""
+    states = states.astype(np.float64)
+    scale = np.maximum(states.std(0, ddof=1), 1e-6)
+    return ((states - states.mean(0)) / scale).astype(np.float32)
+
+
+def _evaluate(
+    plan: Plan, dataset: RecDataset, job: Job, vectors: np.ndarray | None, predictions_dir: Path | None
+) -> dict[str, Any]:
+    path = (
+        None
+        if predictions_dir is None
+        else predictions_path(predictions_dir, job.dataset, job.vectors, job.seed)
+    )
+    result = evaluate_vectors(dataset, vectors, job.seed, plan.ctr, predictions=path)
+    if path is not None:
+        result["predictions"] = str(path.relative_to(predictions_dir))  # type: ignore[arg-type]
+    return result
+
+
+def run_lora_job(
+    plan: Plan, dataset: RecDataset, job: Job, predictions_dir: Path | None, cache_dir: Path | None
+) -> dict[str, Any]:
+    """LoRA jobs run in the main process: each loads its own backbone (training changes it in place);
+    the token states of layer L - m are cached under ``cache_dir``."""
+    result = _train(plan, dataset, job.vectors, job.seed, None, cache_dir)
+    return _evaluate(plan, dataset, job, result.item_vectors(), predictions_dir) | {
+        "train": _train_summary(result)
     }
 
 

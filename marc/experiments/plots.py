@@ -20,16 +20,15 @@ def _pyplot() -> Any:
 
 
 def plot_sweep(result: dict[str, Any], summary: dict[str, Any], path: Path) -> Path:
-    """AUC vs layer depth (cold/warm, PCA-k/full), final layer and chosen mid layer marked; drawn by
-    the layer probe's plot from a probe-shaped report."""
+    """AUC vs layer depth (cold/warm, PCA-k of the standardised state), final layer and chosen mid
+    layer marked; drawn by the layer probe's plot from a probe-shaped report."""
     backbone = summary["backbone"]
     layers = sorted({r["layer"] for r in result["sweep"] if r["layer"] is not None})
     report = {
         "records": [
             {
                 "layer": layer,
-                "pca": find_record(result["sweep"], kind="pca", layer=layer),
-                "full": find_record(result["sweep"], kind="full", layer=layer),
+                "pca": find_record(result["sweep"], kind="pca_std", layer=layer),
             }
             for layer in layers
         ],
@@ -60,7 +59,7 @@ def plot_compression(result: dict[str, Any], path: Path) -> Path:
             ax.errorbar(
                 [r["k"] for r in records],
                 [r[key] for r in records],
-                yerr=[r[f"{key}_std"] for r in records],
+                yerr=_ci_errors(records, key),
                 fmt="-o",
                 capsize=3,
                 label=label,
@@ -76,7 +75,7 @@ def plot_compression(result: dict[str, Any], path: Path) -> Path:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"Compression at k on {result['name']} (mean ± std over seeds)")
+    fig.suptitle(f"Compression at k on {result['name']} (mean over seeds, 95% bootstrap CI)")
     fig.tight_layout()
     return _save(fig, plt, path)
 
@@ -91,7 +90,7 @@ def plot_beta(result: dict[str, Any], path: Path) -> Path:
         ax.errorbar(
             positions,
             [r[key] for r in records],
-            yerr=[r[f"{key}_std"] for r in records],
+            yerr=_ci_errors(records, key),
             fmt="-o",
             capsize=3,
             label=f"test AUC, {label}",
@@ -111,6 +110,16 @@ def plot_beta(result: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"beta sweep: MARC at L{result['mid_layer']}, k={records[0]['k']}, on {result['name']}")
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def _ci_errors(records: list[dict[str, Any]], key: str) -> list[list[float]]:
+    """Asymmetric error bars [below, above] from each record's 95% CI (none when it has no CI)."""
+    below, above = [], []
+    for record in records:
+        low, high = (record.get("ci") or {}).get(key) or (record[key], record[key])
+        below.append(max(0.0, record[key] - low))
+        above.append(max(0.0, high - record[key]))
+    return [below, above]
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:

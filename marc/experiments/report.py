@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from marc.experiments.claims import claims
+from marc.experiments.claims import claim_lines
 from marc.experiments.plots import plot_beta, plot_compression, plot_sweep
 from marc.metrics import format_metric
 
@@ -33,9 +33,15 @@ def slug(name: str) -> str:
 
 
 def _value(record: dict[str, Any], key: str) -> str:
+    """Mean over seeds, its 95% bootstrap CI over items when computed, and the seeds' sample std."""
     text = format_metric(record.get(key))
-    if text != "n/a" and len(record.get("seeds", [])) > 1:
-        return f"{text} ± {record.get(f'{key}_std', 0.0):.4f}"
+    if text == "n/a":
+        return text
+    ci = (record.get("ci") or {}).get(key)  # None: too few test rows for an interval
+    if ci is not None:
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    if len(record.get("seeds", [])) > 1:
+        text += f" ± {record.get(f'{key}_std', 0.0):.4f}"
     return text
 
 
@@ -60,27 +66,37 @@ def metrics_table(
 
 
 def sweep_table(result: dict[str, Any], final: int, dim: int) -> str:
-    by_layer: dict[int, dict[str, dict[str, Any]]] = {}
+    header = f"| layer | PCA-{dim} (standardised) AUC cold | AUC warm | valid AUC cold (selects) |"
+    lines = [header, "|---|---:|---:|---:|"]
     for record in result["sweep"]:
-        if record["layer"] is not None:
-            by_layer.setdefault(record["layer"], {})[record["kind"]] = record
-    header = (
-        f"| layer | PCA-{dim} AUC cold | PCA-{dim} AUC warm | full AUC cold | full AUC warm "
-        f"| PCA-{dim} valid AUC cold |"
-    )
-    lines = [header, "|---|---:|---:|---:|---:|---:|"]
-    ids = next(r for r in result["sweep"] if r["kind"] == "ids")
-    cells = (_value(ids, "auc_cold"), _value(ids, "auc_warm"), "", "", _value(ids, "valid_auc_cold"))
-    lines.append("| ids only | " + " | ".join(cells) + " |")
-    for layer, kinds in sorted(by_layer.items()):
-        marks = " (final)" if layer == final else ""
-        marks += " **(chosen mid)**" if layer == result["mid_layer"] else ""
-        p, f = kinds["pca"], kinds["full"]
-        lines.append(
-            f"| {layer}{marks} | {_value(p, 'auc_cold')} | {_value(p, 'auc_warm')} | {_value(f, 'auc_cold')} "
-            f"| {_value(f, 'auc_warm')} | {_value(p, 'valid_auc_cold')} |"
-        )
+        if record["kind"] == "ids":
+            name = "ids only"
+        else:
+            name = str(record["layer"])
+            name += " (final)" if record["layer"] == final else ""
+            name += " **(chosen mid)**" if record["layer"] == result["mid_layer"] else ""
+        cells = [_value(record, "auc_cold"), _value(record, "auc_warm"), _value(record, "valid_auc_cold")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def lora_cost_lines(cost: dict[str, Any] | None) -> list[str]:
+    """The measured full-depth LoRA cost, one bullet per layer."""
+    if not cost:
+        return []
+    lines = [
+        f"#### Full-depth LoRA cost (measured on `{cost['dataset']}`, not run)",
+        "",
+    ]
+    for layer, c in cost["by_layer"].items():
+        lines.append(
+            f"- LoRA on all {c['lora_layers']} kept layers at L{layer}, batch {c['batch_size']} "
+            f"({c['distinct_items_per_step']} distinct items per step): {c['seconds_per_step']:.1f} s per "
+            f"step (median of {c['steps_timed']} timed steps, {c['threads']} threads); "
+            f"{c['steps_per_epoch']} steps per epoch -> about {c['epoch_seconds_estimate'] / 60:.0f} min "
+            "per epoch on this machine."
+        )
+    return lines
 
 
 def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command: str) -> str:
@@ -119,13 +135,15 @@ def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command:
             f"interactions ({result['cold_test_interactions']} test rows on cold items), train positive rate "
             f"{result['positive_rate_train']}.",
             "",
-            f"#### 1. Layer sweep (frozen backbone; k={plan['dim']} for PCA)",
+            f"#### 1. Layer sweep (frozen backbone; PCA to k={plan['dim']} of the per-channel standardised "
+            f"state; seeds {_seeds(plan['sweep_seeds'])})",
             "",
             f"![AUC vs layer, {name}]({files['sweep']})",
             "",
             sweep_table(result, final, plan["dim"]),
             "",
-            "#### 2. Compression table (test, mean ± std over seeds)",
+            "#### 2. Compression table (test: mean over seeds [95% bootstrap CI over items] ± the seeds' "
+            "sample std)",
             "",
             f"![compression, {name}]({files['compression']})",
             "",
@@ -133,16 +151,23 @@ def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command:
             "",
             f"#### 3. Ablations (k={plan['dim']}, mid layer L{result['mid_layer']})",
             "",
-            metrics_table(result["ablations"], "variant", extra=("test_auc_cold", "kl_nats", "best_epoch")),
+            metrics_table(
+                result["ablations"],
+                "variant",
+                extra=("test_auc_cold", "kl_nats", "best_epoch", "epoch_seconds"),
+            ),
             "",
             f"beta sweep: ![beta sweep, {name}]({files['beta']})",
             "",
             metrics_table(result["beta"], "beta", extra=("kl_nats", "best_epoch")),
             "",
-            "#### Claims check (test cold AUC differences; ± is the seed noise of the difference)",
+            "#### Claims check (test cold AUC, row a − row b: difference [95% paired bootstrap CI over "
+            "items] verdict)",
             "",
-            *(f"- {line}" for line in claims(result, final)),
+            *(f"- {line}" if not line.startswith(" ") else line for line in claim_lines(result["claims"])),
         ]
+    if summary.get("lora_cost"):
+        out += ["", *lora_cost_lines(summary["lora_cost"])]
     return "\n".join(out) + "\n"
 
 

@@ -20,6 +20,7 @@ RESULT_SETTINGS = (
     "ctr",
     "train_epochs",
     "train_patience",
+    "train_batch_size",
     "pooling",
     "max_length",
 )

@@ -1,12 +1,15 @@
 """One whole run; returns the summary (what summary.json holds). Per dataset:
-  1. MRA sweep - every probed layer's pooled state (full size and PCA to k) scored by the downstream
-     CTR harness (`marc.evaluate`); the "mid layer" used below is the best non-final layer by
-     validation cold AUC (never a test metric).
-  2. Compression table at each k: ids only, final layer full size, final + PCA, final + a trained
-     linear compressor, mid + PCA, MARC (mid layer, C + A + beta * KL).
-  3. Ablations at one k: MARC + reconstruction, without A, without the information constraint
-     (beta = 0), with C and A of the same structure, cut at the final layer; a beta sweep; optionally
-     a short LoRA run at the mid and the final layer.
+  1. MRA sweep - every probed layer's pooled state, standardised per channel (as C sees it) and PCA
+     to k, scored by the downstream CTR harness (`marc.evaluate`) on every seed; the "mid layer" used
+     below is the best non-final layer by validation cold AUC (never a test metric).
+  2. Compression table at each k: ids only, the text's surface form, final and mid layer at full
+     size, final/mid + PCA (raw and standardised), final + a trained linear compressor, final + C + A,
+     MARC (mid layer, C + A + beta * KL).
+  3. Ablations at one k (the plan's list), MARC cut at the final/served/half-depth layer; a beta
+     sweep; MARC with LoRA on the top m layers at the mid and the final layer.
+  4. Every row's test AUC with a 95% bootstrap CI over items and the claims as paired differences
+     with their CIs and verdicts (`marc.experiments.intervals`, from the jobs' per-row predictions);
+     optionally the measured cost of full-depth LoRA (`marc.train.cost`).
 
 The backbone runs once per dataset over all items (pooled states of every probed layer, cached on
 disk by `marc.features`); everything downstream works on those arrays, fanned out over worker
@@ -17,6 +20,7 @@ Every vector set is scored by the same harness and seeds; all selection uses val
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +31,12 @@ import torch
 from tqdm.auto import tqdm
 
 from marc.backbone import load_backbone
-from marc.config import ModelConfig
+from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset, load_dataset
 from marc.evaluate import summarise_runs
 from marc.experiments.choice import choose_mid_layer, choose_served_layer
+from marc.experiments.claims import claims
+from marc.experiments.intervals import collect_evidence
 from marc.experiments.jobs import Job, RunContext, run_jobs, run_lora_job
 from marc.experiments.plan import (
     GENERATED_KINDS,
@@ -45,6 +51,7 @@ from marc.experiments.plan import (
 from marc.features import pooled_states
 from marc.machine import load_average, machine_info
 from marc.probe import probe_layers
+from marc.train.cost import measure_lora_cost
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +92,19 @@ def _mean(values: list[Any]) -> float | None:
 
 
 def run_experiments(
-    plan: Plan, cache_dir: Path | None = None, previous: dict[Job, dict[str, Any]] | None = None
+    plan: Plan,
+    cache_dir: Path | None = None,
+    previous: dict[Job, dict[str, Any]] | None = None,
+    predictions_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The whole run: pooled states, sweep, compression table, ablations, beta sweep, layer choice.
-    ``previous`` (from `previous_results`) are reused instead of recomputed. Returns the summary
-    (what summary.json holds)."""
+    """The whole run: pooled states, sweep, compression table, ablations, beta sweep, layer choice,
+    CIs and claims. ``previous`` (from `previous_results`) are reused instead of recomputed (their
+    prediction files must be in ``predictions_dir``). Each job writes its per-row test predictions
+    to ``predictions_dir`` (default: a temporary folder). Returns the summary (what summary.json
+    holds)."""
+    if predictions_dir is None:
+        with tempfile.TemporaryDirectory(prefix="marc-predictions-") as tmp:
+            return run_experiments(plan, cache_dir, previous, Path(tmp))
     started = time.perf_counter()
     summary: dict[str, Any] = {
         "plan": plan.to_dict(),
@@ -137,7 +152,7 @@ def run_experiments(
         summary["datasets"][dataset.name] = {"spec": spec, **_dataset_info(dataset)}
     timings["pooled_states_seconds"] = time.perf_counter() - tick
     del backbone  # LoRA jobs load their own; free the memory for the workers
-    context = RunContext(plan, datasets, states)
+    context = RunContext(plan, datasets, states, predictions_dir)
 
     # 1. the sweep (it picks each dataset's mid layer, which the other parts need)
     tick = time.perf_counter()
@@ -151,7 +166,7 @@ def run_experiments(
     default_beta = ModelConfig().beta
     for name in datasets:
         result = summary["datasets"][name]
-        result["sweep"] = _scored(sweep, _collect(sweep_results, name, sweep, plan.sweep_seeds))
+        result["sweep"] = _scored(sweep, _collect(sweep_results, name, sweep, plan, plan.sweep_seeds))
         result["mid_layer"] = choose_mid_layer(result["sweep"], final)
     summary["layer_choice"] = {
         **choose_served_layer(summary["datasets"]),
@@ -184,19 +199,37 @@ def run_experiments(
 
     tick = time.perf_counter()
     lora_jobs = [
-        Job(name, row.vectors, plan.seeds[0])
+        Job(name, row.vectors, seed)
         for name, tables in parts.items()
         for row in tables["ablations"]
         if row.vectors.kind == "lora"
+        for seed in plan.lora_seeds
     ]
     for job in tqdm(lora_jobs, desc="LoRA runs", unit="run", disable=not lora_jobs):
         reused = (previous or {}).get(job)
-        results[job] = reused if reused is not None else run_lora_job(plan, datasets[job.dataset], job)
+        results[job] = (
+            reused
+            if reused is not None
+            else run_lora_job(plan, datasets[job.dataset], job, predictions_dir, cache_dir)
+        )
     timings["lora_seconds"] = time.perf_counter() - tick
 
+    tick = time.perf_counter()
     for name, tables in parts.items():
+        result = summary["datasets"][name]
         for table, rows in tables.items():
-            summary["datasets"][name][table] = _scored(rows, _collect(results, name, rows, plan.seeds))
+            result[table] = _scored(rows, _collect(results, name, rows, plan))
+        records = [r for table in ("sweep", *tables) for r in result[table]]
+        evidence = collect_evidence(datasets[name], records, predictions_dir, plan.resamples)
+        for record in records:
+            evidence.attach(record)
+        result["claims"] = claims(result, final, evidence.compare)
+    timings["intervals_seconds"] = time.perf_counter() - tick
+
+    if plan.lora_cost_steps > 0:
+        tick = time.perf_counter()
+        summary["lora_cost"] = _lora_cost(plan, datasets, summary, final, cache_dir)
+        timings["lora_cost_seconds"] = time.perf_counter() - tick
 
     all_jobs = {**sweep_results, **results}
     reused = sum(1 for job in all_jobs if previous and job in previous)
@@ -218,14 +251,48 @@ def _job_seconds(result: dict[str, Any]) -> float:
 
 
 def _collect(
-    results: dict[Job, dict[str, Any]], dataset: str, rows: Sequence[Row], seeds: Sequence[int]
+    results: dict[Job, dict[str, Any]],
+    dataset: str,
+    rows: Sequence[Row],
+    plan: Plan,
+    seeds: Sequence[int] | None = None,
 ) -> dict[Vectors, list[dict[str, Any]]]:
-    """Per-seed results of each row, in seed order (LoRA rows ran for the first seed only)."""
+    """Per-seed results of each row, in seed order (LoRA rows ran for the plan's LoRA seeds)."""
     runs: dict[Vectors, list[dict[str, Any]]] = {}
     for row in rows:
-        row_seeds = seeds[:1] if row.vectors.kind == "lora" else seeds
+        row_seeds = plan.lora_seeds if row.vectors.kind == "lora" else (seeds or plan.seeds)
         runs[row.vectors] = [results[Job(dataset, row.vectors, seed)] for seed in row_seeds]
     return runs
+
+
+def _lora_cost(
+    plan: Plan, datasets: dict[str, RecDataset], summary: dict[str, Any], final: int, cache_dir: Path | None
+) -> dict[str, Any]:
+    """Full-depth LoRA (all kept layers) at the first dataset's mid and final layer: a few steps timed
+    at the `marc train` default batch (256), extrapolated to an epoch. Each loads its own backbone."""
+    name = next(iter(datasets))
+    mid = summary["datasets"][name]["mid_layer"]
+    out: dict[str, Any] = {"dataset": name, "by_layer": {}}
+    for layer in dict.fromkeys((mid, final)):
+        config = ModelConfig(
+            backbone=plan.backbone,
+            layer=layer,
+            dim=plan.dim,
+            pooling=plan.pooling,  # type: ignore[arg-type]
+            max_length=plan.max_length,
+        )
+        train = TrainConfig(mode="lora", lora_layers=0)
+        cost = measure_lora_cost(
+            datasets[name], config, train, steps=plan.lora_cost_steps, cache_dir=cache_dir
+        )
+        out["by_layer"][str(layer)] = cost
+        log.info(
+            "full-depth LoRA at L%d: %.1f s per step, ~%.0f s per epoch",
+            layer,
+            cost["seconds_per_step"],
+            cost["epoch_seconds_estimate"],
+        )
+    return out
 
 
 def _dataset_info(dataset: RecDataset) -> dict[str, Any]:

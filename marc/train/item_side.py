@@ -1,5 +1,6 @@
 """The item side of training: item indices -> C's (mean, logvar) and the pooled state C saw. Frozen mode
-looks the states up in a precomputed matrix; LoRA mode runs the item texts through the backbone."""
+looks the states up in a precomputed matrix; LoRA mode runs cached token states of block L - m through
+the top m kept blocks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from marc.backbone import Pooling, pool
+from marc.features import TokenStates
 from marc.modules import Compressor
 
 
@@ -55,43 +57,45 @@ class FrozenItems(ItemSide):
         return mean, logvar, states
 
 
-class TextItems(ItemSide):
-    """Item texts through the (LoRA-wrapped, then merged) truncated backbone, pooling and C."""
+class TopLayerItems(ItemSide):
+    """LoRA mode: the cached token states of block L - m (`marc.features.token_states`) through the
+    top m kept blocks (LoRA-wrapped, then merged), pooling and C. Blocks below L - m are frozen and
+    carry no LoRA, so their output never changes: a step costs m blocks, not L."""
 
     eval_batch = 64
 
     def __init__(
         self,
         backbone: nn.Module,
-        token_ids: list[list[int]],
-        pad_token_id: int,
+        tokens: TokenStates,
         compressor: Compressor,
         pooling: Pooling,
         device: torch.device,
     ) -> None:
         self.backbone = backbone
-        self.token_ids = token_ids
-        self.pad_token_id = pad_token_id
+        """`marc.backbone.layer_view` of the top m kept blocks (peft-wrapped while training)."""
+        self.tokens = tokens
         self.compressor = compressor
         self.pooling: Pooling = pooling
         self.device = device
 
     def _batch(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.token_ids[i] for i in items.tolist()]
+        """Right-padded token states [B, W, d] and their attention mask [B, W]."""
+        rows = [self.tokens.item(i) for i in items.tolist()]
         width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        states = torch.zeros((len(rows), width, self.tokens.values.shape[1]), dtype=torch.float32)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):  # right padding, as the served tokenizer does
-            input_ids[i, : len(row)] = torch.tensor(row)
+        for i, row in enumerate(rows):
+            states[i, : len(row)] = torch.from_numpy(row)
             mask[i, : len(row)] = 1
-        return input_ids.to(self.device), mask.to(self.device)
+        return states.to(self.device), mask.to(self.device)
 
     def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        input_ids, mask = self._batch(items)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        states = pool(hidden, mask, self.pooling)
-        mean, logvar = self.compressor(states)
-        return mean, logvar, states
+        states, mask = self._batch(items)
+        hidden = self.backbone(inputs_embeds=states, attention_mask=mask, use_cache=False).last_hidden_state
+        pooled = pool(hidden, mask, self.pooling)
+        mean, logvar = self.compressor(pooled)
+        return mean, logvar, pooled
 
     def modules(self) -> list[nn.Module]:
         return [self.compressor, self.backbone]

@@ -4,9 +4,10 @@ validation AUC, and the checkpoint it writes.
 Two modes:
   * ``frozen`` - the backbone never changes, so its pooled states at layer L are computed once
     (cached on disk by `marc.features`) and each step only runs C and A: seconds to minutes on CPU.
-  * ``lora``   - LoRA adapters (peft, `marc.train.lora`) on the attention projections of the kept
-    layers of the truncated backbone; item texts go through the backbone every step. After training
-    the adapters are merged and only the changed backbone tensors are saved (``backbone_delta``).
+  * ``lora``   - LoRA adapters (peft, `marc.train.lora`) on the attention projections of the top m
+    kept layers (``lora_layers``; 0 = all L), fed with the cached token states of layer L - m, so a
+    step runs m blocks. After training the adapters are merged and only the changed backbone tensors
+    are saved (``backbone_delta``).
 
 The user side of the task is a user id embedding plus the mean z of up to ``history_len`` of the
 user's positive training items (never including the item being scored).
@@ -39,8 +40,8 @@ from marc.features import pooled_states
 from marc.losses import LossParts, Reconstruction, kl_to_standard_normal, marc_loss, sample_z, task_bce
 from marc.metrics import auc, format_metric, log_loss, probabilities
 from marc.modules import Compressor, DotProductHead, TaskAdapter
-from marc.train.item_side import FrozenItems, ItemSide, TextItems
-from marc.train.lora import lora_items, merge_lora
+from marc.train.item_side import FrozenItems, ItemSide, TopLayerItems
+from marc.train.lora import adapted_layers, lora_items, merge_lora
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class _Trainer:
         for epoch in epochs:
             for m in [*self.modules(), *self.items.modules()]:
                 m.train()
+            epoch_started = time.perf_counter()
             order = rng.permutation(len(data))
             sums = {"loss": 0.0, "bce": 0.0, "kl": 0.0, "recon": 0.0}
             batches = range(0, len(order), train.batch_size)
@@ -141,10 +143,15 @@ class _Trainer:
                 optimizer.step()
                 for name, value in zip(sums, (parts.total, parts.bce, parts.kl, parts.recon), strict=True):
                     sums[name] += float(value.detach()) * len(rows)
+            step_seconds = time.perf_counter() - epoch_started
             means = self.items.all_means(self.dataset.num_items).to(self.device)
             table = means if lora else None
             valid = self.evaluate(self.dataset.valid, means)
             record = {"epoch": epoch, **{k: v / len(order) for k, v in sums.items()}, **valid}
+            # Wall time of the epoch: its training steps, and with the refresh of every item's z and
+            # the validation pass.
+            record["train_seconds"] = round(step_seconds, 3)
+            record["seconds"] = round(time.perf_counter() - epoch_started, 3)
             self.history.append(record)
             log.info(
                 "epoch %d: loss %.4f (bce %.4f kl %.2f recon %.4f) valid AUC %s warm %s cold %s",
@@ -175,7 +182,10 @@ class _Trainer:
         labels = torch.from_numpy(data.labels[rows]).to(self.device)
         hist, mask = self._history(data.users[rows], data.items[rows])
         if table is not None:
-            mean, logvar, states = self.items.encode(items)
+            # Each distinct item of the batch runs through the backbone blocks once.
+            needed, inverse = torch.unique(items, return_inverse=True)
+            all_mean, all_logvar, all_states = self.items.encode(needed)
+            mean, logvar, states = all_mean[inverse], all_logvar[inverse], all_states[inverse]
             history_z = table[hist]
         else:
             # One C pass over the targets and the history items together (frozen mode: cheap).
@@ -236,7 +246,7 @@ class _Trainer:
         """Copies of the trained weights: C, the head, the decoder and (LoRA) the adapter weights -
         not the frozen backbone."""
         snapshot = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.modules()]
-        if isinstance(self.items, TextItems):
+        if isinstance(self.items, TopLayerItems):
             state = self.items.backbone.state_dict()
             snapshot.append({k: v.detach().clone() for k, v in state.items() if "lora_" in k})
         return snapshot
@@ -244,7 +254,7 @@ class _Trainer:
     def _restore(self, snapshot: list[dict[str, torch.Tensor]]) -> None:
         for module, state in zip(self.modules(), snapshot, strict=False):
             module.load_state_dict(state)
-        if isinstance(self.items, TextItems):
+        if isinstance(self.items, TopLayerItems):
             self.items.backbone.load_state_dict(snapshot[-1], strict=False)
 
 
@@ -323,9 +333,16 @@ def train_marc(
     _check_inputs(dataset, config, backbone)
 
     items: ItemSide
+    setup: dict[str, Any] = {}
     if lora:
         assert backbone is not None
-        items = lora_items(backbone, dataset, config, train, device)
+        tick = time.perf_counter()
+        items = lora_items(backbone, dataset, config, train, device, cache_dir)
+        # setup: the token states of layer L - m (read from the cache, or computed once) and C's stats
+        setup = {
+            "lora_layers": adapted_layers(config, train),
+            "setup_seconds": round(time.perf_counter() - tick, 2),
+        }
         hidden_size = backbone.hidden_size
     else:
         if pooled is None:
@@ -369,11 +386,12 @@ def train_marc(
         best_epoch, epochs_run = trainer.fit()
 
     encoder, backbone_delta = None, None
-    if isinstance(items, TextItems):
-        backbone_delta = merge_lora(items)
-        encoder = ItemEncoder(items.backbone, items.compressor, config.pooling).eval()
+    if isinstance(items, TopLayerItems):
+        backbone_delta = merge_lora(items, config.layer - adapted_layers(config, train))
+        assert backbone is not None  # truncated to the kept layers, top blocks merged, in place
+        encoder = ItemEncoder(backbone.model, items.compressor, config.pooling).eval()
     means = items.all_means(dataset.num_items)
-    metrics: dict[str, Any] = {"mode": train.mode}
+    metrics: dict[str, Any] = {"mode": train.mode, **setup}
     for split_name in ("valid", "test"):
         split: Interactions = getattr(dataset, split_name)
         if len(split):
@@ -383,6 +401,8 @@ def train_marc(
         best_epoch=best_epoch,
         epochs_run=epochs_run,
         z_std=float(vectors.std(0).mean()),
+        epoch_seconds=round(float(np.mean([r["seconds"] for r in trainer.history])), 3),
+        epoch_train_seconds=round(float(np.mean([r["train_seconds"] for r in trainer.history])), 3),
         seconds=round(time.perf_counter() - started, 2),
     )
     log.info(

@@ -1,6 +1,6 @@
-"""`marc experiments --quick`: every table row and plot is produced (not what the numbers are), on the
-generated datasets and a tiny fabricated MovieLens-1M folder; the generated block of a document is
-replaced; the selection rules never pick by test data."""
+"""`marc experiments --quick`: every table row, CI, claim and plot is produced (not what the numbers
+are), on the synthetic data and a tiny fabricated MovieLens-100K folder (RecBole files) with both item
+texts; the generated block of a document is replaced; the selection rules never pick by test data."""
 
 from __future__ import annotations
 
@@ -13,45 +13,23 @@ import pytest
 
 from marc.data import load_dataset
 from marc.experiments.choice import choose_mid_layer, choose_served_layer
-from marc.experiments.claims import compare
 from marc.experiments.jobs import Job, RunContext, run_jobs
 from marc.experiments.plan import ids_only, pca, quick_plan
 from marc.experiments.report import DOC_BEGIN, DOC_END, update_doc
 from marc.experiments.resume import previous_results
 from marc.experiments.run import run_experiments
 from marc_serve.cli import main
+from tests.support.movielens import fabricate, write_recbole
 
 TABLES = ("sweep", "compression", "ablations", "beta")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-GENRES = ["Comedy", "Drama", "Action", "Horror", "Romance", "Sci-Fi"]
-
-
-def _fabricate_movielens(directory: Path, movies: int = 40, users: int = 30) -> Path:
-    """A folder in the ml-1m format: each user rates 20 movies over time; the last five movies are
-    only ever rated last, so the per-user time split leaves them cold (never in train)."""
-    rng = np.random.default_rng(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "movies.dat").write_text(
-        "".join(
-            f"{m}::Movie number {m} ({1980 + m})::{GENRES[m % len(GENRES)]}|{GENRES[(m * 7) % len(GENRES)]}\n"
-            for m in range(1, movies + 1)
-        ),
-        encoding="latin-1",
-    )
-    lines = []
-    for user in range(1, users + 1):
-        early = rng.choice(np.arange(1, movies - 4), size=18, replace=False)
-        late = rng.choice(np.arange(movies - 4, movies + 1), size=2, replace=False)
-        for t, movie in enumerate([*early, *late]):
-            lines.append(f"{user}::{movie}::{rng.integers(1, 6)}::{1_000_000 + 100 * t + user}\n")
-    (directory / "ratings.dat").write_text("".join(lines), encoding="latin-1")
-    return directory
+DATASETS = ["synthetic", "movielens-100k-title", "movielens-100k"]
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Path]:
     root = tmp_path_factory.mktemp("experiments")
-    movielens = _fabricate_movielens(root / "ml-1m")
+    movielens = write_recbole(fabricate(movies=60, users=40, per_user=25), root / "ml-100k")
     doc = root / "EXPERIMENTS.md"
     doc.write_text(f"# Notes kept\n\n{DOC_BEGIN}\nold numbers\n{DOC_END}\n\nTrailing notes kept.\n")
     out = root / "reports"
@@ -60,7 +38,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
             "experiments",
             "--quick",
             "--datasets",
-            f"synthetic,entities,movielens:{movielens}",
+            f"synthetic,movielens100k:{movielens}?text=title,movielens100k:{movielens}?text=kar",
             "--workers",
             "1",
             "--out",
@@ -81,29 +59,30 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
     plan = quick_plan()
     final = summary["backbone"]["num_layers"]
     assert summary["backbone"]["swept_layers"] == list(range(1, final + 1))
-    assert list(summary["datasets"]) == ["synthetic", "entities", "movielens-1m"]
+    assert list(summary["datasets"]) == DATASETS
     for name, result in summary["datasets"].items():
         sweep = {(r["kind"], r["layer"]) for r in result["sweep"]}
-        assert sweep == {("ids", None)} | {
-            (kind, layer) for layer in range(1, final + 1) for kind in ("full", "pca")
-        }
+        assert sweep == {("ids", None)} | {("pca_std", layer) for layer in range(1, final + 1)}
         mid = result["mid_layer"]
         assert 1 <= mid < final, name
 
         table = {(r["kind"], r["layer"], r["k"], bool(r["settings"])) for r in result["compression"]}
-        expected = {("ids", None, None, False), ("full", final, None, False)}
+        expected = {("ids", None, None, False), ("surface", None, None, False)}
+        expected |= {("full", final, None, False), ("full", mid, None, False)}
         for k in plan.dims:
-            expected |= {
-                ("pca", final, k, False),
-                ("trained", final, k, True),  # the linear compressor: no A, beta 0
-                ("pca", mid, k, False),
-                ("trained", mid, k, False),  # MARC with its defaults
-            }
+            for layer in (final, mid):
+                expected |= {
+                    ("pca", layer, k, False),
+                    ("pca_std", layer, k, False),
+                    ("trained", layer, k, False),
+                }
+            expected.add(("trained", final, k, True))  # the linear compressor: no A, beta 0
         assert table == expected, name
 
         ablations = [(r["kind"], r["layer"], r["settings"]) for r in result["ablations"]]
         # MARC is also cut at the served layer and at half depth, unless that is the mid/final layer.
         checks = [layer for layer in dict.fromkeys([summary["layer_choice"]["layer"], final // 2])]
+        m = plan.lora_layers
         assert ablations == [
             ("trained", mid, {}),
             ("trained", mid, {"recon_weight": plan.recon_weight}),
@@ -112,19 +91,39 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
             ("trained", mid, {"adapter_layers": 1}),
             ("trained", final, {}),
             *[("trained", layer, {}) for layer in checks if layer not in (mid, final)],
-            ("lora", mid, {"epochs": 1}),
-            ("lora", final, {"epochs": 1}),
+            ("lora", mid, {"epochs": 1, "lora_layers": m}),
+            ("lora", final, {"epochs": 1, "lora_layers": m}),
         ], name
-        assert [r["settings"]["beta"] for r in result["beta"]] == [0.0, 0.001, 0.01], name
+        assert [r["settings"].get("beta") for r in result["beta"]] == [0.0, None, 0.01], name
 
         for record in [*result["sweep"], *result["compression"], *result["ablations"], *result["beta"]]:
-            seeds = [0] if record["kind"] == "lora" else list(plan.seeds)
+            seeds = list(plan.lora_seeds) if record["kind"] == "lora" else list(plan.seeds)
             assert record["seeds"] == seeds, record["label"]
             for key in ("auc_cold", "auc_warm", "logloss_cold", "logloss_warm", "valid_auc_cold"):
                 assert isinstance(record[key], float), (record["label"], key)
+            for key in ("auc_cold", "auc_warm"):  # the CI is around the mean of the seeds' AUCs
+                low, high = record["ci"][key]
+                assert low <= record[key] <= high, (record["label"], key)
             assert record["bytes_per_item_fp32"] == 4 * record["dim"]
             if record["kind"] in ("trained", "lora"):
                 assert record["train"]["best_epoch"] >= 1, record["label"]
+                assert record["train"]["epoch_seconds"] > 0, record["label"]
+            if record["kind"] == "lora":
+                assert record["train"]["lora_layers"] == m, record["label"]
+
+        assert [c["claim"] for c in result["claims"]] == ["1", "2", "3"]
+        for claim in result["claims"]:
+            assert claim["comparisons"] and claim["verdict"], claim
+            for c in [*claim["comparisons"], *claim["context"]]:
+                assert c["low"] <= c["difference"] <= c["high"], c
+                expected_verdict = "better" if c["low"] > 0 else "worse" if c["high"] < 0 else "no difference"
+                assert c["verdict"] == expected_verdict, c
+
+    cost = summary["lora_cost"]
+    assert cost["dataset"] == "synthetic"
+    for layer, entry in cost["by_layer"].items():
+        assert entry["lora_layers"] == int(layer)  # full depth: every kept layer
+        assert entry["seconds_per_step"] > 0 and entry["epoch_seconds_estimate"] > 0
 
     choice = summary["layer_choice"]
     assert choice["layer"] in summary["backbone"]["swept_layers"]
@@ -137,7 +136,7 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
 def test_quick_run_writes_plots_markdown_and_doc(quick_run: tuple[Path, dict[str, Any], Path]) -> None:
     out, summary, doc = quick_run
     results = (out / "results.md").read_text()
-    for slug in ("synthetic", "entities", "movielens-1m"):
+    for slug in DATASETS:
         for plot in ("sweep", "compression", "beta"):
             path = out / f"{plot}-{slug}.png"
             assert path.read_bytes()[:8] == PNG_MAGIC, path
@@ -146,6 +145,7 @@ def test_quick_run_writes_plots_markdown_and_doc(quick_run: tuple[Path, dict[str
         for record in [*result["compression"], *result["ablations"], *result["beta"]]:
             assert f"| {record['label']} |" in results, record["label"]
     assert results.count("**Claim 1") == results.count("**Claim 3") == len(summary["datasets"])
+    assert "Full-depth LoRA cost" in results
 
     text = doc.read_text()
     assert text.startswith("# Notes kept\n") and text.endswith("Trailing notes kept.\n")
@@ -179,15 +179,6 @@ def test_layer_choice_uses_validation_and_never_picks_the_final_layer_as_mid() -
     assert choice["layer"] == 4
     assert choice["mean_valid_auc_cold_by_layer"] == {"1": 0.7, "2": 0.675, "4": 0.76}
     assert choice["mid_layer_by_dataset"] == {"a": 2, "b": 1}
-
-
-def test_compare_calls_a_gap_only_beyond_seed_noise_and_the_minimum_gap() -> None:
-    a = {"auc_cold": 0.70, "auc_cold_std": 0.01, "seeds": [0, 1, 2]}
-    assert compare(a, {**a, "auc_cold": 0.69})[2] == "tie"  # 0.01 < 2 * sqrt(2 * 0.01^2 / 3)
-    assert compare(a, {**a, "auc_cold": 0.65})[2] == "better"
-    assert compare({**a, "auc_cold": 0.60}, a)[2] == "worse"
-    one_seed = {"auc_cold": 0.70, "auc_cold_std": 0.0, "seeds": [0]}
-    assert compare(one_seed, {**one_seed, "auc_cold": 0.697})[2] == "tie"  # below MIN_GAP
 
 
 @pytest.mark.slow
@@ -249,13 +240,14 @@ def test_train_records_the_layer_choice_evidence_for_the_manifest(
 @pytest.mark.slow
 def test_resume_reuses_every_job_of_an_identical_run(quick_run: tuple[Path, dict[str, Any], Path]) -> None:
     out, summary, _ = quick_run
-    plan = quick_plan(datasets=("synthetic", "entities"))
+    plan = quick_plan(datasets=("synthetic",))
     previous = previous_results(out / "summary.json", plan)
-    jobs = sum(len(r["runs"]) for d in list(summary["datasets"].values())[:2] for t in TABLES for r in d[t])
+    jobs = sum(len(r["runs"]) for d in list(summary["datasets"].values())[:1] for t in TABLES for r in d[t])
     assert len(previous) == len(set(previous)) and 0 < len(previous) <= jobs
-    rerun = run_experiments(plan, previous=previous)  # nothing left to train or evaluate
+    # nothing left to train or evaluate; the CIs come from the first run's prediction files
+    rerun = run_experiments(plan, previous=previous, predictions_dir=out / "predictions")
     assert rerun["jobs"]["reused_from_previous_run"] == rerun["jobs"]["total"]
-    for name in ("synthetic", "entities"):
+    for name in ("synthetic",):
         for table in TABLES:
             assert [r["auc_cold"] for r in rerun["datasets"][name][table]] == [
                 r["auc_cold"] for r in summary["datasets"][name][table]
