@@ -71,6 +71,9 @@ class TrainConfig:
     lora_layers: int = 0
     """LoRA on the top m kept layers only (their input, the token states of layer L - m, is computed
     once and cached); 0 = all kept layers (full-depth LoRA)."""
+    warm_start_epochs: int = 0
+    """LoRA mode: first train C and A on the unchanged layer-L states for up to this many epochs (as
+    frozen mode does, early-stopped), then fine-tune with LoRA; 0 = LoRA from the first step."""
     lora_lr: float = 2e-4
     """Learning rate of the LoRA weights (the modules on top use ``lr``)."""
     device: str = "cpu"

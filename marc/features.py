@@ -233,8 +233,9 @@ def token_states(
     model.eval()
     try:
         with torch.inference_mode():
+            order = np.argsort(lengths, kind="stable")  # batches of similar length: little padding
             for start in range(0, len(texts), batch_size):
-                rows = list(range(start, min(start + batch_size, len(texts))))
+                rows = order[start : start + batch_size].tolist()
                 batch = backbone.tokenizer.pad(
                     {"input_ids": [ids[i] for i in rows]}, padding=True, return_tensors="pt"
                 )

@@ -4,6 +4,7 @@ the confidence intervals are computed from - fanned out over worker processes.""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,7 +40,11 @@ class RunContext:
     datasets: dict[str, RecDataset]
     states: dict[str, dict[int, np.ndarray]]
     predictions_dir: Path | None = None
-    """Where each job writes its per-row test predictions (None: not written)."""
+    """Where each job writes its per-row test predictions and its result (None: not written)."""
+    specs: dict[str, str] | None = None
+    """Dataset name -> the spec it was loaded from (recorded with each job's result)."""
+    cache_dir: Path | None = None
+    """Cache of backbone states (LoRA jobs read their token states there)."""
 
 
 _CONTEXT: RunContext | None = None
@@ -85,16 +90,21 @@ def _train(
         max_length=plan.max_length,
         **model_overrides,
     )
-    train = TrainConfig(
-        **{
-            "seed": seed,
-            "epochs": plan.train_epochs,
-            "patience": plan.train_patience,
-            "batch_size": plan.train_batch_size,
-            "mode": "lora" if vectors.kind == "lora" else "frozen",
-            **train_overrides,
-        }
-    )
+    settings: dict[str, Any] = {
+        "seed": seed,
+        "epochs": plan.train_epochs,
+        "patience": plan.train_patience,
+        "batch_size": plan.train_batch_size,
+        "mode": "frozen",
+    }
+    if vectors.kind == "lora":
+        settings.update(
+            mode="lora",
+            batch_size=plan.lora_batch_size,
+            lora_lr=plan.lora_lr,
+            warm_start_epochs=plan.train_epochs,
+        )
+    train = TrainConfig(**{**settings, **train_overrides})
     return train_marc(dataset, config, train, pooled=pooled, cache_dir=cache_dir)
 
 
@@ -133,9 +143,14 @@ def run_job(job: Job) -> dict[str, Any]:
     elif spec.kind == "trained":
         result = _train(context.plan, dataset, spec, job.seed, states[spec.layer])  # type: ignore[index]
         vectors, extra = result.item_vectors(), {"train": _train_summary(result)}
+    elif spec.kind == "lora":  # loads its own backbone: training changes it in place
+        result = _train(context.plan, dataset, spec, job.seed, None, context.cache_dir)
+        vectors, extra = result.item_vectors(), {"train": _train_summary(result)}
     else:
         raise ValueError(f"unknown vectors kind {spec.kind!r}")
-    return _evaluate(context.plan, dataset, job, vectors, context.predictions_dir) | extra
+    result = {**_evaluate(context, dataset, job, vectors), **extra}
+    save_job(context, job, result)
+    return result
 
 
 def channel_standardised(states: np.ndarray) -> np.ndarray:
@@ -147,28 +162,41 @@ def channel_standardised(states: np.ndarray) -> np.ndarray:
 
 
 def _evaluate(
-    plan: Plan, dataset: RecDataset, job: Job, vectors: np.ndarray | None, predictions_dir: Path | None
+    context: RunContext, dataset: RecDataset, job: Job, vectors: np.ndarray | None
 ) -> dict[str, Any]:
-    path = (
-        None
-        if predictions_dir is None
-        else predictions_path(predictions_dir, job.dataset, job.vectors, job.seed)
-    )
-    result = evaluate_vectors(dataset, vectors, job.seed, plan.ctr, predictions=path)
-    if path is not None:
-        result["predictions"] = str(path.relative_to(predictions_dir))  # type: ignore[arg-type]
-    return result
+    """Score the vectors; with a predictions folder, write the per-row test predictions and, beside
+    them, the job and its result (what `--resume` reuses after an interrupted run)."""
+    root = context.predictions_dir
+    path = None if root is None else predictions_path(root, job.dataset, job.vectors, job.seed)
+    result = evaluate_vectors(dataset, vectors, job.seed, context.plan.ctr, predictions=path)
+    return result if path is None or root is None else {**result, "predictions": str(path.relative_to(root))}
 
 
-def run_lora_job(
-    plan: Plan, dataset: RecDataset, job: Job, predictions_dir: Path | None, cache_dir: Path | None
-) -> dict[str, Any]:
-    """LoRA jobs run in the main process: each loads its own backbone (training changes it in place);
-    the token states of layer L - m are cached under ``cache_dir``."""
-    result = _train(plan, dataset, job.vectors, job.seed, None, cache_dir)
-    return _evaluate(plan, dataset, job, result.item_vectors(), predictions_dir) | {
-        "train": _train_summary(result)
+def save_job(context: RunContext, job: Job, result: dict[str, Any]) -> None:
+    """The job's result as JSON beside its predictions file, with the settings that produced it."""
+    if context.predictions_dir is None:
+        return
+    path = predictions_path(context.predictions_dir, job.dataset, job.vectors, job.seed).with_suffix(".json")
+    record = {
+        "dataset": job.dataset,
+        "spec": (context.specs or {}).get(job.dataset),
+        "kind": job.vectors.kind,
+        "layer": job.vectors.layer,
+        "k": job.vectors.dim,
+        "settings": dict(job.vectors.overrides),
+        "seed": job.seed,
+        "result_settings": context.plan.result_settings(),
+        "result": result,
     }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, default=_json_default))
+    tmp.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def run_jobs(
@@ -178,7 +206,10 @@ def run_jobs(
     found in ``done`` (results of an earlier identical run) are reused, not run."""
     done = done or {}
     results = {job: done[job] for job in jobs if job in done}
-    unique = [job for job in dict.fromkeys(jobs) if job not in results]
+    # LoRA jobs first: they are the longest, so the workers end together.
+    unique = sorted(
+        (job for job in dict.fromkeys(jobs) if job not in results), key=lambda job: job.vectors.kind != "lora"
+    )
     progress = tqdm(total=len(unique), desc=desc, unit="job")
     if context.plan.workers <= 1 or len(unique) <= 1:
         _init_worker(context)

@@ -3,6 +3,7 @@ label and the item vectors it scores (ids only, a layer's state at full size or 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -57,10 +58,15 @@ class Plan:
     ablations: tuple[str, ...] = ("recon", "no_adapter", "no_kl", "linear_adapter")
     """Which ablations of MARC to train (names in ABLATIONS)."""
     lora_epochs: int = 0
-    """> 0: also train MARC with LoRA for this many epochs at the mid and the final layer."""
+    """> 0: also train MARC with LoRA for this many epochs at the mid and the final layer, after C and
+    A were trained on the frozen states (a warm start of ``train_epochs``)."""
     lora_layers: int = 2
     """m: LoRA on the top m kept layers, fed with cached token states of layer L - m."""
     lora_seeds: tuple[int, ...] = (0,)
+    lora_batch_size: int = 4096
+    """Interactions per LoRA step: each distinct item of a step runs through the m layers once, so
+    big steps encode far fewer items per epoch."""
+    lora_lr: float = 1e-3
     lora_cost_steps: int = 0
     """> 0: time this many full-depth LoRA steps at the mid and the final layer (first dataset) and
     extrapolate an epoch (`marc.train.cost`)."""
@@ -73,6 +79,25 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_settings(self) -> dict[str, Any]:
+        """The fields that change a job's result (the others only choose which jobs run), as JSON
+        values: two runs agreeing on these give the same numbers for the same job."""
+        return json.loads(json.dumps({name: self.to_dict()[name] for name in RESULT_SETTINGS}))
+
+
+RESULT_SETTINGS = (
+    "backbone",
+    "generator_sizes",
+    "ctr",
+    "train_epochs",
+    "train_patience",
+    "train_batch_size",
+    "lora_batch_size",
+    "lora_lr",
+    "pooling",
+    "max_length",
+)
 
 
 def default_plan(**overrides: Any) -> Plan:
@@ -95,6 +120,8 @@ def default_plan(**overrides: Any) -> Plan:
         lora_epochs=1,
         lora_layers=2,
         lora_seeds=(0,),
+        lora_batch_size=8192,
+        lora_lr=2e-3,
         lora_cost_steps=2,
     )
     return replace(plan, **overrides)

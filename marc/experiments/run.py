@@ -19,6 +19,7 @@ Every vector set is scored by the same harness and seeds; all selection uses val
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -28,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from marc.backbone import load_backbone
 from marc.config import ModelConfig, TrainConfig
@@ -37,7 +37,7 @@ from marc.evaluate import summarise_runs
 from marc.experiments.choice import choose_mid_layer, choose_served_layer
 from marc.experiments.claims import claims
 from marc.experiments.intervals import collect_evidence
-from marc.experiments.jobs import Job, RunContext, run_jobs, run_lora_job
+from marc.experiments.jobs import Job, RunContext, run_jobs
 from marc.experiments.plan import (
     GENERATED_KINDS,
     Plan,
@@ -48,6 +48,7 @@ from marc.experiments.plan import (
     compression_rows,
     sweep_rows,
 )
+from marc.experiments.report import slug
 from marc.features import pooled_states
 from marc.machine import load_average, machine_info
 from marc.probe import probe_layers
@@ -152,7 +153,8 @@ def run_experiments(
         summary["datasets"][dataset.name] = {"spec": spec, **_dataset_info(dataset)}
     timings["pooled_states_seconds"] = time.perf_counter() - tick
     del backbone  # LoRA jobs load their own; free the memory for the workers
-    context = RunContext(plan, datasets, states, predictions_dir)
+    specs = {name: summary["datasets"][name]["spec"] for name in datasets}
+    context = RunContext(plan, datasets, states, predictions_dir, specs, cache_dir)
 
     # 1. the sweep (it picks each dataset's mid layer, which the other parts need)
     tick = time.perf_counter()
@@ -184,35 +186,17 @@ def run_experiments(
             "beta": beta_rows(plan, mid, default_beta),
         }
 
-    # 2 + 3. everything else, all datasets at once so the workers stay busy
+    # 2 + 3. everything else, all datasets at once so the workers stay busy (LoRA: its own seeds)
     tick = time.perf_counter()
     jobs = [
         Job(name, row.vectors, seed)
         for name, tables in parts.items()
         for rows in tables.values()
         for row in rows
-        if row.vectors.kind != "lora"
-        for seed in plan.seeds
+        for seed in (plan.lora_seeds if row.vectors.kind == "lora" else plan.seeds)
     ]
-    results = run_jobs(context, jobs, "2/2 compression, ablations, beta", previous)
+    results = run_jobs(context, jobs, "2/2 compression, ablations, LoRA, beta", previous)
     timings["tables_seconds"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    lora_jobs = [
-        Job(name, row.vectors, seed)
-        for name, tables in parts.items()
-        for row in tables["ablations"]
-        if row.vectors.kind == "lora"
-        for seed in plan.lora_seeds
-    ]
-    for job in tqdm(lora_jobs, desc="LoRA runs", unit="run", disable=not lora_jobs):
-        reused = (previous or {}).get(job)
-        results[job] = (
-            reused
-            if reused is not None
-            else run_lora_job(plan, datasets[job.dataset], job, predictions_dir, cache_dir)
-        )
-    timings["lora_seconds"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     for name, tables in parts.items():
@@ -228,7 +212,7 @@ def run_experiments(
 
     if plan.lora_cost_steps > 0:
         tick = time.perf_counter()
-        summary["lora_cost"] = _lora_cost(plan, datasets, summary, final, cache_dir)
+        summary["lora_cost"] = _lora_cost(plan, datasets, summary, final, cache_dir, predictions_dir)
         timings["lora_cost_seconds"] = time.perf_counter() - tick
 
     all_jobs = {**sweep_results, **results}
@@ -265,15 +249,31 @@ def _collect(
     return runs
 
 
+LORA_COST_BATCH = 64
+"""Interactions per timed full-depth LoRA step (a 256-row step at the final layer takes minutes here)."""
+
+
 def _lora_cost(
-    plan: Plan, datasets: dict[str, RecDataset], summary: dict[str, Any], final: int, cache_dir: Path | None
+    plan: Plan,
+    datasets: dict[str, RecDataset],
+    summary: dict[str, Any],
+    final: int,
+    cache_dir: Path | None,
+    predictions_dir: Path,
 ) -> dict[str, Any]:
-    """Full-depth LoRA (all kept layers) at the first dataset's mid and final layer: a few steps timed
-    at the `marc train` default batch (256), extrapolated to an epoch. Each loads its own backbone."""
+    """Full-depth LoRA (all kept layers) on the first dataset at its mid and final layer: a few steps
+    timed, extrapolated to an epoch. Each measurement loads its own backbone; it is saved in
+    ``predictions_dir`` and reused by a resumed run with the same settings."""
     name = next(iter(datasets))
     mid = summary["datasets"][name]["mid_layer"]
     out: dict[str, Any] = {"dataset": name, "by_layer": {}}
     for layer in dict.fromkeys((mid, final)):
+        saved = predictions_dir / f"lora-cost-{slug(name)}-L{layer}-steps{plan.lora_cost_steps}.json"
+        if saved.is_file():
+            record = json.loads(saved.read_text())
+            if record.get("result_settings") == plan.result_settings():
+                out["by_layer"][str(layer)] = record["cost"]
+                continue
         config = ModelConfig(
             backbone=plan.backbone,
             layer=layer,
@@ -281,11 +281,13 @@ def _lora_cost(
             pooling=plan.pooling,  # type: ignore[arg-type]
             max_length=plan.max_length,
         )
-        train = TrainConfig(mode="lora", lora_layers=0)
+        train = TrainConfig(mode="lora", lora_layers=0, batch_size=LORA_COST_BATCH)
         cost = measure_lora_cost(
             datasets[name], config, train, steps=plan.lora_cost_steps, cache_dir=cache_dir
         )
         out["by_layer"][str(layer)] = cost
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"result_settings": plan.result_settings(), "cost": cost}))
         log.info(
             "full-depth LoRA at L%d: %.1f s per step, ~%.0f s per epoch",
             layer,

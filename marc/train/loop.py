@@ -109,8 +109,10 @@ class _Trainer:
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.compressor, self.head, self.recon) if m is not None]
 
-    def fit(self) -> tuple[int, int]:
-        """Train with early stopping on validation AUC; restores the best epoch. -> (best, run)."""
+    def fit(self, start_auc: float = -1.0) -> tuple[int, int]:
+        """Train with early stopping on validation AUC; restores the best epoch. -> (best, run).
+        ``start_auc``: validation AUC of the weights as they are (a warm start); when no epoch beats
+        it, those weights are kept and the best epoch is 0."""
         train = self.train
         module_params = [p for m in self.modules() for p in m.parameters()]
         groups: list[dict[str, Any]] = [{"params": module_params, "lr": train.lr}]
@@ -125,7 +127,7 @@ class _Trainer:
         # over every history item each step would cost H times more); frozen mode recomputes them.
         table = self.items.all_means(self.dataset.num_items).to(self.device) if lora else None
 
-        best_auc, best_epoch, best_state, stale = -1.0, 0, self._snapshot(), 0
+        best_auc, best_epoch, best_state, stale = start_auc, 0, self._snapshot(), 0
         epochs = tqdm(range(1, train.epochs + 1), desc=f"train ({train.mode})", unit="epoch")
         epoch = 0
         for epoch in epochs:
@@ -305,6 +307,40 @@ def _check_inputs(dataset: RecDataset, config: ModelConfig, backbone: Backbone |
         )
 
 
+def _warm_start(trainer: _Trainer, items: TopLayerItems, train: TrainConfig) -> tuple[float, dict[str, Any]]:
+    """Frozen-mode training of C and A (``warm_start_epochs``, early-stopped) on the pooled states of
+    the unchanged layer L. -> (its validation AUC, what it did)."""
+    tick = time.perf_counter()
+    with torch.no_grad():
+        chunks = torch.arange(trainer.dataset.num_items).split(items.eval_batch)
+        items.backbone.eval()
+        pooled = torch.cat([items.encode(chunk)[2] for chunk in chunks])
+    frozen = TrainConfig(**{**train.to_dict(), "mode": "frozen", "epochs": train.warm_start_epochs})
+    warm = _Trainer(
+        trainer.dataset,
+        trainer.config,
+        frozen,
+        FrozenItems(pooled, items.compressor),
+        items.compressor,
+        trainer.head,
+        trainer.recon,
+        trainer.histories,
+        trainer.device,
+    )
+    with logging_redirect_tqdm(), _threads(1 if trainer.device.type == "cpu" else None):
+        best, run = warm.fit()
+    means = items.all_means(trainer.dataset.num_items).to(trainer.device)
+    valid = trainer.evaluate(trainer.dataset.valid, means)["auc"]
+    score = 0.0 if math.isnan(valid) else valid
+    done = {
+        "best_epoch": best,
+        "epochs_run": run,
+        "valid_auc": valid,
+        "seconds": round(time.perf_counter() - tick, 2),
+    }
+    return score, done
+
+
 def train_marc(
     dataset: RecDataset,
     config: ModelConfig,
@@ -382,8 +418,14 @@ def train_marc(
         histories,
         device,
     )
+    start_auc = -1.0
+    if lora and train.warm_start_epochs > 0:
+        # C and A first trained on the (still unchanged) pooled states of layer L, as in frozen mode;
+        # LoRA then fine-tunes the top m layers together with them (early-stopped against this start).
+        assert isinstance(items, TopLayerItems)
+        start_auc, setup["warm_start"] = _warm_start(trainer, items, train)
     with logging_redirect_tqdm(), _threads(1 if not lora and device.type == "cpu" else None):
-        best_epoch, epochs_run = trainer.fit()
+        best_epoch, epochs_run = trainer.fit(start_auc)
 
     encoder, backbone_delta = None, None
     if isinstance(items, TopLayerItems):

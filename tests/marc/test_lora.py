@@ -134,3 +134,16 @@ def test_cli_measures_lora_steps_without_training(tmp_path, capsys) -> None:
     assert list((tmp_path / "cache").glob("tokens-*-L2.npz"))
     assert main(["train", *options.split(), "--mode", "frozen", "--measure-steps", "1"]) == 2
     assert "use it with --mode lora" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_warm_start_trains_c_and_a_first_and_lora_never_ends_below_it(data: RecDataset) -> None:
+    train = TrainConfig(
+        mode="lora", epochs=2, patience=2, batch_size=64, lora_lr=1e-2, lora_layers=1, warm_start_epochs=3
+    )
+    result = train_marc(data, _config(), train, backbone=load_backbone("tiny"))
+    warm = result.metrics["warm_start"]
+    assert 1 <= warm["epochs_run"] <= 3 and warm["seconds"] > 0
+    # LoRA is early-stopped against the warm start: it keeps the start unless an epoch beats it.
+    assert result.metrics["valid_auc"] >= warm["valid_auc"] - 1e-9
+    assert 0 <= result.metrics["best_epoch"] <= 2 and len(result.history) >= 1
