@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from marc.backbone import Backbone, Pooling
 from marc.data import RecDataset
 from marc.evaluate import CTRConfig, evaluate_seeds, pca_vectors
@@ -130,7 +132,8 @@ def plot_probe(report: dict[str, Any], path: Path) -> Path:
         series.append(("full", "auc_warm", "full size, warm items", ":s", "tab:olive"))
     for variant, metric, label, style, color in series:
         values = [r[variant][metric] for r in records]
-        errors = [r[variant][f"{metric}_std"] for r in records]
+        # seed std; undefined (NaN) for a single seed: no bar
+        errors = [float(np.nan_to_num(r[variant][f"{metric}_std"])) for r in records]
         ax.errorbar(
             layers,
             values,

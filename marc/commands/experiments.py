@@ -11,6 +11,9 @@ from typing import Any
 
 from marc.commands.arguments import HelpFormatter, parse_seeds
 
+# The keys of marc.experiments.plan.ABLATIONS (importing the plan pulls in torch: `marc --help` stays fast).
+ABLATION_NAMES = ("recon", "no_adapter", "no_kl", "linear_adapter")
+
 DESCRIPTION = """\
 One time-bounded run (about 45 minutes on 2 quiet CPU cores in the default size) that measures the
 paper's claims on the real backbone, on synthetic data and MovieLens-100K with two item texts
@@ -35,6 +38,17 @@ def _datasets(text: str) -> list[str]:
     return specs
 
 
+def _ablations(text: str) -> tuple[str, ...]:
+    names = ABLATION_NAMES
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip() and part.strip() != "none")
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown ablation {unknown[0]!r}: expected some of {', '.join(names)}"
+        )
+    return chosen
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "experiments",
@@ -52,7 +66,10 @@ def register(subparsers: Any) -> None:
         "synthetic)",
     )
     parser.add_argument(
-        "--seeds", type=parse_seeds, default=None, help="comma-separated seeds (default: 0,1,2; quick: 0)"
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help="comma-separated seeds of the sweep and the tables (default: 0,1,2; quick: 0)",
     )
     parser.add_argument(
         "--backbone",
@@ -68,6 +85,25 @@ def register(subparsers: Any) -> None:
         default=None,
         help="train MARC with LoRA on the top m layers for this many epochs at the mid and the final "
         "layer (default 1; 0 = skipped)",
+    )
+    parser.add_argument(
+        "--dims",
+        type=parse_seeds,
+        default=None,
+        help="comma-separated k values of the compression table (default: 16,64; quick: 8,16)",
+    )
+    parser.add_argument(
+        "--ablations",
+        type=_ablations,
+        default=None,
+        help="comma-separated ablations of MARC to train: recon, no_adapter, no_kl, linear_adapter, or "
+        "'none' (default: no_adapter,no_kl; quick: all four)",
+    )
+    parser.add_argument(
+        "--lora-cost-steps",
+        type=int,
+        default=None,
+        help="time this many full-depth LoRA steps at the mid and the final layer (default 2; 0 = skipped)",
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="processes for the downstream jobs (default 2; quick 1)"
@@ -100,6 +136,9 @@ def _command(args: argparse.Namespace) -> str:
         ("--backbone", args.backbone),
         ("--sweep-every", args.sweep_every),
         ("--lora-epochs", args.lora_epochs),
+        ("--dims", ",".join(map(str, args.dims)) if args.dims else None),
+        ("--ablations", None if args.ablations is None else ",".join(args.ablations) or "none"),
+        ("--lora-cost-steps", args.lora_cost_steps),
         ("--workers", args.workers),
         ("--out", args.out),
         ("--update-doc", args.update_doc),
@@ -124,12 +163,15 @@ def run_experiments_command(args: argparse.Namespace) -> int:
             ("backbone", args.backbone),
             ("sweep_every", args.sweep_every),
             ("lora_epochs", args.lora_epochs),
+            ("dims", tuple(args.dims) if args.dims else None),
+            ("ablations", args.ablations),
+            ("lora_cost_steps", args.lora_cost_steps),
             ("workers", args.workers),
         )
         if value is not None
     }
-    if args.seeds:
-        overrides["sweep_seeds"] = (args.seeds[0],)
+    if args.seeds:  # the sweep runs on the same seeds
+        overrides["sweep_seeds"] = tuple(args.seeds)
     plan = (quick_plan if args.quick else default_plan)(**overrides)
     command = _command(args)
     print(

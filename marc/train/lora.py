@@ -42,9 +42,12 @@ def lora_items(
     train: TrainConfig,
     device: torch.device,
     cache_dir: Path | None = None,
+    input_stats: bool = True,
 ) -> TopLayerItems:
     """Token states of layer L - m (from the unchanged backbone, cached), then truncate the backbone to
-    L (in place), freeze it and wrap the top m blocks' projections in LoRA."""
+    L (in place), freeze it and wrap the top m blocks' projections in LoRA. ``input_stats``: set C's
+    input standardisation from every item's state (one pass through the m blocks; a cost
+    measurement skips it)."""
     from peft import LoraConfig, get_peft_model  # seconds to import; frozen runs never need it
 
     m = adapted_layers(config, train)
@@ -63,6 +66,8 @@ def lora_items(
     peft_model = get_peft_model(top, lora_config).to(device)
     compressor = Compressor(backbone.hidden_size, config.dim, config.compressor_hidden).to(device)
     items = TopLayerItems(peft_model, tokens, compressor, config.pooling, device)
+    if not input_stats:
+        return items
     # C's input statistics from the untrained backbone (LoRA starts as the identity).
     peft_model.eval()
     with torch.no_grad():

@@ -256,3 +256,13 @@ def test_resume_reuses_every_job_of_an_identical_run(quick_run: tuple[Path, dict
             ]
     # Other result settings: nothing is reused.
     assert previous_results(out / "summary.json", quick_plan(train_epochs=3)) == {}
+
+
+def test_cli_ablation_names_are_the_plans_and_unknown_ones_are_refused(capsys) -> None:
+    from marc.commands.experiments import ABLATION_NAMES
+    from marc.experiments.plan import ABLATIONS
+
+    assert tuple(ABLATIONS) == ABLATION_NAMES
+    with pytest.raises(SystemExit):
+        main(["experiments", "--quick", "--ablations", "no_adapter,bogus"])
+    assert "unknown ablation 'bogus'" in capsys.readouterr().err
