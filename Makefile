@@ -145,7 +145,9 @@ reliability: install
 	$(PY) tests/support/reliability_report.py --report reports/reliability.json --doc RELIABILITY.md
 
 # ---- Experiments: `make experiments` regenerates reports/experiments/ and EXPERIMENTS.md's results ----
-# About 40 minutes on this shared 2-core machine (the SmolLM2 pass over all items is cached in .cache/features);
+# Fetches MovieLens-100K first (`marc data get ml-100k` -> data/ml-100k; never committed), then runs synthetic
+# and ML-100K with both item texts (sized for about 45 minutes on 2 quiet cores; the SmolLM2 passes over the
+# items are cached in .cache/features; see EXPERIMENTS.md for what a run on the shared machine cost);
 # e.g. EXPERIMENTS_ARGS="--quick --out /tmp/quick" for the CI size, or "--datasets movielens:/path/to/ml-1m".
 EXPERIMENTS_ARGS ?= --out reports/experiments --update-doc EXPERIMENTS.md
 

@@ -97,7 +97,7 @@ def register(subparsers: Any) -> None:
         type=_ablations,
         default=None,
         help="comma-separated ablations of MARC to train: recon, no_adapter, no_kl, linear_adapter, or "
-        "'none' (default: no_adapter,no_kl; quick: all four)",
+        "'none' (default: none, for the time budget; quick: all four)",
     )
     parser.add_argument(
         "--lora-cost-steps",

@@ -116,7 +116,7 @@ def default_plan(**overrides: Any) -> Plan:
         train_epochs=15,
         train_patience=3,
         train_batch_size=1024,
-        ablations=("no_adapter", "no_kl"),
+        ablations=(),  # the time budget; `--ablations no_adapter,no_kl,...` adds them
         lora_epochs=1,
         lora_layers=2,
         lora_seeds=(0,),

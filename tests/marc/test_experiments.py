@@ -169,10 +169,11 @@ def _record(layer: int, kind: str, valid: float) -> dict[str, Any]:
 
 
 def test_layer_choice_uses_validation_and_never_picks_the_final_layer_as_mid() -> None:
-    sweep = [_record(1, "pca", 0.60), _record(2, "pca", 0.70), _record(3, "pca", float("nan"))]
-    sweep += [_record(4, "pca", 0.90), _record(2, "full", 0.99)]
-    assert choose_mid_layer(sweep, final=4) == 2  # best non-final PCA layer by valid; NaN never wins
-    other = [_record(1, "pca", 0.80), _record(2, "pca", 0.65), _record(4, "pca", 0.62)]
+    sweep = [_record(1, "pca_std", 0.60), _record(2, "pca_std", 0.70), _record(3, "pca_std", float("nan"))]
+    sweep += [_record(4, "pca_std", 0.90), _record(2, "full", 0.99), _record(1, "pca", 0.99)]
+    # best non-final standardised-PCA layer by valid (what C sees; raw PCA does not choose); NaN never wins
+    assert choose_mid_layer(sweep, final=4) == 2
+    other = [_record(1, "pca_std", 0.80), _record(2, "pca_std", 0.65), _record(4, "pca_std", 0.62)]
     choice = choose_served_layer(
         {"a": {"sweep": sweep, "mid_layer": 2}, "b": {"sweep": other, "mid_layer": 1}}
     )
