@@ -8,16 +8,27 @@ from typing import Any
 
 
 def fingerprint_settings(
-    *, backbone_source: str, layer: int, pooling: str, dim: int, max_length: int
+    *,
+    backbone_source: str,
+    layer: int,
+    pooling: str,
+    dim: int,
+    max_length: int,
+    nested_dims: list[int] | None = None,
 ) -> dict[str, Any]:
-    """The settings that change the output vectors besides the model and tokenizer bytes."""
-    return {
+    """The settings that change the output vectors (or what may be asked of them) besides the model
+    and tokenizer bytes. ``nested_dims`` counts only when given, so artifacts without nesting keep
+    the fingerprints they always had."""
+    settings: dict[str, Any] = {
         "backbone": backbone_source,
         "layer": layer,
         "pooling": pooling,
         "dim": dim,
         "max_length": max_length,
     }
+    if nested_dims:
+        settings["nested_dims"] = list(nested_dims)
+    return settings
 
 
 def compute_fingerprint(model_sha256: str, tokenizer_sha256: str, settings: dict[str, Any]) -> str:

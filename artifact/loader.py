@@ -43,6 +43,11 @@ class LoadedArtifact:
         return self.manifest.dim
 
     @property
+    def dimensions(self) -> list[int]:
+        """Sizes a request may ask for (`Manifest.dimensions`)."""
+        return self.manifest.dimensions
+
+    @property
     def max_length(self) -> int:
         return self.manifest.max_length
 
@@ -124,6 +129,7 @@ def load_artifact(directory: Path | str, variant: str = "fp32") -> LoadedArtifac
         pooling=manifest.pooling,
         dim=manifest.dim,
         max_length=manifest.max_length,
+        nested_dims=manifest.nested_dims,
     )
     expected = compute_fingerprint(manifest.variants["fp32"].sha256, manifest.tokenizer.sha256, settings)
     if manifest.fingerprint != expected:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from artifact.loader import LoadedArtifact
 from service.api.disconnect import cancel_on_disconnect
 from service.api.errors import ApiError, api_error_response, as_api_error
 from service.api.responses import embed_body, json_headers, lookup_body, openai_body, timing_headers
@@ -66,6 +67,21 @@ async def _embedded(
     return outcome
 
 
+def _served_dim(artifact: LoadedArtifact, requested: int | None, status: int) -> int:
+    """The vector size to answer with: ``dimensions`` if the model serves it (a nested prefix), else
+    the full k. Vectors are cached at full k and sliced per request."""
+    if requested is None:
+        return artifact.dim
+    if requested not in artifact.dimensions:
+        allowed = ", ".join(map(str, artifact.dimensions))
+        raise ApiError(
+            status,
+            f"dimensions: this model serves vectors of {allowed} dimensions (got {requested})",
+            param="dimensions",
+        )
+    return requested
+
+
 def _timing(outcome: EmbedOutcome) -> Headers:
     return timing_headers(
         queue_seconds=outcome.queue_seconds,
@@ -78,26 +94,23 @@ async def embed(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tupl
     """Embed item texts. Cached vectors are served from the cache; the rest are computed in
     micro-batches. Items with an `id` are also stored under it for `/v1/items/lookup`."""
     request = await runtime.admission.embed(scope, receive)
+    artifact = runtime.encoder.artifact
+    dim = _served_dim(artifact, request.dimensions, 422)
     ids = [item.id for item in request.items]
     texts = [item.text for item in request.items]
     outcome = await _embedded(runtime, texts, ids, receive, param=lambda i: f"items.{i}.text", status=422)
-    body = embed_body(runtime.encoder.artifact, request.encoding, ids, outcome.rows, outcome.cached)
+    body = embed_body(artifact, request.encoding, dim, ids, outcome.rows, outcome.cached)
     return body, _timing(outcome)
 
 
 async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
     """OpenAI-compatible embeddings. `model` is accepted whatever it names; `dimensions`, if given,
-    must equal the served dim. Invalid input is a 400, as with OpenAI."""
+    must be one the model serves. Invalid input is a 400, as with OpenAI."""
     request, texts = await runtime.admission.openai(scope, receive)
     artifact = runtime.encoder.artifact
-    if request.dimensions is not None and request.dimensions != artifact.dim:
-        raise ApiError(
-            400,
-            f"dimensions: this model serves {artifact.dim}-dimensional vectors (got {request.dimensions})",
-            param="dimensions",
-        )
+    dim = _served_dim(artifact, request.dimensions, 400)
     outcome = await _embedded(runtime, texts, None, receive, param=lambda i: f"input.{i}", status=400)
-    return openai_body(artifact, request.encoding_format, outcome.rows), _timing(outcome)
+    return openai_body(artifact, request.encoding_format, dim, outcome.rows), _timing(outcome)
 
 
 async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
@@ -105,8 +118,10 @@ async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) 
     No inference on this path. Answers 503 when the cache is unavailable (there is nothing else to
     look in)."""
     request = await runtime.admission.lookup(scope, receive)
+    artifact = runtime.encoder.artifact
+    dim = _served_dim(artifact, request.dimensions, 422)
     found = await runtime.flow.lookup(request.ids)
-    return lookup_body(runtime.encoder.artifact, request.encoding, request.ids, found), []
+    return lookup_body(artifact, request.encoding, dim, request.ids, found), []
 
 
 @dataclass(frozen=True)

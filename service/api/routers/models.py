@@ -14,7 +14,8 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 
 @router.get("/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
 async def list_models(runtime: Runtime) -> OrjsonResponse:
-    """The one served model: name, fingerprint, variant, provider, dim and its manifest.json."""
+    """The one served model: name, fingerprint, variant, provider, dim, the
+    `dimensions` a request may ask for and its manifest.json."""
     artifact = runtime.encoder.artifact
     manifest = artifact.manifest
     card = {
@@ -26,6 +27,7 @@ async def list_models(runtime: Runtime) -> OrjsonResponse:
         "variant": artifact.variant,
         "provider": runtime.encoder.provider,
         "dim": artifact.dim,
+        "dimensions": artifact.dimensions,
         "manifest": manifest.model_dump(mode="json"),
     }
     return OrjsonResponse({"object": "list", "data": [card]})
