@@ -5,7 +5,9 @@ shards of the real CLI at once against a real Redis (every item stored exactly o
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -197,3 +199,40 @@ def test_a_failing_model_run_fails_only_its_chunk_and_a_rerun_retries_it(
     second = asyncio.run(run(items))
     assert (second.computed, second.reused, second.failed) == (10, 30, 0)
     assert redis_server.key_count() == 80
+
+
+@pytest.mark.slow
+def test_a_killed_shard_resumes_where_it_stopped(
+    tiny_artifact: Path, tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    """SIGKILL mid-run (a node lost, a pod evicted): what was written stays, the re-run computes only the
+    rest and ends with every item stored once."""
+    items = [(f"row-{i:05d}", f"catalogue row {i} in {COLOURS[i % 5]}") for i in range(6000)]
+    items_file = write_items(tmp_path / "items.jsonl", items)
+    args = ["--artifact", str(tiny_artifact), "--items", str(items_file), "--redis-url", redis_server.url]
+    args += ["--batch-size", "32", "--chunk-items", "64"]
+    process = subprocess.Popen(
+        marc_command("precompute", "--shard", "1/2", *args),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment_without_settings(),
+    )
+    try:
+        while redis_server.key_count() == 0 and process.poll() is None:
+            time.sleep(0.005)
+        process.kill()
+    finally:
+        process.wait(30)
+    stored_at_kill = redis_server.key_count()
+    mine = [item_id for item_id, _ in items if shard_of(item_id, 2) == 1]
+    assert process.returncode == -signal.SIGKILL, "the shard finished before it could be killed"
+    assert 0 < stored_at_kill < 2 * len(mine)
+
+    (rerun,) = run_shards(2, args, indices=[1])
+    counts = rerun.counts()
+    assert rerun.returncode == 0, rerun.stderr
+    assert counts["in_shard"] == len(mine) and counts["failed"] == 0
+    assert 0 < counts["cached"] < len(mine) and counts["cached"] + counts["computed"] == len(mine)
+    # (a kill between a chunk's text and id writes leaves texts without ids: those count as cached)
+    assert counts["cached"] >= stored_at_kill // 2
+    assert redis_server.key_count() == 2 * len(mine)
