@@ -61,7 +61,7 @@ def test_shard_specs_are_checked_and_the_hash_is_pinned() -> None:
 
 def test_bad_shard_specs_exit_2_naming_the_flag(tiny_artifact: Path, tmp_path: Path) -> None:
     items = write_items(tmp_path / "items.jsonl", ITEMS[:3])
-    for spec in ("0/0", "3/2", "x"):
+    for spec in ("0/0", "3/2", "-1/4", "x"):
         done = subprocess.run(
             marc_command(
                 "precompute", f"--shard={spec}", "--artifact", str(tiny_artifact), "--items", str(items)
@@ -72,6 +72,16 @@ def test_bad_shard_specs_exit_2_naming_the_flag(tiny_artifact: Path, tmp_path: P
             check=False,
         )
         assert done.returncode == 2 and "--shard" in done.stderr and spec in done.stderr, done.stderr
+    zero = subprocess.run(
+        marc_command(
+            "precompute", "--batch-size", "0", "--artifact", str(tiny_artifact), "--items", str(items)
+        ),
+        capture_output=True,
+        text=True,
+        env={**environment_without_settings(), "MARC_REDIS_URL": "redis://127.0.0.1:1/0"},
+        check=False,
+    )
+    assert zero.returncode == 2 and "--batch-size" in zero.stderr, zero.stderr
 
 
 @pytest.mark.slow
