@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from artifact.manifest import Manifest
 
 
 def fingerprint_settings(
@@ -39,6 +42,19 @@ def compute_fingerprint(model_sha256: str, tokenizer_sha256: str, settings: dict
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def manifest_fingerprint(manifest: Manifest) -> str:
+    """The fingerprint that ``manifest``'s fp32 model, tokenizer and settings give (what it must record)."""
+    settings = fingerprint_settings(
+        backbone_source=manifest.backbone.source,
+        layer=manifest.backbone.layer,
+        pooling=manifest.pooling,
+        dim=manifest.dim,
+        max_length=manifest.max_length,
+        nested_dims=manifest.nested_dims,
+    )
+    return compute_fingerprint(manifest.variants["fp32"].sha256, manifest.tokenizer.sha256, settings)
 
 
 def variant_fingerprint(fingerprint: str, variant: str, variant_sha256: str) -> str:
