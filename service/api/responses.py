@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 from fastapi.responses import JSONResponse
 
-from artifact.loader import LoadedArtifact
 from service.api.schemas import VectorEncoding
 from service.cache.values import Embeddings
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class ServedIdentity(Protocol):
+    """What an answer says about the model that computed it (`service.registry.ServedModel`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
 
 
 class OrjsonResponse(JSONResponse):
@@ -34,7 +44,7 @@ def encode_vector(vector: np.ndarray, encoding: VectorEncoding) -> np.ndarray | 
     return base64.b64encode(vector.astype(dtype, copy=False).tobytes()).decode("ascii")
 
 
-def _served_model(artifact: LoadedArtifact, encoding: VectorEncoding) -> dict[str, object]:
+def _served_model(artifact: ServedIdentity, encoding: VectorEncoding) -> dict[str, object]:
     """The fields that say which model and encoding a body's vectors are."""
     return {
         "model": artifact.name,
@@ -45,7 +55,7 @@ def _served_model(artifact: LoadedArtifact, encoding: VectorEncoding) -> dict[st
 
 
 def embed_body(
-    artifact: LoadedArtifact,
+    artifact: ServedIdentity,
     encoding: VectorEncoding,
     ids: Sequence[str | None],
     rows: Embeddings,
@@ -70,7 +80,7 @@ def embed_body(
     return orjson.dumps(content, option=ORJSON_OPTIONS)
 
 
-def openai_body(artifact: LoadedArtifact, encoding: VectorEncoding, rows: Embeddings) -> bytes:
+def openai_body(artifact: ServedIdentity, encoding: VectorEncoding, rows: Embeddings) -> bytes:
     """The `OpenAIEmbeddingsResponse` JSON; usage counts the tokens the model embedded."""
     tokens = int(rows.tokens.sum())
     content = {
@@ -86,7 +96,7 @@ def openai_body(artifact: LoadedArtifact, encoding: VectorEncoding, rows: Embedd
 
 
 def lookup_body(
-    artifact: LoadedArtifact, encoding: VectorEncoding, ids: Sequence[str], found: dict[str, np.ndarray]
+    artifact: ServedIdentity, encoding: VectorEncoding, ids: Sequence[str], found: dict[str, np.ndarray]
 ) -> bytes:
     """The `LookupResponse` JSON (each id once, in request order)."""
     unique = list(dict.fromkeys(ids))
