@@ -51,8 +51,8 @@ RETIRE_TIMEOUT_SECONDS = 60.0
 Change = Literal["added", "swapped", "unchanged", "removed"]
 
 
-def read_settings_models(settings: Settings) -> ModelConfig:
-    return read_model_config(settings.artifact, settings.artifacts, settings.default_model)
+def read_settings_models(settings: Settings, current_default: str | None = None) -> ModelConfig:
+    return read_model_config(settings.artifact, settings.artifacts, settings.default_model, current_default)
 
 
 def load_verified_encoder(directory: str | object, settings: Settings) -> OnnxEncoder:
@@ -291,7 +291,7 @@ class ModelRegistry:
         current = self._models
         serving = {name: served.fingerprint for name, served in current.items()}
         try:
-            config = await asyncio.to_thread(read_settings_models, self._settings)
+            config = await asyncio.to_thread(read_settings_models, self._settings, self._default)
         except (ModelConfigError, ArtifactError) as exc:
             raise ReloadFailed(None, str(exc), serving) from None
         wanted = config.sources

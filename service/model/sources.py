@@ -6,7 +6,7 @@ of artifacts. Environment variables themselves do not change in a running proces
 * ``MARC_ARTIFACT=<dir>``: one model, served under its manifest name (the single-model service).
 * ``MARC_ARTIFACTS=name=<dir>,name=<dir>``: these models under these names; the first is the default.
 * ``MARC_ARTIFACTS=<dir>``: every sub-directory holding a manifest.json, served under its folder name;
-  the first in name order is the default.
+  the first in name order is the default (at start-up; a reload keeps the default while it is served).
 
 ``MARC_DEFAULT_MODEL`` names the default (the model of requests without ``model``) explicitly.
 """
@@ -92,9 +92,13 @@ def parse_artifacts(value: str) -> dict[str, Path] | Path:
     return named
 
 
-def read_model_config(artifact: Path | None, artifacts: str, default_model: str) -> ModelConfig:
+def read_model_config(
+    artifact: Path | None, artifacts: str, default_model: str, current_default: str | None = None
+) -> ModelConfig:
     """The models the settings name, read from disk now. Raises ModelConfigError or ArtifactError
-    (naming the file) when they name nothing servable."""
+    (naming the file) when they name nothing servable. Without MARC_DEFAULT_MODEL a reload keeps
+    ``current_default`` the default while it is still configured (a model added to a directory
+    must not take over the requests that name none)."""
     single = artifact is not None
     if artifact is not None:
         name = read_manifest(artifact).name
@@ -111,7 +115,7 @@ def read_model_config(artifact: Path | None, artifacts: str, default_model: str)
         sources = {name: _source(name, path) for name, path in parsed.items()}
     if not sources:
         raise ModelConfigError("MARC_ARTIFACTS names no model")
-    default = default_model or next(iter(sources))
+    default = default_model or (current_default if current_default in sources else next(iter(sources)))
     if default not in sources:
         raise ModelConfigError(
             f"MARC_DEFAULT_MODEL: {default!r} is not among the configured models ({', '.join(sources)})"
