@@ -41,7 +41,8 @@ class MemoryRow:
 @dataclass(frozen=True)
 class ReloadMemory:
     rss_before_mb: float
-    peak_mb: float  # VmHWM: the old and the new model loaded side by side
+    peak_before_mb: float  # VmHWM before the first reload: loading at start-up
+    peak_mb: float  # VmHWM at the end: the old and the new model loaded side by side
     rss_after_mb: list[float]  # after each reload
     seconds: list[float]  # each reload's answer time
 
@@ -114,6 +115,7 @@ def measure(
             _warm(server, ["m1"], key)
             time.sleep(settle_seconds)
             before = proc_status_mb(server.pid, "VmRSS")
+            peak_before = proc_status_mb(server.pid, "VmHWM")
             after: list[float] = []
             seconds: list[float] = []
             for index in range(reloads):
@@ -131,7 +133,7 @@ def measure(
                 time.sleep(settle_seconds)
                 after.append(proc_status_mb(server.pid, "VmRSS"))
                 print(f"reload {index + 1}: RSS {after[-1]:.0f} MiB", file=sys.stderr)
-            reload = ReloadMemory(before, proc_status_mb(server.pid, "VmHWM"), after, seconds)
+            reload = ReloadMemory(before, peak_before, proc_status_mb(server.pid, "VmHWM"), after, seconds)
         finally:
             server.stop()
     return rows, reload
@@ -153,8 +155,8 @@ def markdown(artifact: Path, rows: list[MemoryRow], reload: ReloadMemory) -> str
     lines += [
         "",
         f"{len(reload.rss_after_mb)} reloads of 1 model (each swapped for a copy of itself by POST "
-        f"/admin/reload, {took} s): RSS {reload.rss_before_mb:.0f} MiB before, {after} MiB after each; "
-        f"peak {reload.peak_mb:.0f} MiB.",
+        f"/admin/reload, {took} s): RSS {reload.rss_before_mb:.0f} MiB before (peak at start-up "
+        f"{reload.peak_before_mb:.0f} MiB), {after} MiB after each; peak {reload.peak_mb:.0f} MiB.",
     ]
     return "\n".join(lines)
 

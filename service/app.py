@@ -65,9 +65,14 @@ def create_app(
     metrics = Metrics()
     lifecycle = lifecycle or Lifecycle()
 
+    # Handed over once: kept here, the first models could never be unloaded by a reload.
+    preloaded = [encoders] if encoders else []
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, ServiceRuntime]]:
-        runtime = await ServiceRuntime.start(settings, metrics, lifecycle, encoders)
+        runtime = await ServiceRuntime.start(
+            settings, metrics, lifecycle, preloaded.pop() if preloaded else None
+        )
         sighup = ReloadOnSighup(runtime.models.reload)
         sighup.install()
         try:

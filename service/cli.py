@@ -145,8 +145,10 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"marc serve: refusing to start: {exc}", file=sys.stderr)
         return 2
     lifecycle = Lifecycle()
+    app = create_app(settings, lifecycle, encoders)
+    del encoders  # the app hands them to the registry: a reload can then unload them
     config = uvicorn.Config(
-        create_app(settings, lifecycle, encoders),
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,  # one process holds its models once; scale with processes or replicas

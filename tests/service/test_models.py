@@ -7,8 +7,10 @@ removing models, refusing bad artifacts while the old ones keep serving, one rel
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
+from service.app import create_app
+from service.runtime import load_service_encoders
 from service.settings import Settings
 from tests.support.artifacts import rename_graph_input
 from tests.support.load import post_all
@@ -298,3 +302,28 @@ def test_concurrent_reloads_take_turns(
     # One reload loaded the new artifact; the ones that waited for it found nothing left to do.
     assert sorted(answer.json()["status"] for answer in answers) == ["reloaded", "unchanged", "unchanged"]
     assert ok == 3
+
+
+def test_a_replaced_model_is_unloaded_including_one_loaded_before_the_server_started(
+    tiny_artifact: Path, tiny_artifact_other: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    _link(tiny_artifact, models / "shop")
+    settings = Settings(artifacts=str(models))
+
+    async def swap() -> tuple[bool, bool]:
+        encoders = load_service_encoders(settings)  # as `marc serve` does before the server starts
+        first = weakref.ref(encoders["shop"])
+        app = create_app(settings, encoders=encoders)
+        del encoders
+        async with app.router.lifespan_context(app) as state:
+            registry = state["runtime"].models
+            second = weakref.ref(registry.default.encoder)
+            _link(tiny_artifact_other, models / "shop")
+            await registry.reload("test")
+            gc.collect()
+            return first() is None, second() is None
+
+    first_gone, same = asyncio.run(swap())
+    assert first_gone and same
