@@ -25,9 +25,7 @@ import httpx
 
 from loadtest.processes import HOST, ServerProcess, environment_without_settings
 
-WARM_TEXTS = [
-    f"memory probe item {i}: a linen summer dress with short sleeves, size {i % 5}" for i in range(32)
-]
+WARM_ITEMS = 32
 MB = 1024 * 1024
 
 
@@ -79,12 +77,19 @@ def _serve(models: dict[str, Path], log: Path, key: str, variant: str) -> Server
     return server.start()
 
 
-def _warm(server: ServerProcess, names: list[str], key: str) -> None:
-    """One request per model: ONNX Runtime allocates its arena on the first runs."""
+def _warm(server: ServerProcess, names: list[str], key: str, phase: int = 0) -> None:
+    """One request of new texts per model (never cache hits: a copy of an artifact has its
+    fingerprint): ONNX Runtime allocates its arena on the first runs."""
     with httpx.Client(base_url=server.url, timeout=300, headers={"Authorization": f"Bearer {key}"}) as client:
         for name in names:
-            items = [{"text": text} for text in WARM_TEXTS]
-            client.post("/v1/embed", json={"items": items, "model": name}).raise_for_status()
+            items = [
+                {"text": f"memory probe {phase}-{name}-{i}: a linen summer dress, size {i % 5}"}
+                for i in range(WARM_ITEMS)
+            ]
+            response = client.post("/v1/embed", json={"items": items, "model": name})
+            response.raise_for_status()
+            if any(item["cached"] for item in response.json()["data"]):
+                raise RuntimeError("the warm-up texts were cached: the model did not run")
 
 
 def measure(
@@ -129,7 +134,7 @@ def measure(
                 seconds.append(time.perf_counter() - started)
                 if answer.json()["status"] != "reloaded":
                     raise RuntimeError(f"the reload changed nothing: {answer.text}")
-                _warm(server, ["m1"], key)
+                _warm(server, ["m1"], key, phase=index + 1)
                 time.sleep(settle_seconds)
                 after.append(proc_status_mb(server.pid, "VmRSS"))
                 print(f"reload {index + 1}: RSS {after[-1]:.0f} MiB", file=sys.stderr)

@@ -13,21 +13,8 @@ def test_model_memory_prints_rss_per_model_count_and_for_a_reload(
     tiny_artifact: Path, tmp_path: Path, capsys: object
 ) -> None:
     report = tmp_path / "memory.json"
-    assert (
-        main(
-            [
-                "--artifact",
-                str(tiny_artifact),
-                "--copies",
-                "2",
-                "--settle-seconds",
-                "0",
-                "--json",
-                str(report),
-            ]
-        )
-        == 0
-    )
+    args = ["--artifact", str(tiny_artifact), "--copies", "2", "--reloads", "2", "--settle-seconds", "0"]
+    assert main([*args, "--json", str(report)]) == 0
     numbers = json.loads(report.read_text())
     rows, reload = numbers["rows"], numbers["reload"]
     assert [row["models"] for row in rows] == [1, 2]
