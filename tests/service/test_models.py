@@ -10,6 +10,7 @@ import asyncio
 import gc
 import shutil
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -327,3 +328,32 @@ def test_a_replaced_model_is_unloaded_including_one_loaded_before_the_server_sta
 
     first_gone, same = asyncio.run(swap())
     assert first_gone and same
+
+
+def test_requests_in_flight_on_the_old_model_finish_on_it(
+    tiny_artifact: Path, tiny_artifact_other: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    _link(tiny_artifact, models / "shop")
+    old = onnx_reference(tiny_artifact, TEXTS)
+    # A 1.5 s batch window: the first request is still waiting for the old model when the reload runs.
+    with LiveServer(artifacts=str(models), api_key=KEY, max_wait_ms=1500) as live:
+        answers: dict[str, httpx.Response] = {}
+
+        def embed() -> None:
+            body = {"items": [{"text": text} for text in TEXTS]}
+            answers["in_flight"] = httpx.post(f"{live.url}/v1/embed", json=body, headers=AUTH, timeout=60)
+
+        in_flight = threading.Thread(target=embed)
+        in_flight.start()
+        time.sleep(0.5)
+        _link(tiny_artifact_other, models / "shop")
+        reloaded = httpx.post(f"{live.url}/admin/reload", headers=AUTH, timeout=60)
+        finished_first = not in_flight.is_alive()  # the reload answers once the old model has retired
+        in_flight.join(60)
+    assert reloaded.status_code == 200 and reloaded.json()["status"] == "reloaded"
+    assert finished_first
+    answer = answers["in_flight"]
+    assert answer.status_code == 200 and answer.json()["fingerprint"] == served_fingerprint(tiny_artifact)
+    np.testing.assert_allclose(_vectors(answer), old, atol=1e-5)

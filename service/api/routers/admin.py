@@ -4,6 +4,7 @@ unauthenticated caller must not make the service load files."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -53,7 +54,8 @@ async def reload_models(runtime: Runtime) -> OrjsonResponse:
     it (sha256 of its files, fingerprints, graph, smoke check), swap it in atomically, let requests
     in flight on the old one finish, then unload the old one. Waits for a reload already running."""
     try:
-        report = await runtime.models.reload("admin")
+        # Shielded: a client that hangs up must not stop a reload half way (it would leak new models).
+        report = await asyncio.shield(runtime.models.reload("admin"))
     except ReloadFailed as exc:
         raise ApiError(422, str(exc), type="reload_failed", code="reload_failed", param=exc.model) from None
     content = {
