@@ -29,7 +29,9 @@ from service.settings import Settings
 DESCRIPTION = """Compressed item embeddings for recommender systems (MARC: an LLM cut at a middle layer
 plus a compression module), with micro-batching, a Redis or in-process cache and Prometheus metrics.
 
-Vectors in `base64` are little-endian float32 bytes; `base64_fp16` little-endian float16.
+Vectors in `base64` are little-endian float32 bytes, `float16` (alias `base64_fp16`) little-endian
+float16, `int8` int8 values with a per-vector `scale`, `binary` sign bits packed most significant bit
+first; `dimensions` asks for a nested prefix of the vector (the sizes are in `/v1/models`).
 Responses carry `x-queue-time-ms`, `x-inference-time-ms`, `x-total-time-ms` and `x-cache-hits`."""
 # Never refused by the concurrency limit: liveness, readiness and the scrape must answer under load.
 PROBE_PATHS = ("/healthz", "/readyz", "/metrics")

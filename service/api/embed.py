@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from artifact.loader import LoadedArtifact
 from service.api.disconnect import cancel_on_disconnect
 from service.api.errors import ApiError, api_error_response, as_api_error
 from service.api.responses import embed_body, json_headers, lookup_body, openai_body, timing_headers
@@ -67,6 +68,21 @@ async def _embedded(
     return outcome
 
 
+def _served_dim(artifact: LoadedArtifact, requested: int | None, status: int) -> int:
+    """The vector size to answer with: ``dimensions`` if the model serves it (a nested prefix), else
+    the full k. Vectors are cached at full k and sliced per request."""
+    if requested is None:
+        return artifact.dim
+    if requested not in artifact.dimensions:
+        allowed = ", ".join(map(str, artifact.dimensions))
+        raise ApiError(
+            status,
+            f"dimensions: this model serves vectors of {allowed} dimensions (got {requested})",
+            param="dimensions",
+        )
+    return requested
+
+
 def _timing(outcome: EmbedOutcome) -> Headers:
     return timing_headers(
         queue_seconds=outcome.queue_seconds,
@@ -82,36 +98,33 @@ async def embed(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tupl
     ids = [item.id for item in request.items]
     texts = [item.text for item in request.items]
     with runtime.models.lease(request.model) as served:
+        dim = _served_dim(served.artifact, request.dimensions, 422)
         outcome = await _embedded(served, texts, ids, receive, param=lambda i: f"items.{i}.text", status=422)
-        body = embed_body(served, request.encoding, ids, outcome.rows, outcome.cached)
+        body = embed_body(served, request.encoding, dim, ids, outcome.rows, outcome.cached)
     return body, _timing(outcome)
 
 
 async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
     """OpenAI-compatible embeddings. `model` picks a served model (the single-model service answers
-    whatever it names); `dimensions`, if given, must equal its dim. Invalid input is a 400, as with
-    OpenAI."""
+    whatever it names); `dimensions`, if given, must be one that model serves. Invalid input is a
+    400, as with OpenAI."""
     request, texts = await runtime.admission.openai(scope, receive)
     with runtime.models.lease(request.model, any_name=True) as served:
-        if request.dimensions is not None and request.dimensions != served.dim:
-            raise ApiError(
-                400,
-                f"dimensions: this model serves {served.dim}-dimensional vectors (got {request.dimensions})",
-                param="dimensions",
-            )
+        dim = _served_dim(served.artifact, request.dimensions, 400)
         outcome = await _embedded(served, texts, None, receive, param=lambda i: f"input.{i}", status=400)
-        body = openai_body(served, request.encoding_format, outcome.rows)
+        body = openai_body(served, request.encoding_format, dim, outcome.rows)
     return body, _timing(outcome)
 
 
 async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
     """Stored vectors for `ids` of the model `model` names; ids without a vector for it are listed in
-    `unknown`. No inference on this path. Answers 503 when the cache is unavailable (there is nothing else to
-    look in)."""
+    `unknown`. No inference on this path. Answers 503 when the cache is unavailable (there is nothing
+    else to look in)."""
     request = await runtime.admission.lookup(scope, receive)
     with runtime.models.lease(request.model) as served:
+        dim = _served_dim(served.artifact, request.dimensions, 422)
         found = await served.flow.lookup(request.ids)
-        return lookup_body(served, request.encoding, request.ids, found), []
+        return lookup_body(served, request.encoding, dim, request.ids, found), []
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 @router.get("/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
 async def list_models(runtime: Runtime) -> OrjsonResponse:
     """Each served model: its name (the `model` of requests), fingerprint, variant, provider, dim,
-    max_length, whether it is the default, and its manifest.json."""
+    the `dimensions` a request may ask for, max_length, whether it is the default, and its
+    manifest.json."""
     registry = runtime.models
     cards = []
     for served in registry.models():
@@ -31,6 +32,7 @@ async def list_models(runtime: Runtime) -> OrjsonResponse:
                 "variant": artifact.variant,
                 "provider": served.encoder.provider,
                 "dim": artifact.dim,
+                "dimensions": artifact.dimensions,
                 "max_length": artifact.max_length,
                 "default": served.name == registry.default_name,
                 "manifest": manifest.model_dump(mode="json"),
