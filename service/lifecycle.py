@@ -79,6 +79,7 @@ class ReloadOnSighup:
     def remove(self) -> None:
         if self._loop is not None:
             self._loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not SIG_DFL: a late SIGHUP must not kill the drain
             self._loop = None
         for task in self._tasks:
             task.cancel()
