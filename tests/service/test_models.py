@@ -357,3 +357,24 @@ def test_requests_in_flight_on_the_old_model_finish_on_it(
     answer = answers["in_flight"]
     assert answer.status_code == 200 and answer.json()["fingerprint"] == served_fingerprint(tiny_artifact)
     np.testing.assert_allclose(_vectors(answer), old, atol=1e-5)
+
+
+def test_marc_artifact_reloads_the_artifact_its_path_names_now(
+    tiny_artifact: Path, tiny_artifact_other: Path, tmp_path: Path
+) -> None:
+    current = tmp_path / "current"
+    _link(tiny_artifact, current)
+    with LiveServer(artifact=current, api_key=KEY) as live, live.client(headers=AUTH) as client:
+        _link(tiny_artifact_other, current)  # a new version behind the same MARC_ARTIFACT
+        reloaded = client.post("/admin/reload")
+        answer = client.post("/v1/embed", json={"items": [{"text": TEXTS[0]}]})
+        openai = client.post("/v1/embeddings", json={"input": TEXTS[0], "model": "text-embedding-3-small"})
+    # One model still: served under the new artifact's name, the default of every request.
+    assert {m["name"]: m["change"] for m in reloaded.json()["models"]} == {
+        "tiny-artifact-other": "added",
+        "tiny-artifact": "removed",
+    }
+    assert reloaded.json()["default"] == "tiny-artifact-other"
+    assert answer.json()["model"] == openai.json()["model"] == "tiny-artifact-other"
+    assert answer.json()["fingerprint"] == served_fingerprint(tiny_artifact_other)
+    np.testing.assert_allclose(_vectors(answer), onnx_reference(tiny_artifact_other, TEXTS[:1]), atol=1e-5)
