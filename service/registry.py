@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from artifact.loader import LoadedArtifact
@@ -66,11 +67,11 @@ def read_settings_models(settings: Settings, current_default: str | None = None)
     return read_model_config(settings.artifact, settings.artifacts, settings.default_model, current_default)
 
 
-def load_verified_encoder(directory: str | object, settings: Settings) -> OnnxEncoder:
+def load_verified_encoder(directory: Path, settings: Settings) -> OnnxEncoder:
     """The artifact in ``directory`` verified, loaded as ``settings`` say and smoke-checked. Raises
     ArtifactError naming the file. Blocking (seconds for a real artifact): call it off the loop."""
     encoder = load_encoder(
-        directory,  # type: ignore[arg-type]
+        directory,
         variant=settings.variant,
         provider=settings.provider,
         cuda_device_id=settings.cuda_device_id,
@@ -170,7 +171,6 @@ class ModelRegistry:
         self._default = ""
         self._single = True
         self._lock = asyncio.Lock()  # one reload at a time
-        self.reloads = 0  # reloads that loaded something (tests: concurrent reloads serialise)
 
     # --- serving ----------------------------------------------------------------------------------
 
@@ -324,8 +324,6 @@ class ModelRegistry:
                     await served.batcher.stop()
                 reason = str(exc) if isinstance(exc, ArtifactError) else f"{type(exc).__name__}: {exc}"
                 raise ReloadFailed(source.name, reason, serving) from exc
-        if loaded:
-            self.reloads += 1
         models = {name: loaded.get(name) or current[name] for name in wanted}
         retired = [served for name, served in current.items() if models.get(name) is not served]
         self._install(models, config)  # the swap: one assignment each, no await in between
