@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # flag -> Settings field, for flags that override MARC_* variables.
 SERVE_FLAGS = {
     "artifact": "artifact",
+    "artifacts": "artifacts",
+    "default_model": "default_model",
     "host": "host",
     "port": "port",
     "variant": "variant",
@@ -58,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "uses an in-process LRU cache. See the README's settings table for all variables.",
     )
     serve.add_argument("--artifact", type=Path, help="artifact directory from `marc export` (MARC_ARTIFACT)")
+    serve.add_argument(
+        "--artifacts",
+        help="several models: name=DIR,name=DIR or a directory of artifacts (MARC_ARTIFACTS)",
+    )
+    serve.add_argument("--default-model", help="model of requests that name none (MARC_DEFAULT_MODEL)")
     serve.add_argument("--host", help="bind address (MARC_HOST, default 127.0.0.1; 0.0.0.0 = all interfaces)")
     serve.add_argument("--port", type=int, help="bind port (MARC_PORT, default 8000)")
     serve.add_argument(
@@ -143,27 +150,34 @@ def _settings(args: argparse.Namespace, flags: dict[str, str]) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import signal
+
     import uvicorn
 
     from artifact.names import ArtifactError
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
-    from service.runtime import load_service_encoder
+    from service.model.sources import ModelConfigError
+    from service.runtime import load_service_encoders
 
     settings = _settings(args, SERVE_FLAGS)
     logging.getLogger().setLevel(settings.log_level.upper())
+    # A SIGHUP before the app installs its reload handler must not end the process (the default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         # Before the server starts: a bad artifact is one clear line and exit code 2, not a traceback.
-        encoder = load_service_encoder(settings)
-    except ArtifactError as exc:
+        encoders = load_service_encoders(settings)
+    except (ArtifactError, ModelConfigError) as exc:
         print(f"marc serve: refusing to start: {exc}", file=sys.stderr)
         return 2
     lifecycle = Lifecycle()
+    app = create_app(settings, lifecycle, encoders)
+    del encoders  # the app hands them to the registry: a reload can then unload them
     config = uvicorn.Config(
-        create_app(settings, lifecycle, encoder),
+        app,
         host=settings.host,
         port=settings.port,
-        workers=1,  # one model per process; scale with processes or replicas
+        workers=1,  # one process holds its models once; scale with processes or replicas
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",  # per-request lines cost throughput; metrics cover it
         timeout_graceful_shutdown=30,
@@ -203,6 +217,10 @@ def run_precompute(args: argparse.Namespace) -> int:
         return refuse(PRECOMPUTE_USAGE, str(exc))
     except SystemExit as exc:
         return refuse(PRECOMPUTE_USAGE, str(exc))
+    if settings.artifact is None:
+        return refuse(
+            PRECOMPUTE_USAGE, "marc precompute embeds with one model: give --artifact (or MARC_ARTIFACT)"
+        )
     if not settings.redis_url and args.out is None:
         return refuse(PRECOMPUTE_USAGE, "nothing to write: give --redis-url (or MARC_REDIS_URL) and/or --out")
     if args.batch_size < 1 or args.chunk_items < 1:

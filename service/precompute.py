@@ -97,7 +97,9 @@ async def precompute(
         return Embedded(encoded.rows, 0.0, sum(run.seconds for run in encoded.runs))
 
     # Metrics of its own: a batch job exposes none, the flow counts into them all the same.
-    flow = EmbedFlow(keys, redis, compute, codec, Metrics(), cache_failures="raise")
+    flow = EmbedFlow(
+        keys, redis, compute, codec, Metrics().for_model(encoder.artifact.name), cache_failures="raise"
+    )
     started = time.perf_counter()
     computed = reused = failed = seen = 0
     cache_error = None

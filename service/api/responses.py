@@ -5,17 +5,27 @@ headers."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 from fastapi.responses import JSONResponse
 
-from artifact.loader import LoadedArtifact
 from service.api.encodings import VectorEncoding, encode_vector
 from service.cache.values import Embeddings
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class ServedIdentity(Protocol):
+    """What an answer says about the model that computed it (`service.registry.ServedModel`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
 
 
 class OrjsonResponse(JSONResponse):
@@ -32,7 +42,7 @@ def _vector_fields(vector: np.ndarray, encoding: VectorEncoding) -> dict[str, ob
     return {"embedding": embedding} if scale is None else {"embedding": embedding, "scale": scale}
 
 
-def _served_model(artifact: LoadedArtifact, encoding: VectorEncoding, dim: int) -> dict[str, object]:
+def _served_model(artifact: ServedIdentity, encoding: VectorEncoding, dim: int) -> dict[str, object]:
     """The fields that say which model, size and encoding a body's vectors are."""
     return {
         "model": artifact.name,
@@ -43,7 +53,7 @@ def _served_model(artifact: LoadedArtifact, encoding: VectorEncoding, dim: int) 
 
 
 def embed_body(
-    artifact: LoadedArtifact,
+    artifact: ServedIdentity,
     encoding: VectorEncoding,
     dim: int,
     ids: Sequence[str | None],
@@ -69,7 +79,7 @@ def embed_body(
     return orjson.dumps(content, option=ORJSON_OPTIONS)
 
 
-def openai_body(artifact: LoadedArtifact, encoding: VectorEncoding, dim: int, rows: Embeddings) -> bytes:
+def openai_body(artifact: ServedIdentity, encoding: VectorEncoding, dim: int, rows: Embeddings) -> bytes:
     """The `OpenAIEmbeddingsResponse` JSON (float or base64 only: `OPENAI_ENCODINGS`); usage counts
     the tokens the model embedded."""
     tokens = int(rows.tokens.sum())
@@ -86,7 +96,7 @@ def openai_body(artifact: LoadedArtifact, encoding: VectorEncoding, dim: int, ro
 
 
 def lookup_body(
-    artifact: LoadedArtifact,
+    artifact: ServedIdentity,
     encoding: VectorEncoding,
     dim: int,
     ids: Sequence[str],

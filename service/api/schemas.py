@@ -107,6 +107,12 @@ class EmbedRequest(_Request):
     items: list[EmbedItem] = Field(min_length=1, description="Items to embed, answered in this order.")
     encoding: VectorEncoding = Field("float", description=ENCODING_DESCRIPTION)
     dimensions: int | None = Field(None, description=DIMENSIONS_DESCRIPTION)
+    model: str | None = Field(
+        None,
+        description="Served model name (GET /v1/models); missing = the default model (MARC_DEFAULT_MODEL). "
+        "An unknown name is a 404 listing the served names.",
+        examples=["default"],
+    )
 
 
 class EmbeddedItem(BaseModel):
@@ -124,7 +130,7 @@ class EmbeddedItem(BaseModel):
 
 
 class EmbedResponse(BaseModel):
-    model: str = Field(description="Name of the served model (artifact name).")
+    model: str = Field(description="Name of the model that answered (its served name).")
     fingerprint: str = Field(description="Fingerprint of the served model variant's vectors.")
     dim: int = Field(description="Size of the returned vectors (`dimensions`, or the full k).")
     encoding: VectorEncoding = Field(description="Encoding of `embedding` in `data`.")
@@ -138,6 +144,12 @@ class LookupRequest(_Request):
     ids: list[ItemId] = Field(min_length=1, description="Item ids to look up (no inference is done).")
     encoding: VectorEncoding = Field("float", description=ENCODING_DESCRIPTION)
     dimensions: int | None = Field(None, description=DIMENSIONS_DESCRIPTION)
+    model: str | None = Field(
+        None,
+        description="Served model name (GET /v1/models) whose stored vectors to read; missing = the "
+        "default model (MARC_DEFAULT_MODEL). An unknown name is a 404 listing the served names.",
+        examples=["default"],
+    )
 
 
 class FoundItem(BaseModel):
@@ -211,7 +223,10 @@ class OpenAIEmbeddingsRequest(BaseModel):
         examples=["Wireless waterproof bluetooth speaker"],
     )
     model: str | None = Field(
-        None, description="Accepted for compatibility; the served model answers whatever is named."
+        None,
+        description="Served model name (GET /v1/models); missing = the default model. An unknown name is "
+        "a 404 listing the served names, except in the single-model service (MARC_ARTIFACT), which "
+        "answers whatever is named, as OpenAI clients send their own model names.",
     )
     encoding_format: Literal["float", "base64"] = Field(
         "float",
@@ -259,6 +274,8 @@ class ModelCard(BaseModel):
         description="The sizes `dimensions` may ask for: the nested prefixes the model was trained "
         "with (`marc train --nested-dims`), or just k."
     )
+    max_length: int = Field(description="Tokens per text the model embeds (longer texts are truncated).")
+    default: bool = Field(description="True for the model of requests that name none.")
     manifest: dict[str, Any] = Field(description="The artifact's manifest.json.")
 
 
@@ -289,8 +306,28 @@ class ReadyResponse(BaseModel):
     fingerprint: str | None = None
     variant: str | None = None
     provider: str | None = None
-    queue_depth: int | None = None
+    queue_depth: int | None = Field(None, description="Items waiting for the models, all models summed.")
+    models: list[str] | None = Field(None, description="Served model names; `model` is the default one.")
     cache: CacheState | None = None
+
+
+# --- admin ----------------------------------------------------------------------------------------
+
+
+class ModelChangeBody(BaseModel):
+    name: str = Field(description="Served model name.")
+    change: Literal["added", "swapped", "unchanged", "removed"]
+    fingerprint: str | None = Field(description="Fingerprint served now (null: removed).")
+    previous_fingerprint: str | None = Field(description="Fingerprint served before (null: added).")
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded", "unchanged"] = Field(
+        description="reloaded: a model was added, swapped or removed; unchanged: nothing differed."
+    )
+    default: str = Field(description="The default model after the reload.")
+    models: list[ModelChangeBody]
+    seconds: float = Field(description="How long the reload took (loading, checks, retiring the old).")
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -62,13 +62,13 @@ def rehash(directory: Path) -> None:
     path.write_text(json.dumps(raw))
 
 
-def rename_graph_input(directory: Path) -> None:
-    """model.onnx's ``input_ids`` renamed to ``ids``, the manifest re-recorded to match."""
-    model = onnx.load(str(directory / "model.onnx"))
+def rename_graph_input(directory: Path, file: str = "model.onnx") -> None:
+    """``file``'s ``input_ids`` renamed to ``ids``, the manifest re-recorded to match."""
+    model = onnx.load(str(directory / file))
     for graph_input in model.graph.input:
         if graph_input.name == "input_ids":
             graph_input.name = "ids"
     for node in model.graph.node:
         node.input[:] = ["ids" if name == "input_ids" else name for name in node.input]
-    onnx.save(model, str(directory / "model.onnx"))
+    onnx.save(model, str(directory / file))
     rehash(directory)
