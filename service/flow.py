@@ -25,7 +25,7 @@ import numpy as np
 from service.cache.keys import KeySpace, normalise_text
 from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheUnavailable
 from service.cache.values import Embeddings, ValueCodec
-from service.metrics import CACHE_RESULTS, Metrics
+from service.metrics import CACHE_RESULTS, ModelMetrics
 from service.model.batcher import Embedded
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class EmbedFlow:
         cache: Cache | None,
         compute: Compute,
         codec: ValueCodec,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         *,
         cache_failures: Literal["serve", "raise"] = "serve",
         reject_truncated: bool = False,
