@@ -28,6 +28,7 @@ SERVE_FLAGS = {
     "max_wait_ms": "max_wait_ms",
     "max_queue_items": "max_queue_items",
     "cache_dtype": "cache_dtype",
+    "near_cache_bytes": "near_cache_bytes",
     "drain_seconds": "drain_seconds",
     "log_level": "log_level",
 }
@@ -58,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--cache-dtype",
         choices=["float32", "float16"],
         help="cached value type (MARC_CACHE_DTYPE, default float32; float16 = half the memory)",
+    )
+    serve.add_argument(
+        "--near-cache-bytes",
+        type=int,
+        help="in-process near-cache in front of Redis, bytes per process (MARC_NEAR_CACHE_BYTES, "
+        "64 MiB; 0 = none)",
     )
     serve.add_argument("--max-batch-size", type=int, help="items per ONNX run (MARC_MAX_BATCH_SIZE, 32)")
     serve.add_argument("--max-wait-ms", type=float, help="batch fill wait (MARC_MAX_WAIT_MS, 2)")

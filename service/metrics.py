@@ -10,6 +10,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 CACHE_RESULTS = ("hit", "miss", "error", "skipped", "busy")
+NEAR_TIER = "near"  # the in-process near-cache (service.cache.near); the shared tier is "redis" or "memory"
 
 
 class Metrics:
@@ -35,10 +36,12 @@ class Metrics:
         self.queue_depth = Gauge("marc_queue_depth", "Items waiting for the model.", registry=r)
         self.cache_requests = Counter(
             "marc_cache_requests_total",
-            "Cache lookups per key, by result: hit, miss; error = Redis failed or timed out, skipped = "
-            "Redis not asked (skipped after failures), busy = no connection free in time (served "
-            "without the cache in all three).",
-            ["result"],
+            "Cache lookups per key, each counted once under the tier that settled it (near = the "
+            "in-process near-cache, which only counts hits; redis or memory = the shared cache, asked "
+            "for what the near-cache missed), by result: hit, miss; error = Redis failed or timed out, "
+            "skipped = Redis not asked (skipped after failures), busy = no connection free in time "
+            "(served without the cache in all three).",
+            ["tier", "result"],
             registry=r,
         )
         self.cache_writes = Counter(
@@ -78,8 +81,6 @@ class Metrics:
             "probes Redis every MARC_CACHE_RETRY_SECONDS), else 0.",
             registry=r,
         )
-        for result in CACHE_RESULTS:
-            self.cache_requests.labels(result=result)
         for result in ("ok", "error"):
             self.cache_writes.labels(result=result)
 

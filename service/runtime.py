@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from service.api.admission import Admission
 from service.api.token_ids import load_token_decoder
 from service.cache.keys import KeySpace
+from service.cache.near import NearCache
 from service.cache.stores import Cache, build_cache
 from service.cache.values import ValueCodec
 from service.flow import EmbedFlow
@@ -114,6 +115,10 @@ class ServiceRuntime:
             ValueCodec(settings.cache_dtype, artifact.dim),
             metrics,
             reject_truncated=settings.reject_truncated,
+            # In front of Redis only: in front of the in-process LRU it would be a second copy.
+            near=NearCache(settings.near_cache_bytes)
+            if settings.near_cache_bytes and cache.backend == "redis"
+            else None,
         )
         admission = Admission(
             settings, await asyncio.to_thread(load_token_decoder, settings.openai_token_encoding)

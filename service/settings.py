@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         "to float16, relative error <= 2^-11, widened to float32 when served). Separate key spaces.",
     )
     lru_max_items: int = Field(100_000, ge=1, description="Capacity of the in-process LRU cache.")
+    near_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="In-process near-cache in front of Redis for text keys (per process), in bytes of "
+        "this process's memory (~530 B per float32 k=64 item: 64 MiB holds ~125k items); the least "
+        "recently used go first. 0 = none. Not used with the in-process LRU (no Redis URL).",
+    )
 
     # --- batching -----------------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, description="Items per ONNX Runtime run.")
