@@ -39,6 +39,29 @@ def environment_without_settings() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MARC_")}
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # it just exited
+        return 0.0
+    # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            direct = [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in direct:
+            found += [child, *_children(child)]
+    return found
+
+
 class ServerProcess:
     """``python -m <args> --port P`` serving HTTP on a free port; ready when ``ready_path`` answers 200.
 
@@ -112,13 +135,11 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server has used so far (all its threads); NaN off Linux."""
-        stat = Path(f"/proc/{self.pid}/stat")
-        if not stat.is_file():
+        """User + system CPU time the server and its live child processes (`marc serve --workers`)
+        have used so far, all threads; NaN off Linux."""
+        if not Path(f"/proc/{self.pid}/stat").is_file():
             return math.nan
-        # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(_cpu_seconds(pid) for pid in [self.pid, *_children(self.pid)])
 
     def stop(self, grace_seconds: float = 30.0) -> None:
         """SIGTERM, then SIGKILL if it is still up after ``grace_seconds`` (0: SIGKILL at once)."""

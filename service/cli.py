@@ -30,6 +30,7 @@ SERVE_FLAGS = {
     "cache_dtype": "cache_dtype",
     "near_cache_bytes": "near_cache_bytes",
     "drain_seconds": "drain_seconds",
+    "workers": "workers",
     "log_level": "log_level",
 }
 
@@ -37,7 +38,7 @@ SERVE_FLAGS = {
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve",
-        help="run the embedding service (FastAPI + uvicorn, one worker)",
+        help="run the embedding service (FastAPI + uvicorn; --workers N processes)",
         description="Serve an artifact over HTTP. Every option also reads its MARC_* environment "
         "variable (e.g. MARC_ARTIFACT, MARC_REDIS_URL); flags win. Without a Redis URL the service "
         "uses an in-process LRU cache. See the README's settings table for all variables.",
@@ -71,6 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue-items", type=int, help="queue limit before 503 (MARC_MAX_QUEUE_ITEMS)")
     serve.add_argument(
         "--drain-seconds", type=float, help="on SIGTERM, stay up not-ready this long (MARC_DRAIN_SECONDS, 0)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port, each with its own model (MARC_WORKERS, 1); metrics "
+        "are aggregated across them",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="MARC_LOG_LEVEL")
     serve.set_defaults(handler=run_serve)
@@ -139,12 +146,19 @@ def run_serve(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"marc serve: refusing to start: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        from service.workers import serve_workers
+
+        del encoder  # verified; each worker loads its own
+        return serve_workers(
+            settings.model_dump(), host=settings.host, port=settings.port, workers=settings.workers
+        )
     lifecycle = Lifecycle()
     config = uvicorn.Config(
         create_app(settings, lifecycle, encoder),
         host=settings.host,
         port=settings.port,
-        workers=1,  # one model per process; scale with processes or replicas
+        workers=1,  # this process serves; --workers N runs N of them (service.workers)
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",  # per-request lines cost throughput; metrics cover it
         timeout_graceful_shutdown=30,

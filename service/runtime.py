@@ -15,7 +15,7 @@ from service.cache.stores import Cache, build_cache
 from service.cache.values import ValueCodec
 from service.flow import EmbedFlow
 from service.lifecycle import Lifecycle
-from service.metrics import Metrics
+from service.metrics import SAMPLE_SECONDS, Metrics
 from service.model.batcher import MicroBatcher
 from service.model.encoder import OnnxEncoder, load_encoder
 from service.settings import Settings
@@ -45,6 +45,7 @@ class ServiceRuntime:
     admission: Admission
     flow: EmbedFlow
     lifecycle: Lifecycle
+    sampler: asyncio.Task[None] | None = None  # writes the sampled gauges (multiprocess metrics)
 
     @property
     def draining(self) -> bool:
@@ -77,7 +78,7 @@ class ServiceRuntime:
             max_connections=settings.redis_max_connections,
             lru_max_items=settings.lru_max_items,
         )
-        metrics.cache_skipped.set_function(lambda: float(cache.status() == "skipped"))
+        metrics.sample(metrics.cache_skipped, lambda: float(cache.status() == "skipped"))
         if not await cache.ping():
             log.warning(
                 "cache %s not reachable at start-up; serving from the model until it is", cache.backend
@@ -128,10 +129,21 @@ class ServiceRuntime:
         # that shows in p99 and can push Redis calls past their timeout).
         gc.collect()
         gc.freeze()
-        return cls(settings, metrics, encoder, cache, batcher, admission, flow, lifecycle)
+        runtime = cls(settings, metrics, encoder, cache, batcher, admission, flow, lifecycle)
+        if metrics.multiprocess:
+            runtime.sampler = asyncio.get_running_loop().create_task(_sample(metrics), name="marc-metrics")
+        return runtime
 
     async def stop(self) -> None:
         self.lifecycle.draining = True
+        if self.sampler is not None:
+            self.sampler.cancel()
         self.admission.close()
         await self.batcher.stop()
         await self.cache.close()
+
+
+async def _sample(metrics: Metrics) -> None:
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(SAMPLE_SECONDS)

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 to listen on all interfaces).")
     port: int = Field(8000, ge=0, le=65535, description="Bind port.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes on the one port, each with its own model, batcher and near-cache "
+        "(Redis shared); /metrics of any of them covers all (prometheus-client multiprocess mode).",
+    )
     drain_seconds: float = Field(
         0.0, ge=0, description="On SIGTERM, report not-ready this long while still serving, then stop."
     )

@@ -100,7 +100,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marc-onnx")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        metrics.queue_depth.set_function(self._queue.qsize)
+        metrics.sample(metrics.queue_depth, self._queue.qsize)
 
     @property
     def queued_items(self) -> int:
