@@ -77,12 +77,14 @@ class ServerProcess:
         ready_path: str = "/healthz",
         env: dict[str, str] | None = None,
         start_timeout: float = 180.0,
+        command: list[str] | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
-        self._command = [sys.executable, "-m", *args, "--port", str(self.port)]
+        # ``command`` (default ``python -m``) runs another program the same way, e.g. a peer's CLI.
+        self._command = [*(command or [sys.executable, "-m"]), *args, "--port", str(self.port)]
         self._ready_path = ready_path
         self._env = env
         self._start_timeout = start_timeout
