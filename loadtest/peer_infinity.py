@@ -7,8 +7,8 @@ pip from the package index the machine is configured for, the same torch CPU whe
 (``torch==<this torch's version>``) and ``infinity-emb[server,torch,optimum]==INFINITY_VERSION``.
 
 The model (`loadtest.peer_model`) is the backbone's first L layers with mean pooling, as a Hugging
-Face folder; for Infinity's optimum engine the same folder also gets an ONNX export made by optimum in
-the peer's venv (what Infinity loads, then optimises itself). `PeerServer` runs
+Face folder; for Infinity's optimum engine the same folder also gets an ONNX export made by optimum in the
+peer's venv (what Infinity loads, then optimises itself). `PeerServer` runs
 ``infinity_emb v2`` on 127.0.0.1 with one engine (``torch`` or ``optimum``), optionally with its
 vector disk cache (its hot path), and the benchmark drives it with the same load generator and
 phases as the service, through its OpenAI-style ``/embeddings`` route.
@@ -30,10 +30,31 @@ INFINITY_VERSION = "0.0.78"
 PEER_MODEL_NAME = "peer"
 ENGINES = ("torch", "optimum")
 ONNX_FILE = "model.onnx"
+# optimum's exporter, then the graph's position_ids input computed from attention_mask instead
+# (cumsum - 1: the positions of right-padded rows), because Infinity's optimum engine sends
+# input_ids and attention_mask only.
 _EXPORT_ONNX = """
 import sys
+import onnx
+from onnx import helper, TensorProto
 from optimum.onnxruntime import ORTModelForFeatureExtraction
 ORTModelForFeatureExtraction.from_pretrained(sys.argv[1], export=True).save_pretrained(sys.argv[2])
+path = sys.argv[2] + "/model.onnx"
+model = onnx.load(path)
+graph = model.graph
+if any(i.name == "position_ids" for i in graph.input):
+    graph.input.remove(next(i for i in graph.input if i.name == "position_ids"))
+    graph.initializer.extend([
+        helper.make_tensor("peer_axis_1", TensorProto.INT64, [], [1]),
+        helper.make_tensor("peer_one", TensorProto.INT64, [], [1]),
+    ])
+    nodes = [
+        helper.make_node("CumSum", ["attention_mask", "peer_axis_1"], ["peer_cumsum"]),
+        helper.make_node("Sub", ["peer_cumsum", "peer_one"], ["position_ids"]),
+    ]
+    for node in reversed(nodes):
+        graph.node.insert(0, node)
+onnx.save(model, path)
 """
 
 
@@ -98,7 +119,7 @@ def build_peer_model(backbone: str, layer: int, max_length: int, cache_dir: Path
             ],
             check=True,
         )
-    log.info("peer model: ONNX export by optimum (in the peer's venv) for Infinity's optimum engine")
+    log.info("peer model: ONNX export (optimum, in the peer's venv) for Infinity's optimum engine")
     staging = cache_dir / f"{out.name}-onnx.partial"
     subprocess.run(
         [str(python), "-c", _EXPORT_ONNX, str(out), str(staging)],
@@ -119,7 +140,9 @@ class PeerServer(ServerProcess):
         args = [
             "v2",
             "--model-id",
-            str(model),
+            # Run from inside the folder: Infinity 0.0.78's optimum engine finds a local folder's ONNX
+            # file only by a path relative to where it runs.
+            ".",
             "--served-model-name",
             PEER_MODEL_NAME,
             "--engine",
@@ -139,7 +162,9 @@ class PeerServer(ServerProcess):
             "HF_HUB_OFFLINE": "1",  # a local folder; nothing is fetched
             "INFINITY_ANONYMOUS_USAGE_STATS": "0",
             "DO_NOT_TRACK": "1",
-            "INFINITY_CACHE_DIR": str(log_path.parent / f"infinity-cache-{engine}"),
+            "INFINITY_CACHE_DIR": str(log_path.parent.resolve() / f"infinity-cache-{engine}"),
+            # Its optimum engine writes the graph it optimised under the hub cache: the scratch folder.
+            "HF_HOME": str(log_path.parent.resolve() / f"hf-home-{engine}"),
         }
         super().__init__(
             f"infinity ({engine})",
@@ -148,5 +173,6 @@ class PeerServer(ServerProcess):
             ready_path="/health",
             env=env,
             start_timeout=300,
-            command=[str(infinity)],
+            command=[str(infinity.resolve())],
+            cwd=model,
         )

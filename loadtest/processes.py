@@ -78,6 +78,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         start_timeout: float = 180.0,
         command: list[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -86,6 +87,7 @@ class ServerProcess:
         # ``command`` (default ``python -m``) runs another program the same way, e.g. a peer's CLI.
         self._command = [*(command or [sys.executable, "-m"]), *args, "--port", str(self.port)]
         self._ready_path = ready_path
+        self._cwd = cwd
         self._env = env
         self._start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -102,7 +104,7 @@ class ServerProcess:
     def start(self, wait_ready: bool = True) -> ServerProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self._command, stdout=log, stderr=subprocess.STDOUT, env=self._env
+                self._command, stdout=log, stderr=subprocess.STDOUT, env=self._env, cwd=self._cwd
             )
         if wait_ready:
             self.wait_ready()

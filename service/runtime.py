@@ -89,6 +89,7 @@ class ServiceRuntime:
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue_items=settings.max_queue_items,
+            pipeline_windows=settings.pipeline_windows,
         )
         batcher.start()
         keys = KeySpace(settings.cache_prefix, artifact.fingerprint, settings.cache_dtype)
