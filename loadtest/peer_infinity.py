@@ -4,7 +4,7 @@ truncated backbone on CPU, from its own virtualenv.
 Infinity pins other versions of numpy, uvicorn, transformers, ... than this project, so it never goes
 into the project's environment: `ensure_venv` makes ``--peer-venv`` (with ``--install-peer``) with
 pip from the package index the machine is configured for, the same torch CPU wheel as the project's
-(``torch==<this torch's version>``) and ``infinity-emb[server,torch,optimum]==INFINITY_VERSION``.
+(``torch==<this torch's version>``) and ``infinity-emb[server,torch,optimum,cache]==INFINITY_VERSION``.
 
 The model (`loadtest.peer_model`) is the backbone's first L layers with mean pooling, as a Hugging
 Face folder; for Infinity's optimum engine the same folder also gets an ONNX export made by optimum in the
@@ -79,7 +79,7 @@ def ensure_venv(venv: Path, *, install: bool) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
     subprocess.run([*pip, f"torch=={torch_version}"], check=True)
-    subprocess.run([*pip, f"infinity-emb[server,torch,optimum]=={INFINITY_VERSION}"], check=True)
+    subprocess.run([*pip, f"infinity-emb[server,torch,optimum,cache]=={INFINITY_VERSION}"], check=True)
     return python
 
 
