@@ -32,7 +32,9 @@ from service.model.encoder import EncodedTexts
 log = logging.getLogger(__name__)
 
 BACKLOG_RUNS = 4
-PIPELINE_WINDOWS = 2  # default windows collected/prepared/running at once: one runs, the next gets ready
+# Windows collected/prepared/running at once (2: one runs while the next gets ready). 1 by default:
+# side-by-side cold runs on the shared 2-core machine showed no gain from 2 (BENCHMARKS.md).
+PIPELINE_WINDOWS = 1
 RETRY_AFTER_SECONDS = 1
 
 

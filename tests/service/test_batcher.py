@@ -99,7 +99,7 @@ def test_the_next_window_is_prepared_while_the_model_runs_and_no_more() -> None:
     async def scenario() -> tuple[list[list[str]], list[list[str]], int, int, list[list[str]]]:
         encoder = FakeEncoder()
         encoder.gate.clear()  # the first run waits at the gate
-        batcher = _batcher(encoder, Metrics(), max_batch_size=2, max_wait_ms=1.0)
+        batcher = _batcher(encoder, Metrics(), max_batch_size=2, max_wait_ms=1.0, pipeline_windows=2)
         first = asyncio.ensure_future(batcher.embed(["a1", "a2"]))
         await asyncio.sleep(0.2)  # the first window is running (held at the gate)
         second = asyncio.ensure_future(batcher.embed(["b1", "b2"]))
@@ -115,7 +115,7 @@ def test_the_next_window_is_prepared_while_the_model_runs_and_no_more() -> None:
 
     prepared, calls, waiting, queue_only, all_calls = asyncio.run(scenario())
     # While the model ran window a, window b was collected and prepared, and nothing else: c waits
-    # in the queue until a window is done (PIPELINE_WINDOWS = 2).
+    # in the queue until a window is done (pipeline_windows = 2).
     assert calls == [] and prepared == [["a1", "a2"], ["b1", "b2"]]
     assert waiting == 3 and queue_only == 1  # b (prepared, waiting for the model) + c (queued)
     assert all_calls == [["a1", "a2"], ["b1", "b2"], ["c1"]]
