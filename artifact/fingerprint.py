@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from artifact.manifest import Manifest
 
 
 def fingerprint_settings(
-    *, backbone_source: str, layer: int, pooling: str, dim: int, max_length: int
+    *,
+    backbone_source: str,
+    layer: int,
+    pooling: str,
+    dim: int,
+    max_length: int,
+    nested_dims: list[int] | None = None,
 ) -> dict[str, Any]:
-    """The settings that change the output vectors besides the model and tokenizer bytes."""
-    return {
+    """The settings that change the output vectors (or what may be asked of them) besides the model
+    and tokenizer bytes. ``nested_dims`` counts only when given, so artifacts without nesting keep
+    the fingerprints they always had."""
+    settings: dict[str, Any] = {
         "backbone": backbone_source,
         "layer": layer,
         "pooling": pooling,
         "dim": dim,
         "max_length": max_length,
     }
+    if nested_dims:
+        settings["nested_dims"] = list(nested_dims)
+    return settings
 
 
 def compute_fingerprint(model_sha256: str, tokenizer_sha256: str, settings: dict[str, Any]) -> str:
@@ -28,6 +42,19 @@ def compute_fingerprint(model_sha256: str, tokenizer_sha256: str, settings: dict
         separators=(",", ":"),
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def manifest_fingerprint(manifest: Manifest) -> str:
+    """The fingerprint that ``manifest``'s fp32 model, tokenizer and settings give (what it must record)."""
+    settings = fingerprint_settings(
+        backbone_source=manifest.backbone.source,
+        layer=manifest.backbone.layer,
+        pooling=manifest.pooling,
+        dim=manifest.dim,
+        max_length=manifest.max_length,
+        nested_dims=manifest.nested_dims,
+    )
+    return compute_fingerprint(manifest.variants["fp32"].sha256, manifest.tokenizer.sha256, settings)
 
 
 def variant_fingerprint(fingerprint: str, variant: str, variant_sha256: str) -> str:

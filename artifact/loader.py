@@ -16,7 +16,7 @@ from typing import get_args
 import numpy as np
 from tokenizers import Tokenizer
 
-from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
+from artifact.fingerprint import manifest_fingerprint, variant_fingerprint
 from artifact.manifest import FileEntry, Manifest, read_manifest, sha256_file
 from artifact.names import INPUT_NAMES, MANIFEST_FILE, ArtifactError, Variant
 
@@ -41,6 +41,11 @@ class LoadedArtifact:
     @property
     def dim(self) -> int:
         return self.manifest.dim
+
+    @property
+    def dimensions(self) -> list[int]:
+        """Sizes a request may ask for (`Manifest.dimensions`)."""
+        return self.manifest.dimensions
 
     @property
     def max_length(self) -> int:
@@ -118,14 +123,7 @@ def load_artifact(directory: Path | str, variant: str = "fp32") -> LoadedArtifac
     entry = manifest.variants[variant]  # type: ignore[index]
     model_path = _verified_file(directory, entry, f"{variant} model")
 
-    settings = fingerprint_settings(
-        backbone_source=manifest.backbone.source,
-        layer=manifest.backbone.layer,
-        pooling=manifest.pooling,
-        dim=manifest.dim,
-        max_length=manifest.max_length,
-    )
-    expected = compute_fingerprint(manifest.variants["fp32"].sha256, manifest.tokenizer.sha256, settings)
+    expected = manifest_fingerprint(manifest)
     if manifest.fingerprint != expected:
         raise ArtifactError(
             f"{manifest_path}: fingerprint {manifest.fingerprint} does not match the files and settings "

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from artifact.names import FORMAT_VERSION, INPUT_NAMES, MANIFEST_FILE, OUTPUT_NAME, ArtifactError, Variant
 
@@ -48,6 +48,11 @@ class Manifest(BaseModel):
     backbone: BackboneInfo
     pooling: Literal["mean", "last"]
     dim: int = Field(gt=0, description="k, the size of the served vector.")
+    nested_dims: list[int] = Field(
+        default_factory=list,
+        description="Prefix sizes d the compressor was trained for (`marc train --nested-dims`): z[:d] "
+        "is a vector on its own; ascending, the last is dim. Empty = only the full k.",
+    )
     max_length: int = Field(gt=0, description="Tokens per item; longer texts are truncated.")
     inputs: list[str] = Field(default_factory=lambda: list(INPUT_NAMES))
     output: str = OUTPUT_NAME
@@ -59,6 +64,20 @@ class Manifest(BaseModel):
     export: dict[str, Any] = Field(
         default_factory=dict, description="How the artifact was made: opset, tool versions, quantisation."
     )
+
+    @model_validator(mode="after")
+    def _nested_dims_end_at_dim(self) -> Manifest:
+        dims = self.nested_dims
+        if dims and (dims != sorted(set(dims)) or dims[0] < 1 or dims[-1] != self.dim):
+            raise ValueError(
+                f"nested_dims {dims} must be ascending, distinct, >= 1 and end at dim {self.dim}"
+            )
+        return self
+
+    @property
+    def dimensions(self) -> list[int]:
+        """The vector sizes this artifact serves: its nested prefixes, or only k."""
+        return list(self.nested_dims) or [self.dim]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -108,6 +108,7 @@ def export_checkpoint(
             pooling=config.pooling,
             dim=config.dim,
             max_length=config.max_length,
+            nested_dims=config.nested_dims,
         )
         fingerprint = compute_fingerprint(files["fp32"].sha256, tokenizer_entry.sha256, settings)
         manifest = Manifest(
@@ -124,6 +125,7 @@ def export_checkpoint(
             ),
             pooling=config.pooling,
             dim=config.dim,
+            nested_dims=config.nested_dims,
             max_length=config.max_length,
             tokenizer=tokenizer_entry,
             variants={

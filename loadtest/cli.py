@@ -78,6 +78,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_arguments(parser)
     parser.set_defaults(handler=run_bench)
+    register_encodings(subparsers)
+
+
+ENCODINGS_DESCRIPTION = """\
+Wire encodings on a catalogue: embeds --items catalogue texts with the artifact's served variant
+(what MARC_VARIANT=auto picks on CPU, or --variant), then for every encoding (float, base64, float16,
+int8, binary) and every size the artifact serves (its nested prefixes, or k): bytes per vector on
+the wire, cosine of the decoded vector to float32 (mean, min) and recall@10 of nearest neighbours
+against float32. Prints a markdown table; writes JSON to --out and the table next to it (.md).
+"""
+
+
+def register_encodings(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench-encodings",
+        help="bytes, cosine and recall@10 of each wire encoding on a catalogue",
+        description=ENCODINGS_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--artifact", type=Path, default=Path("artifacts/default"), help="artifact directory (%(default)s)"
+    )
+    parser.add_argument("--items", type=int, default=2000, help="catalogue size (%(default)s)")
+    parser.add_argument(
+        "--variant", choices=["fp32", "int8", "fp16"], help="default: what auto serves on CPU"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/bench-encodings.json"), help="JSON report (%(default)s)"
+    )
+    parser.set_defaults(handler=run_bench_encodings)
+
+
+def run_bench_encodings(args: argparse.Namespace) -> int:
+    from artifact.names import ArtifactError
+    from loadtest.encodings_bench import run, write
+
+    if args.items < NEIGHBOURS_PLUS_ONE:
+        raise SystemExit(f"--items must be at least {NEIGHBOURS_PLUS_ONE} (10 neighbours per item)")
+    try:
+        report = run(args.artifact, args.items, args.variant)
+    except (ArtifactError, FileNotFoundError) as exc:
+        print(f"marc bench-encodings: {exc}", file=sys.stderr)
+        return 1
+    command = f"marc bench-encodings --artifact {args.artifact} --items {args.items}"
+    command += f" --variant {args.variant}" if args.variant else ""
+    sys.stdout.write(write(report, args.out, command))
+    return 0
+
+
+NEIGHBOURS_PLUS_ONE = 11
 
 
 def build_standalone_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,9 @@ class ModelConfig:
     """Tokens per item text; longer texts are truncated."""
     dim: int = 64
     """k, the size of the compressed item vector z."""
+    nested_dims: list[int] = field(default_factory=list)
+    """Matryoshka prefixes: C is trained so that each z[:d] is a vector on its own (`marc.losses`,
+    ``nested_loss``); ascending, the last equals ``dim``. Empty = only the full k is trained."""
     compressor_hidden: int = 0
     """0 = C is linear (mean and log-variance heads); >0 = one narrow GELU layer in front."""
     adapter_hidden: int = 256
@@ -30,6 +33,14 @@ class ModelConfig:
     """Weight of the KL information bottleneck on z."""
     recon_weight: float = 0.0
     """Weight of reconstructing the (stop-gradient) pooled backbone state from z; 0 = off."""
+
+    def __post_init__(self) -> None:
+        dims = list(self.nested_dims)
+        if dims and (dims != sorted(set(dims)) or dims[0] < 1 or dims[-1] != self.dim):
+            raise ValueError(
+                f"nested_dims {dims} must be ascending, distinct, >= 1 and end at dim {self.dim} "
+                "(the largest prefix is the full vector)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

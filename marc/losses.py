@@ -2,6 +2,19 @@
 
 The KL term limits how much z can say about an item (so C keeps what the task needs in a compact,
 general form); the optional reconstruction term keeps z informative about the backbone state itself.
+
+Nested (Matryoshka) dimensions, ``ModelConfig.nested_dims`` = d_1 < ... < d_m = k: every prefix
+z[:d] must be a vector on its own, so the whole objective is applied to each prefix - its own task
+adaptation head scores z[:d] (`marc.modules.PrefixHeads`), the KL is that of the first d components
+and the reconstruction (if on) decodes z[:d] with its own decoder - and the prefixes' objectives are
+averaged with equal weights (`nested_loss`):
+
+    total = (1/m) * sum_d [ BCE(A_d(z[:d])) + beta * KL(z[:d]) + lambda * recon_d(z[:d]) ]
+
+Equal weights, as in Matryoshka Representation Learning; the mean (not the sum) keeps the scale of
+the loss, and so the learning rate and beta, those of a single-size run. Component i is in every
+prefix with d > i, so the first components carry the most task loss and the most KL pressure: they
+are trained to hold what matters most. A run without nesting is the case m = 1 and unchanged.
 """
 
 from __future__ import annotations
@@ -48,6 +61,14 @@ class LossParts:
     bce: torch.Tensor
     kl: torch.Tensor
     recon: torch.Tensor
+
+
+def nested_loss(parts: list[LossParts]) -> LossParts:
+    """Equal-weight mean of the prefixes' objectives (each from `marc_loss`); one part is itself."""
+    if len(parts) == 1:
+        return parts[0]
+    names = ("total", "bce", "kl", "recon")
+    return LossParts(*(torch.stack([getattr(part, name) for part in parts]).mean() for name in names))
 
 
 def marc_loss(

@@ -107,3 +107,27 @@ class DotProductHead(nn.Module):
     ) -> torch.Tensor:
         user, history = self.user(users, history_z, history_mask)
         return (z * (user + history)).sum(-1) + self.bias
+
+
+class PrefixHeads(nn.Module):
+    """Nested (Matryoshka) training: one head per prefix size d - a `TaskAdapter` or a
+    `DotProductHead` of width d - scoring z[:d] (and the history's z[:d]). Only C is served, so the
+    heads exist for training and evaluation; called like a single head, it scores with the full-k one.
+    """
+
+    def __init__(self, heads: dict[int, nn.Module]) -> None:
+        super().__init__()
+        self.dims = sorted(heads)
+        self.heads = nn.ModuleDict({str(d): heads[d] for d in self.dims})
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        users: torch.Tensor,
+        history_z: torch.Tensor,
+        history_mask: torch.Tensor,
+        dim: int | None = None,
+    ) -> torch.Tensor:
+        """Logits of the head of prefix ``dim`` (default: the full k) on z[:dim]."""
+        d = self.dims[-1] if dim is None else dim
+        return self.heads[str(d)](z[..., :d], users, history_z[..., :d], history_mask)

@@ -19,8 +19,8 @@ from service.api.errors import install_error_handlers
 from service.api.middleware import ConcurrencyLimitMiddleware, RequestMetricsMiddleware
 from service.api.openapi import openapi_builder
 from service.api.responses import OrjsonResponse
-from service.api.routers import docs, models, system
-from service.lifecycle import Lifecycle
+from service.api.routers import admin, docs, models, system
+from service.lifecycle import Lifecycle, ReloadOnSighup
 from service.metrics import Metrics
 from service.model.encoder import OnnxEncoder
 from service.runtime import ServiceRuntime
@@ -29,7 +29,9 @@ from service.settings import Settings
 DESCRIPTION = """Compressed item embeddings for recommender systems (MARC: an LLM cut at a middle layer
 plus a compression module), with micro-batching, a Redis or in-process cache and Prometheus metrics.
 
-Vectors in `base64` are little-endian float32 bytes; `base64_fp16` little-endian float16.
+Vectors in `base64` are little-endian float32 bytes, `float16` (alias `base64_fp16`) little-endian
+float16, `int8` int8 values with a per-vector `scale`, `binary` sign bits packed most significant bit
+first; `dimensions` asks for a nested prefix of the vector (the sizes are in `/v1/models`).
 Responses carry `x-queue-time-ms`, `x-inference-time-ms`, `x-total-time-ms` and `x-cache-hits`."""
 # Never refused by the concurrency limit: liveness, readiness and the scrape must answer under load.
 PROBE_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -54,20 +56,31 @@ class ServiceApp(FastAPI):
 
 
 def create_app(
-    settings: Settings, lifecycle: Lifecycle | None = None, encoder: OnnxEncoder | None = None
+    settings: Settings,
+    lifecycle: Lifecycle | None = None,
+    encoders: dict[str, OnnxEncoder] | None = None,
 ) -> FastAPI:
     """The app for ``settings``. ``lifecycle`` lets a server flip readiness off before it stops
-    (see `service.lifecycle.DrainingServer`); ``encoder``, when given, is the already loaded model
-    (`marc serve` loads it first so a bad artifact is refused before the server starts)."""
+    (see `service.lifecycle.DrainingServer`); ``encoders``, when given, are the already loaded
+    models by served name (`marc serve` loads them first so a bad artifact is refused before the
+    server starts). In the main thread (`marc serve`) SIGHUP reloads the models."""
     metrics = Metrics()
     lifecycle = lifecycle or Lifecycle()
 
+    # Handed over once: kept here, the first models could never be unloaded by a reload.
+    preloaded = [encoders] if encoders else []
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, ServiceRuntime]]:
-        runtime = await ServiceRuntime.start(settings, metrics, lifecycle, encoder)
+        runtime = await ServiceRuntime.start(
+            settings, metrics, lifecycle, preloaded.pop() if preloaded else None
+        )
+        sighup = ReloadOnSighup(runtime.models.reload)
+        sighup.install()
         try:
             yield {"runtime": runtime}  # -> scope["state"]["runtime"] of every request
         finally:
+            sighup.remove()
             await runtime.stop()
 
     protected = settings.protect_metrics_and_docs
@@ -81,7 +94,7 @@ def create_app(
         **({"openapi_url": None, "docs_url": None, "redoc_url": None} if protected else {}),
     )
     install_error_handlers(app)
-    for router in (models.router, system.router):
+    for router in (models.router, system.router, admin.router):
         app.include_router(router)
     if protected:
         app.include_router(docs.protected_docs(app))

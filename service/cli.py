@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # flag -> Settings field, for flags that override MARC_* variables.
 SERVE_FLAGS = {
     "artifact": "artifact",
+    "artifacts": "artifacts",
+    "default_model": "default_model",
     "host": "host",
     "port": "port",
     "variant": "variant",
@@ -35,6 +37,22 @@ SERVE_FLAGS = {
 }
 
 
+# `marc precompute` exit codes: one meaning each, so a Job controller or a script can tell what to do.
+PRECOMPUTE_DONE = 0  # every item of the shard is stored (computed now or already cached)
+PRECOMPUTE_USAGE = 2  # bad flags or settings (a shard spec like 3/2), nothing done; argparse's own code
+PRECOMPUTE_CATALOGUE = 3  # the items file is missing or has a bad line: nothing computed; fix the file
+PRECOMPUTE_ARTIFACT = 4  # the artifact cannot be loaded or verified: nothing computed
+PRECOMPUTE_REDIS = 5  # Redis unreachable or failing: stopped; items stored so far stay, a re-run resumes
+PRECOMPUTE_PARTIAL = 6  # the model failed on some chunks: the rest is stored; a re-run retries the failed
+PRECOMPUTE_EXIT_CODES = f"""exit codes:
+  {PRECOMPUTE_DONE}  done: every item of the shard is in Redis (and the file)
+  {PRECOMPUTE_USAGE}  bad command line or settings (e.g. --shard 3/2): nothing done
+  {PRECOMPUTE_CATALOGUE}  catalogue error: --items missing or a bad line (named): nothing computed
+  {PRECOMPUTE_ARTIFACT}  the artifact cannot be loaded or verified: nothing computed
+  {PRECOMPUTE_REDIS}  Redis unreachable or failing: stopped, what was stored stays; re-run to resume
+  {PRECOMPUTE_PARTIAL}  partial: the model failed on some items (logged); re-run to retry only those"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve",
@@ -44,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "uses an in-process LRU cache. See the README's settings table for all variables.",
     )
     serve.add_argument("--artifact", type=Path, help="artifact directory from `marc export` (MARC_ARTIFACT)")
+    serve.add_argument(
+        "--artifacts",
+        help="several models: name=DIR,name=DIR or a directory of artifacts (MARC_ARTIFACTS)",
+    )
+    serve.add_argument("--default-model", help="model of requests that name none (MARC_DEFAULT_MODEL)")
     serve.add_argument("--host", help="bind address (MARC_HOST, default 127.0.0.1; 0.0.0.0 = all interfaces)")
     serve.add_argument("--port", type=int, help="bind port (MARC_PORT, default 8000)")
     serve.add_argument(
@@ -76,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--workers",
         type=int,
-        help="server processes sharing the port, each with its own model (MARC_WORKERS, 1); metrics "
+        help="server processes sharing the port, each with its own models (MARC_WORKERS, 1); metrics "
         "are aggregated across them",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="MARC_LOG_LEVEL")
@@ -84,17 +107,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     pre = subparsers.add_parser(
         "precompute",
-        help="embed an items.jsonl catalogue into Redis and/or a vector file (resumable)",
+        help="embed an items.jsonl catalogue (or one shard of it) into Redis and/or a vector file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Offline pre-cache: stream items.jsonl ({item_id, text} per line), embed in "
         "length-sorted batches and write the vectors to Redis under the service's text and id keys "
         "(items already there are skipped, so an interrupted run resumes) and/or to --out. Use the "
-        "same --variant and cache prefix as the service, or it will not find the vectors.",
+        "same --variant and cache prefix as the service, or it will not find the vectors. With "
+        "--shard i/N only the items of shard i are embedded: N workers (a Kubernetes Indexed Job) "
+        "split one catalogue without coordinating.",
+        epilog=PRECOMPUTE_EXIT_CODES,
     )
     pre.add_argument("--artifact", type=Path, help="artifact directory (MARC_ARTIFACT)")
     pre.add_argument("--items", type=Path, required=True, help="items.jsonl: one {item_id, text} per line")
     pre.add_argument("--redis-url", help="write to this Redis (MARC_REDIS_URL)")
     pre.add_argument(
         "--out", type=Path, help="also write vectors to a .npy (+ <stem>.ids.jsonl) or .parquet file"
+    )
+    pre.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/N: embed only shard i (0-based) of N; an item's shard is the first 8 bytes of "
+        "sha256(item_id) as a big-endian integer mod N, the same in every process (default 0/1: all)",
     )
     pre.add_argument("--batch-size", type=int, default=64, help="items per ONNX run (default 64)")
     pre.add_argument(
@@ -131,31 +164,38 @@ def _settings(args: argparse.Namespace, flags: dict[str, str]) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import signal
+
     import uvicorn
 
     from artifact.names import ArtifactError
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
-    from service.runtime import load_service_encoder
+    from service.model.sources import ModelConfigError
+    from service.runtime import load_service_encoders
 
     settings = _settings(args, SERVE_FLAGS)
     logging.getLogger().setLevel(settings.log_level.upper())
+    # A SIGHUP before the app installs its reload handler must not end the process (the default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         # Before the server starts: a bad artifact is one clear line and exit code 2, not a traceback.
-        encoder = load_service_encoder(settings)
-    except ArtifactError as exc:
+        encoders = load_service_encoders(settings)
+    except (ArtifactError, ModelConfigError) as exc:
         print(f"marc serve: refusing to start: {exc}", file=sys.stderr)
         return 2
     if settings.workers > 1:
         from service.workers import serve_workers
 
-        del encoder  # verified; each worker loads its own
+        del encoders  # verified; each worker loads its own
         return serve_workers(
             settings.model_dump(), host=settings.host, port=settings.port, workers=settings.workers
         )
     lifecycle = Lifecycle()
+    app = create_app(settings, lifecycle, encoders)
+    del encoders  # the app hands them to the registry: a reload can then unload them
     config = uvicorn.Config(
-        create_app(settings, lifecycle, encoder),
+        app,
         host=settings.host,
         port=settings.port,
         workers=1,  # this process serves; --workers N runs N of them (service.workers)
@@ -171,11 +211,16 @@ def run_precompute(args: argparse.Namespace) -> int:
     from artifact.names import ArtifactError
     from records.errors import DataError
     from service.cache.keys import KeySpace
-    from service.cache.stores import CacheUnavailable, RedisCache
+    from service.cache.stores import RedisCache
     from service.cache.values import ValueCodec
     from service.model.encoder import load_encoder
-    from service.precompute import count_lines, iter_items, precompute
+    from service.precompute import count_shard, iter_shard, precompute
+    from service.shards import Shard
     from service.vector_files import open_vector_writer
+
+    def refuse(code: int, message: str) -> int:
+        print(f"marc precompute: {message}", file=sys.stderr)
+        return code
 
     flags = {
         "artifact": "artifact",
@@ -186,11 +231,25 @@ def run_precompute(args: argparse.Namespace) -> int:
         "ttl_seconds": "cache_ttl_seconds",
         "cache_dtype": "cache_dtype",
     }
-    settings = _settings(args, flags)
+    try:
+        shard = Shard.parse(args.shard)
+        settings = _settings(args, flags)
+    except ValueError as exc:
+        return refuse(PRECOMPUTE_USAGE, str(exc))
+    except SystemExit as exc:
+        return refuse(PRECOMPUTE_USAGE, str(exc))
+    if settings.artifact is None:
+        return refuse(
+            PRECOMPUTE_USAGE, "marc precompute embeds with one model: give --artifact (or MARC_ARTIFACT)"
+        )
     if not settings.redis_url and args.out is None:
-        raise SystemExit("nothing to write: give --redis-url (or MARC_REDIS_URL) and/or --out")
-    if not args.items.is_file():
-        raise SystemExit(f"{args.items}: items file not found")
+        return refuse(PRECOMPUTE_USAGE, "nothing to write: give --redis-url (or MARC_REDIS_URL) and/or --out")
+    if args.batch_size < 1 or args.chunk_items < 1:
+        return refuse(PRECOMPUTE_USAGE, "--batch-size and --chunk-items must be >= 1")
+    try:
+        count = count_shard(args.items, shard)
+    except DataError as exc:
+        return refuse(PRECOMPUTE_CATALOGUE, str(exc))
     try:
         encoder = load_encoder(
             settings.artifact,
@@ -199,16 +258,19 @@ def run_precompute(args: argparse.Namespace) -> int:
             intra_threads=settings.ort_intra_threads,
             inter_threads=settings.ort_inter_threads,
         )
-        writer = open_vector_writer(args.out, encoder.dim) if args.out else None
     except (ArtifactError, ValueError) as exc:
-        raise SystemExit(str(exc)) from None
+        return refuse(PRECOMPUTE_ARTIFACT, str(exc))
+    try:
+        writer = open_vector_writer(args.out, encoder.dim) if args.out else None
+    except ValueError as exc:
+        return refuse(PRECOMPUTE_USAGE, str(exc))
     keys = KeySpace(settings.cache_prefix, encoder.artifact.fingerprint, settings.cache_dtype)
     codec = ValueCodec(settings.cache_dtype, encoder.dim)
 
     async def run() -> Any:
         redis = None
         if settings.redis_url:
-            # A batch job waits longer per call than the service, and fails loudly instead of skipping.
+            # A batch job waits longer per call than the service, and stops instead of skipping.
             redis = RedisCache(
                 settings.redis_url,
                 ttl_seconds=settings.cache_ttl_seconds,
@@ -219,14 +281,15 @@ def run_precompute(args: argparse.Namespace) -> int:
         try:
             return await precompute(
                 encoder,
-                iter_items(args.items),
+                iter_shard(args.items, shard),
                 keys=keys,
                 codec=codec,
                 redis=redis,
                 writer=writer,
                 batch_size=args.batch_size,
                 chunk_items=max(args.chunk_items, args.batch_size),
-                total=count_lines(args.items),
+                total=count.in_shard,
+                description=f"shard {shard}",
             )
         finally:
             if redis is not None:
@@ -234,15 +297,21 @@ def run_precompute(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run())
-    except CacheUnavailable as exc:
-        raise SystemExit(f"redis {settings.redis_url}: {exc} (re-run to resume)") from None
-    except DataError as exc:
-        raise SystemExit(str(exc)) from None
+    except DataError as exc:  # the file changed under the job after it was checked
+        return refuse(PRECOMPUTE_CATALOGUE, str(exc))
+    # The file holds the items that were stored; the count line says how many did not make it.
     written = writer.close() if writer else []
     print(
-        f"{report.items} items in {report.seconds:.1f} s: {report.computed} computed, "
-        f"{report.reused} already in Redis; model {encoder.artifact.name} fingerprint "
-        f"{encoder.artifact.fingerprint[:16]}"
+        f"shard {shard}: {count.catalogue} items in the catalogue, {count.in_shard} in this shard: "
+        f"{report.reused} already cached, {report.computed} computed, {report.failed} failed "
+        f"({count.in_shard - report.items} not reached) in {report.seconds:.1f} s; model "
+        f"{encoder.artifact.name} fingerprint {encoder.artifact.fingerprint[:16]}"
         + (f"; wrote {', '.join(str(p) for p in written)}" if written else "")
     )
-    return 0
+    if report.cache_error is not None:
+        stopped = f"redis {settings.redis_url}: {report.cache_error} (re-run to resume)"
+        return refuse(PRECOMPUTE_REDIS, stopped)
+    if report.failed:
+        failed = f"the model failed on {report.failed} items (logged); re-run to retry them"
+        return refuse(PRECOMPUTE_PARTIAL, failed)
+    return PRECOMPUTE_DONE

@@ -31,7 +31,7 @@ from service.cache.keys import KeySpace, normalise_text
 from service.cache.near import NearCache
 from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheUnavailable
 from service.cache.values import Embeddings, ValueCodec
-from service.metrics import CACHE_RESULTS, NEAR_TIER, Metrics
+from service.metrics import CACHE_RESULTS, NEAR_TIER, ModelMetrics
 from service.model.batcher import Embedded
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class EmbedFlow:
         cache: Cache | None,
         compute: Compute,
         codec: ValueCodec,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         *,
         cache_failures: Literal["serve", "raise"] = "serve",
         reject_truncated: bool = False,

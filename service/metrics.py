@@ -1,6 +1,10 @@
 """Prometheus metrics (their names: docs/ARCHITECTURE.md, "Metrics"). Each app owns its registry, so
 several apps can live in one process (tests) without clashing on the global default registry.
 
+What one model does (its batcher, its runs, its items) carries a ``model`` label: the served name,
+never a name a request sent (an unknown name is a 404 before anything is counted), and a model's
+series are removed when a reload stops serving it, so the label's values are the served set.
+
 With several worker processes (`marc serve --workers N`, `service.workers`) prometheus-client runs in
 its multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set before the workers start, each worker's
 values go to files there, and whichever worker answers a scrape renders all of them merged: counters
@@ -10,8 +14,10 @@ worker writes those gauges itself every `SAMPLE_SECONDS` (and right before it an
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -21,6 +27,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 CACHE_RESULTS = ("hit", "miss", "error", "skipped", "busy")
+RELOAD_RESULTS = ("ok", "failed")
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 SAMPLE_SECONDS = 1.0
 NEAR_TIER = "near"  # the in-process near-cache (service.cache.near); the shared tier is "redis" or "memory"
@@ -29,6 +36,24 @@ NEAR_TIER = "near"  # the in-process near-cache (service.cache.near); the shared
 def multiprocess_dir() -> str | None:
     """Where the workers' metric files are, when prometheus-client runs in its multiprocess mode."""
     return os.environ.get(MULTIPROC_DIR_VARIABLE) or None
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """One model's children of the per-model metrics (looked up once: labels() takes a lock and
+    builds a key on every call), plus the shared cache counters its flow updates."""
+
+    inference_duration: Histogram
+    batch_size: Histogram
+    queue_depth: Gauge
+    items_embedded: Counter
+    items_truncated: Counter
+    items_deduplicated: Counter
+    items_dropped: Counter
+    overload_rejections: Counter
+    cache_requests: Counter
+    cache_writes: Counter
+    sample: Callable[[Gauge, Callable[[], float]], None]  # `Metrics.sample`
 
 
 class Metrics:
@@ -47,14 +72,19 @@ class Metrics:
         self.inference_duration = Histogram(
             "marc_inference_duration_seconds",
             "Duration of one ONNX Runtime run (padding and session.run).",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
-            "marc_batch_size", "Items per ONNX Runtime run.", buckets=BATCH_BUCKETS, registry=r
+            "marc_batch_size", "Items per ONNX Runtime run.", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
-            "marc_queue_depth", "Items waiting for the model.", multiprocess_mode="livesum", registry=r
+            "marc_queue_depth",
+            "Items waiting for the model.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.cache_requests = Counter(
             "marc_cache_requests_total",
@@ -69,32 +99,38 @@ class Metrics:
         self.cache_writes = Counter(
             "marc_cache_writes_total", "Cache write round trips, by result.", ["result"], registry=r
         )
-        self.items_embedded = Counter("marc_items_embedded_total", "Items run through the model.", registry=r)
+        self.items_embedded = Counter(
+            "marc_items_embedded_total", "Items run through the model.", ["model"], registry=r
+        )
         self.items_truncated = Counter(
             "marc_items_truncated_total",
             "Items served whose text was longer than the model's max_length tokens (embedded truncated; "
             "the answer says `truncated: true`).",
+            ["model"],
             registry=r,
         )
         self.items_deduplicated = Counter(
             "marc_items_deduplicated_total",
             "Items that shared the result of an identical text already queued or running.",
+            ["model"],
             registry=r,
         )
         self.items_dropped = Counter(
             "marc_items_dropped_total",
             "Queued items dropped before the model because every client waiting for them had gone.",
+            ["model"],
             registry=r,
         )
         self.overload_rejections = Counter(
             "marc_overload_rejections_total",
             "Requests refused with 503 because the queue was full.",
+            ["model"],
             registry=r,
         )
         self.model_info = Gauge(
             "marc_model_info",
-            "The served model (value is always 1).",
-            ["name", "fingerprint", "layer", "dim", "provider", "variant"],
+            "Each served model (value is always 1): its served name (model) and artifact name.",
+            ["model", "name", "fingerprint", "layer", "dim", "provider", "variant"],
             multiprocess_mode="livemax",
             registry=r,
         )
@@ -106,8 +142,48 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.model_reloads = Counter(
+            "marc_model_reloads_total",
+            "Reloads of the model configuration (SIGHUP, POST /admin/reload), by result: ok, failed "
+            "(a new artifact was refused: the models served before keep serving; the log says why).",
+            ["result"],
+            registry=r,
+        )
+        for result in RELOAD_RESULTS:
+            self.model_reloads.labels(result=result)
         for result in ("ok", "error"):
             self.cache_writes.labels(result=result)
+
+    def for_model(self, model: str) -> ModelMetrics:
+        return ModelMetrics(
+            inference_duration=self.inference_duration.labels(model=model),
+            batch_size=self.batch_size.labels(model=model),
+            queue_depth=self.queue_depth.labels(model=model),
+            items_embedded=self.items_embedded.labels(model=model),
+            items_truncated=self.items_truncated.labels(model=model),
+            items_deduplicated=self.items_deduplicated.labels(model=model),
+            items_dropped=self.items_dropped.labels(model=model),
+            overload_rejections=self.overload_rejections.labels(model=model),
+            cache_requests=self.cache_requests,
+            cache_writes=self.cache_writes,
+            sample=self.sample,
+        )
+
+    def forget_model(self, model: str) -> None:
+        """Remove ``model``'s series (it is no longer served): the label stays bounded."""
+        per_model = (
+            self.inference_duration,
+            self.batch_size,
+            self.queue_depth,
+            self.items_embedded,
+            self.items_truncated,
+            self.items_deduplicated,
+            self.items_dropped,
+            self.overload_rejections,
+        )
+        for metric in per_model:
+            with contextlib.suppress(KeyError):
+                metric.remove(model)
 
     def sample(self, gauge: Gauge, read: Callable[[], float]) -> None:
         """``gauge`` shows ``read()``: at scrape time in one process, every `SAMPLE_SECONDS` (see

@@ -9,41 +9,35 @@ from dataclasses import dataclass
 
 from service.api.admission import Admission
 from service.api.token_ids import load_token_decoder
-from service.cache.keys import KeySpace
 from service.cache.near import NearCache
 from service.cache.stores import Cache, build_cache
-from service.cache.values import ValueCodec
 from service.flow import EmbedFlow
 from service.lifecycle import Lifecycle
 from service.metrics import SAMPLE_SECONDS, Metrics
 from service.model.batcher import MicroBatcher
-from service.model.encoder import OnnxEncoder, load_encoder
+from service.model.encoder import OnnxEncoder
+from service.registry import ModelRegistry, load_verified_encoder, read_settings_models
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def load_service_encoder(settings: Settings) -> OnnxEncoder:
-    """The artifact verified and loaded as ``settings`` say. Raises ArtifactError naming the file."""
-    return load_encoder(
-        settings.artifact,
-        variant=settings.variant,
-        provider=settings.provider,
-        cuda_device_id=settings.cuda_device_id,
-        intra_threads=settings.ort_intra_threads,
-        inter_threads=settings.ort_inter_threads,
-    )
+def load_service_encoders(settings: Settings) -> dict[str, OnnxEncoder]:
+    """Every configured model verified, loaded and smoke-checked as ``settings`` say, by served name.
+    Raises ArtifactError naming the file, or ModelConfigError."""
+    config = read_settings_models(settings)
+    return {
+        name: load_verified_encoder(source.directory, settings) for name, source in config.sources.items()
+    }
 
 
 @dataclass
 class ServiceRuntime:
     settings: Settings
     metrics: Metrics
-    encoder: OnnxEncoder
+    models: ModelRegistry
     cache: Cache
-    batcher: MicroBatcher
     admission: Admission
-    flow: EmbedFlow
     lifecycle: Lifecycle
     sampler: asyncio.Task[None] | None = None  # writes the sampled gauges (multiprocess metrics)
 
@@ -51,9 +45,22 @@ class ServiceRuntime:
     def draining(self) -> bool:
         return self.lifecycle.draining
 
+    # The default model's parts (the single-model service's names).
+    @property
+    def encoder(self) -> OnnxEncoder:
+        return self.models.default.encoder
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.models.default.batcher
+
+    @property
+    def flow(self) -> EmbedFlow:
+        return self.models.default.flow
+
     @property
     def fingerprint(self) -> str:
-        return self.encoder.artifact.fingerprint
+        return self.models.default.fingerprint
 
     @classmethod
     async def start(
@@ -61,13 +68,10 @@ class ServiceRuntime:
         settings: Settings,
         metrics: Metrics,
         lifecycle: Lifecycle,
-        encoder: OnnxEncoder | None = None,
+        encoders: dict[str, OnnxEncoder] | None = None,
     ) -> ServiceRuntime:
-        """Bring the service up on ``encoder`` (loaded here, off the loop, when not given)."""
-        if encoder is None:
-            # Loading verifies sha256 of every file and builds the ORT session: seconds, off the loop.
-            encoder = await asyncio.to_thread(load_service_encoder, settings)
-        artifact = encoder.artifact
+        """Bring the service up on ``encoders`` (by served name; the others are loaded here, off the
+        loop: loading verifies sha256 of every file and builds the ORT session, seconds each)."""
         cache = build_cache(
             settings.redis_url,
             cluster=settings.redis_cluster,
@@ -83,44 +87,21 @@ class ServiceRuntime:
             log.warning(
                 "cache %s not reachable at start-up; serving from the model until it is", cache.backend
             )
-        batcher = MicroBatcher(
-            encoder,
-            metrics,
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue_items=settings.max_queue_items,
-            pipeline_windows=settings.pipeline_windows,
+        # In front of Redis only (in front of the in-process LRU it would be a second copy); one for
+        # every model: text keys carry the model's fingerprint.
+        near = (
+            NearCache(settings.near_cache_bytes)
+            if settings.near_cache_bytes and cache.backend == "redis"
+            else None
         )
-        batcher.start()
-        keys = KeySpace(settings.cache_prefix, artifact.fingerprint, settings.cache_dtype)
-        metrics.model_info.labels(
-            name=artifact.name,
-            fingerprint=artifact.fingerprint,
-            layer=str(artifact.manifest.backbone.layer),
-            dim=str(artifact.dim),
-            provider=encoder.provider,
-            variant=artifact.variant,
-        ).set(1)
+        models = ModelRegistry(settings, metrics, cache, near)
+        await models.start(encoders)
         log.info(
-            "serving %s (variant %s, dim %d, fingerprint %s) with %s cache (%s values)",
-            artifact.name,
-            artifact.variant,
-            artifact.dim,
-            artifact.fingerprint[:16],
+            "serving %d model(s) (default %s) with %s cache (%s values)",
+            len(models.names),
+            models.default_name,
             cache.backend,
             settings.cache_dtype,
-        )
-        flow = EmbedFlow(
-            keys,
-            cache,
-            batcher.embed,
-            ValueCodec(settings.cache_dtype, artifact.dim),
-            metrics,
-            reject_truncated=settings.reject_truncated,
-            # In front of Redis only: in front of the in-process LRU it would be a second copy.
-            near=NearCache(settings.near_cache_bytes)
-            if settings.near_cache_bytes and cache.backend == "redis"
-            else None,
         )
         admission = Admission(
             settings, await asyncio.to_thread(load_token_decoder, settings.openai_token_encoding)
@@ -130,7 +111,7 @@ class ServiceRuntime:
         # that shows in p99 and can push Redis calls past their timeout).
         gc.collect()
         gc.freeze()
-        runtime = cls(settings, metrics, encoder, cache, batcher, admission, flow, lifecycle)
+        runtime = cls(settings, metrics, models, cache, admission, lifecycle)
         if metrics.multiprocess:
             runtime.sampler = asyncio.get_running_loop().create_task(_sample(metrics), name="marc-metrics")
         return runtime
@@ -140,7 +121,7 @@ class ServiceRuntime:
         if self.sampler is not None:
             self.sampler.cancel()
         self.admission.close()
-        await self.batcher.stop()
+        await self.models.stop()
         await self.cache.close()
 
 

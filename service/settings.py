@@ -27,7 +27,22 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MARC_", extra="ignore", frozen=True)
 
     # --- model -------------------------------------------------------------------------------
-    artifact: Path = Field(description="Artifact directory written by `marc export`.")
+    artifact: Path | None = Field(
+        None,
+        description="Artifact directory written by `marc export`: the one model served, under its "
+        "manifest name (or use MARC_ARTIFACTS).",
+    )
+    artifacts: str = Field(
+        "",
+        description="Several models: `name=<dir>,name=<dir>` (served under these names), or a directory "
+        "whose artifact sub-directories are served under their folder names. Re-read on SIGHUP and "
+        "POST /admin/reload.",
+    )
+    default_model: str = Field(
+        "",
+        description="The model of requests that name none; empty = the first of MARC_ARTIFACTS (in "
+        "name order for a directory).",
+    )
     variant: VariantChoice = Field(
         "auto",
         description="Model file to serve. auto = fp16 when CUDA is usable and the artifact has it; on "
@@ -166,6 +181,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        if self.artifact is not None and self.artifacts:
+            raise ValueError("set MARC_ARTIFACT (one model) or MARC_ARTIFACTS (several), not both")
+        if self.artifact is None and not self.artifacts:
+            raise ValueError("MARC_ARTIFACT (one model) or MARC_ARTIFACTS (several) is required")
+        if self.default_model and self.artifact is not None:
+            raise ValueError("MARC_DEFAULT_MODEL goes with MARC_ARTIFACTS (MARC_ARTIFACT serves one model)")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("MARC_REDIS_CLUSTER needs MARC_REDIS_URL")
         if 0 < self.max_body_bytes < MIN_BODY_BYTES:

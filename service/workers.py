@@ -9,8 +9,9 @@ all of them, then starts the workers (spawned: fresh interpreters that import pr
 the variable is set) and waits. A SIGTERM or SIGINT to the parent is passed to every worker once: each
 drains (``MARC_DRAIN_SECONDS``) and stops as `marc serve` with one worker does. Workers run in their
 own process group, so a Ctrl-C in a terminal reaches them only through the parent (a second one would
-skip the drain). A worker that dies on its own stops the others and the parent exits with status 1:
-the process supervisor (systemd, Kubernetes, ...) restarts the whole server.
+skip the drain). A SIGHUP (reload the models) is passed to every worker. A worker that dies on its
+own stops the others and the parent exits with status 1: the process supervisor (systemd,
+Kubernetes, ...) restarts the whole server.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def _bind(host: str, port: int) -> socket.socket:
 def _worker(sock: socket.socket, overrides: dict[str, Any], number: int) -> None:
     """One worker: the same app and graceful shutdown as a single-process `marc serve`."""
     os.setpgrp()  # terminal signals reach the parent only; it passes them on once
+    # A SIGHUP before the app installs its reload handler must not end the worker (the default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import uvicorn
 
     from service.app import create_app
@@ -106,8 +109,14 @@ def serve_workers(overrides: dict[str, Any], *, host: str, port: int, workers: i
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
+    def reload(signum: int, _frame: object) -> None:
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    signal.signal(signal.SIGHUP, reload)
     status = 0
     try:
         for process in processes:

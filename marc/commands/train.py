@@ -16,8 +16,21 @@ DESCRIPTION = """\
 Train MARC on a click-through proxy task: the backbone is cut after --layer, its pooled state goes
 through the compression module C (hidden size -> --dim, variational) and the task adaptation module
 A (deep MLP with a user tower) predicts clicks. Loss = BCE + beta * KL + recon-weight * reconstruction.
-Prints validation AUC on warm and cold items and writes a checkpoint folder for `marc export`.
+With --nested-dims (e.g. 8,16,32,64) that loss is applied to every prefix z[:d], each with its own A,
+and averaged, so each prefix is a vector on its own (Matryoshka); the served artifact then answers any
+of those sizes. Prints validation AUC on warm and cold items and writes a checkpoint folder for
+`marc export`.
 """
+
+
+def parse_nested_dims(text: str) -> list[int]:
+    try:
+        dims = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if not dims or dims != sorted(set(dims)) or dims[0] < 1:
+        raise argparse.ArgumentTypeError(f"must be ascending distinct sizes >= 1, got {text!r}")
+    return dims
 
 
 def _default_out(backbone: str, layer: int, dim: int, mode: str) -> Path:
@@ -45,7 +58,19 @@ def register(subparsers: Any) -> None:
         default=None,
         help="cut layer L: keep the first L blocks (default: half the backbone's depth, 15 for smollm2)",
     )
-    model.add_argument("--dim", type=int, default=64, help="k, the size of the served item vector z")
+    model.add_argument(
+        "--dim",
+        type=int,
+        default=None,
+        help="k, the size of the served item vector z (default: the largest --nested-dims, else 64)",
+    )
+    model.add_argument(
+        "--nested-dims",
+        type=parse_nested_dims,
+        default=None,
+        help="train nested (Matryoshka) prefixes, e.g. 8,16,32,64: each z[:d] is a vector on its own; the "
+        "largest is k (equal to --dim if both are given)",
+    )
     model.add_argument(
         "--pooling", choices=["mean", "last"], default="mean", help="how token states become one"
     )
@@ -141,6 +166,10 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         # Checked before training, so a wrong path fails in seconds, not after the run.
         evidence = read_layer_choice(args.evidence) if args.evidence is not None else None
+        nested = args.nested_dims or []
+        dim = args.dim if args.dim is not None else (nested[-1] if nested else 64)
+        if nested and nested[-1] != dim:
+            raise ValueError(f"--nested-dims must end at --dim {dim} (the full vector), got {nested}")
         dataset = load_data(args)
         backbone = load_backbone(args.backbone)
         layer = args.layer if args.layer is not None else backbone.num_layers // 2
@@ -149,7 +178,8 @@ def run_train(args: argparse.Namespace) -> int:
             layer=layer,
             pooling=args.pooling,
             max_length=args.max_length,
-            dim=args.dim,
+            dim=dim,
+            nested_dims=nested,
             compressor_hidden=args.compressor_hidden,
             adapter_hidden=args.adapter_hidden,
             adapter_layers=args.adapter_layers,
@@ -172,11 +202,11 @@ def run_train(args: argparse.Namespace) -> int:
             lora_lr=args.lora_lr,
             device=args.device,
         )
-        out = args.out or _default_out(args.backbone, layer, args.dim, args.mode)
+        out = args.out or _default_out(args.backbone, layer, dim, args.mode)
         print(
             f"training MARC ({args.mode}) on {dataset.name}: {dataset.num_items} items, "
             f"{len(dataset.train)} train interactions; {backbone.source} cut at layer {layer}/"
-            f"{backbone.num_layers}, k={args.dim}"
+            f"{backbone.num_layers}, k={dim}" + (f", nested prefixes {nested}" if nested else "")
         )
         result = train_marc(
             dataset,
@@ -199,6 +229,8 @@ def run_train(args: argparse.Namespace) -> int:
     for split, label in (("valid", "validation AUC"), ("test", "test AUC      ")):
         warm, cold = fmt(f"{split}_auc_warm"), fmt(f"{split}_auc_cold")
         print(f"{label} {fmt(f'{split}_auc')} (warm items {warm}, cold items {cold})")
+    for d, prefix in m.get("nested", {}).items():
+        print(f"prefix z[:{d}]: validation AUC {format_metric(prefix.get('valid_auc'))}")
     print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['seconds']:.1f} s")
     if evidence is not None and result.checkpoint_dir is not None:
         entry = record_layer_choice(result.checkpoint_dir, evidence, config.layer)

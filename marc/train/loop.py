@@ -10,6 +10,11 @@ Two modes:
 
 The user side of the task is a user id embedding plus the mean z of up to ``history_len`` of the
 user's positive training items (never including the item being scored).
+
+With ``ModelConfig.nested_dims`` the objective is applied to each prefix z[:d], each with its own
+head (`marc.modules.PrefixHeads`) and the losses averaged (`marc.losses.nested_loss`); early stopping
+then watches the mean validation AUC over the prefixes, and the metrics hold each prefix's AUCs under
+``nested``.
 """
 
 from __future__ import annotations
@@ -36,9 +41,17 @@ from marc.config import ModelConfig, TrainConfig
 from marc.data import Interactions, RecDataset
 from marc.encoder import ItemEncoder
 from marc.features import pooled_states
-from marc.losses import LossParts, Reconstruction, kl_to_standard_normal, marc_loss, sample_z, task_bce
+from marc.losses import (
+    LossParts,
+    Reconstruction,
+    kl_to_standard_normal,
+    marc_loss,
+    nested_loss,
+    sample_z,
+    task_bce,
+)
 from marc.metrics import auc, format_metric, log_loss, probabilities
-from marc.modules import Compressor, DotProductHead, TaskAdapter
+from marc.modules import Compressor, DotProductHead, PrefixHeads, TaskAdapter
 from marc.train.item_side import FrozenItems, ItemSide, TextItems
 from marc.train.lora import lora_items, merge_lora
 
@@ -100,7 +113,9 @@ class _Trainer:
     items: ItemSide
     compressor: Compressor
     head: nn.Module
-    recon: Reconstruction | None
+    """A single head, or `PrefixHeads` (one per nested prefix)."""
+    recon: nn.Module | None
+    """`Reconstruction`, or one per nested prefix (a ModuleDict keyed by str(d))."""
     histories: np.ndarray
     device: torch.device
     history: list[dict[str, float]] = field(default_factory=list)
@@ -144,6 +159,10 @@ class _Trainer:
             means = self.items.all_means(self.dataset.num_items).to(self.device)
             table = means if lora else None
             valid = self.evaluate(self.dataset.valid, means)
+            prefix_aucs = self.prefix_aucs(self.dataset.valid, means)
+            if prefix_aucs:
+                # Nested: every prefix counts, so the stopping score is their mean AUC.
+                valid = {**valid, "auc_prefix_mean": float(np.nanmean(list(prefix_aucs.values())))}
             record = {"epoch": epoch, **{k: v / len(order) for k, v in sums.items()}, **valid}
             self.history.append(record)
             log.info(
@@ -157,7 +176,8 @@ class _Trainer:
             )
             epochs.set_postfix(loss=f"{record['loss']:.4f}", valid_auc=format_metric(valid.get("auc")))
             # An undefined AUC (valid holds one class only) counts as 0: the first epoch is kept.
-            score = 0.0 if math.isnan(valid["auc"]) else valid["auc"]
+            watched = valid.get("auc_prefix_mean", valid["auc"])
+            score = 0.0 if math.isnan(watched) else watched
             if score > best_auc:
                 best_auc, best_epoch, best_state, stale = score, epoch, self._snapshot(), 0
             else:
@@ -185,18 +205,35 @@ class _Trainer:
             mean, logvar, states = all_mean[target], all_logvar[target], all_states[target]
             history_z = all_mean[inverse[len(items) :]].view(*hist.shape, -1)
         z = sample_z(mean, logvar)
-        logits = self.head(z, users, history_z, mask)
-        recon = self.recon(z, states) if self.recon is not None else torch.zeros((), device=self.device)
-        return marc_loss(
-            task_bce(logits, labels),
-            kl_to_standard_normal(mean, logvar),
-            recon,
-            beta=self.config.beta,
-            recon_weight=self.config.recon_weight,
-        )
+        if not isinstance(self.head, PrefixHeads):
+            logits = self.head(z, users, history_z, mask)
+            recon = self.recon(z, states) if self.recon is not None else torch.zeros((), device=self.device)
+            return marc_loss(
+                task_bce(logits, labels),
+                kl_to_standard_normal(mean, logvar),
+                recon,
+                beta=self.config.beta,
+                recon_weight=self.config.recon_weight,
+            )
+        parts = []
+        for d in self.head.dims:  # the objective of each prefix z[:d] (marc.losses, nested training)
+            recon = torch.zeros((), device=self.device)
+            if self.recon is not None:
+                recon = self.recon[str(d)](z[:, :d], states)  # type: ignore[index]
+            parts.append(
+                marc_loss(
+                    task_bce(self.head(z, users, history_z, mask, dim=d), labels),
+                    kl_to_standard_normal(mean[:, :d], logvar[:, :d]),
+                    recon,
+                    beta=self.config.beta,
+                    recon_weight=self.config.recon_weight,
+                )
+            )
+        return nested_loss(parts)
 
-    def logits(self, split: Interactions, means: torch.Tensor) -> np.ndarray:
-        """Click logits for every interaction of a split, scored with served z (the means)."""
+    def logits(self, split: Interactions, means: torch.Tensor, dim: int | None = None) -> np.ndarray:
+        """Click logits for every interaction of a split, scored with served z (the means); ``dim``:
+        with the head of that nested prefix (default: the full k)."""
         self.head.eval()
         out = []
         with torch.no_grad():
@@ -206,12 +243,13 @@ class _Trainer:
                     split.items[start : start + EVAL_BATCH],
                 )
                 hist, mask = self._history(users, items)
-                logits = self.head(
+                inputs = (
                     means[torch.from_numpy(items).to(self.device)],
                     torch.from_numpy(users).to(self.device),
                     means[hist],
                     mask,
                 )
+                logits = self.head(*inputs) if dim is None else self.head(*inputs, dim=dim)
                 out.append(logits.cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -223,6 +261,12 @@ class _Trainer:
             result[f"auc{suffix}"] = auc(split.labels[rows], logits[rows])
             result[f"logloss{suffix}"] = log_loss(split.labels[rows], probabilities(logits[rows]))
         return result
+
+    def prefix_aucs(self, split: Interactions, means: torch.Tensor) -> dict[int, float]:
+        """Nested training: AUC of each prefix's head on ``split`` (empty without nesting)."""
+        if not isinstance(self.head, PrefixHeads):
+            return {}
+        return {d: auc(split.labels, self.logits(split, means, d)) for d in self.head.dims}
 
     def _history(self, users: np.ndarray, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """History item indices (pads as 0) and mask for a batch; the scored item is masked out so a
@@ -345,14 +389,22 @@ def train_marc(
         compressor.set_input_stats(states)
         items = FrozenItems(states, compressor)
 
+    def make_head(dim: int) -> nn.Module:
+        if train.use_adapter:
+            return TaskAdapter(
+                dim, dataset.num_users, config.adapter_hidden, config.adapter_layers, train.adapter_dropout
+            )
+        return DotProductHead(dim, dataset.num_users)
+
     head: nn.Module
-    if train.use_adapter:
-        head = TaskAdapter(
-            config.dim, dataset.num_users, config.adapter_hidden, config.adapter_layers, train.adapter_dropout
-        )
+    recon: nn.Module | None = None
+    if config.nested_dims:
+        head = PrefixHeads({d: make_head(d) for d in config.nested_dims})
+        if config.recon_weight > 0:
+            recon = nn.ModuleDict({str(d): Reconstruction(d, hidden_size) for d in config.nested_dims})
     else:
-        head = DotProductHead(config.dim, dataset.num_users)
-    recon = Reconstruction(config.dim, hidden_size) if config.recon_weight > 0 else None
+        head = make_head(config.dim)
+        recon = Reconstruction(config.dim, hidden_size) if config.recon_weight > 0 else None
     histories = user_histories(dataset, train.history_len, train.seed)
     trainer = _Trainer(
         dataset,
@@ -361,7 +413,7 @@ def train_marc(
         items,
         items.compressor,
         head.to(device),
-        recon and recon.to(device),
+        recon.to(device) if recon is not None else None,
         histories,
         device,
     )
@@ -378,6 +430,8 @@ def train_marc(
         split: Interactions = getattr(dataset, split_name)
         if len(split):
             metrics.update({f"{split_name}_{k}": v for k, v in trainer.evaluate(split, means).items()})
+            for d, value in trainer.prefix_aucs(split, means).items():
+                metrics.setdefault("nested", {}).setdefault(str(d), {})[f"{split_name}_auc"] = value
     vectors = means.cpu().numpy().astype(np.float32)
     metrics.update(
         best_epoch=best_epoch,

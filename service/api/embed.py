@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from artifact.loader import LoadedArtifact
 from service.api.disconnect import cancel_on_disconnect
 from service.api.errors import ApiError, api_error_response, as_api_error
 from service.api.responses import embed_body, json_headers, lookup_body, openai_body, timing_headers
@@ -31,6 +32,7 @@ from service.api.schemas import (
     OpenAIEmbeddingsResponse,
 )
 from service.flow import EmbedFlow, EmbedOutcome, TruncatedTexts
+from service.registry import ServedModel
 from service.runtime import ServiceRuntime
 
 Headers = list[tuple[bytes, bytes]]
@@ -38,7 +40,7 @@ Handler = Callable[[ServiceRuntime, Scope, Receive], Awaitable[tuple[bytes, Head
 
 
 async def _embedded(
-    runtime: ServiceRuntime,
+    served: ServedModel,
     texts: Sequence[str],
     ids: Sequence[str | None] | None,
     receive: Receive,
@@ -46,7 +48,7 @@ async def _embedded(
     param: Callable[[int], str],
     status: int,
 ) -> EmbedOutcome:
-    flow: EmbedFlow = runtime.flow
+    flow: EmbedFlow = served.flow
     try:
         read = await flow.read(texts, ids)
         outcome = flow.cached_outcome(read)
@@ -58,12 +60,27 @@ async def _embedded(
         where = param(exc.rows[0])
         raise ApiError(
             status,
-            f"{where}: longer than the model's {runtime.encoder.artifact.max_length} tokens "
+            f"{where}: longer than the model's {served.max_length} tokens "
             "(MARC_REJECT_TRUNCATED is set: the server embeds no truncated text)",
             code="context_length_exceeded",
             param=where,
         ) from None
     return outcome
+
+
+def _served_dim(artifact: LoadedArtifact, requested: int | None, status: int) -> int:
+    """The vector size to answer with: ``dimensions`` if the model serves it (a nested prefix), else
+    the full k. Vectors are cached at full k and sliced per request."""
+    if requested is None:
+        return artifact.dim
+    if requested not in artifact.dimensions:
+        allowed = ", ".join(map(str, artifact.dimensions))
+        raise ApiError(
+            status,
+            f"dimensions: this model serves vectors of {allowed} dimensions (got {requested})",
+            param="dimensions",
+        )
+    return requested
 
 
 def _timing(outcome: EmbedOutcome) -> Headers:
@@ -80,33 +97,34 @@ async def embed(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tupl
     request = await runtime.admission.embed(scope, receive)
     ids = [item.id for item in request.items]
     texts = [item.text for item in request.items]
-    outcome = await _embedded(runtime, texts, ids, receive, param=lambda i: f"items.{i}.text", status=422)
-    body = embed_body(runtime.encoder.artifact, request.encoding, ids, outcome.rows, outcome.cached)
+    with runtime.models.lease(request.model) as served:
+        dim = _served_dim(served.artifact, request.dimensions, 422)
+        outcome = await _embedded(served, texts, ids, receive, param=lambda i: f"items.{i}.text", status=422)
+        body = embed_body(served, request.encoding, dim, ids, outcome.rows, outcome.cached)
     return body, _timing(outcome)
 
 
 async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
-    """OpenAI-compatible embeddings. `model` is accepted whatever it names; `dimensions`, if given,
-    must equal the served dim. Invalid input is a 400, as with OpenAI."""
+    """OpenAI-compatible embeddings. `model` picks a served model (the single-model service answers
+    whatever it names); `dimensions`, if given, must be one that model serves. Invalid input is a
+    400, as with OpenAI."""
     request, texts = await runtime.admission.openai(scope, receive)
-    artifact = runtime.encoder.artifact
-    if request.dimensions is not None and request.dimensions != artifact.dim:
-        raise ApiError(
-            400,
-            f"dimensions: this model serves {artifact.dim}-dimensional vectors (got {request.dimensions})",
-            param="dimensions",
-        )
-    outcome = await _embedded(runtime, texts, None, receive, param=lambda i: f"input.{i}", status=400)
-    return openai_body(artifact, request.encoding_format, outcome.rows), _timing(outcome)
+    with runtime.models.lease(request.model, any_name=True) as served:
+        dim = _served_dim(served.artifact, request.dimensions, 400)
+        outcome = await _embedded(served, texts, None, receive, param=lambda i: f"input.{i}", status=400)
+        body = openai_body(served, request.encoding_format, dim, outcome.rows)
+    return body, _timing(outcome)
 
 
 async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
-    """Stored vectors for `ids`; ids without a vector for this model are listed in `unknown`.
-    No inference on this path. Answers 503 when the cache is unavailable (there is nothing else to
-    look in)."""
+    """Stored vectors for `ids` of the model `model` names; ids without a vector for it are listed in
+    `unknown`. No inference on this path. Answers 503 when the cache is unavailable (there is nothing
+    else to look in)."""
     request = await runtime.admission.lookup(scope, receive)
-    found = await runtime.flow.lookup(request.ids)
-    return lookup_body(runtime.encoder.artifact, request.encoding, request.ids, found), []
+    with runtime.models.lease(request.model) as served:
+        dim = _served_dim(served.artifact, request.dimensions, 422)
+        found = await served.flow.lookup(request.ids)
+        return lookup_body(served, request.encoding, dim, request.ids, found), []
 
 
 @dataclass(frozen=True)

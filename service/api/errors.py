@@ -19,6 +19,7 @@ from service.api.disconnect import ClientDisconnected
 from service.api.responses import OrjsonResponse
 from service.cache.stores import CacheUnavailable
 from service.model.batcher import InferenceFailed, Overloaded, ShuttingDown
+from service.model.sources import UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def as_api_error(exc: Exception) -> ApiError:
         kind = "overloaded" if isinstance(exc, Overloaded) else "shutting_down"
         headers = {"Retry-After": str(exc.retry_after_seconds)}
         return ApiError(503, str(exc), type=kind, code=kind, headers=headers)  # our own message
+    if isinstance(exc, UnknownModel):  # OpenAI's status and code for a model it does not have
+        return ApiError(404, str(exc), code="model_not_found", param="model")
     if isinstance(exc, CacheUnavailable):
         log.warning("cache unavailable for a lookup: %s", exc)
         message = "the cache is unavailable; retry later"
@@ -152,6 +155,15 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http)
     # Named kinds are answered by Starlette's ExceptionMiddleware; `Exception` goes to the outermost
     # ServerErrorMiddleware, which answers and then re-raises (logged by the server).
-    for kind in (ApiError, Overloaded, ShuttingDown, CacheUnavailable, InferenceFailed, ClientDisconnected):
+    kinds = (
+        ApiError,
+        Overloaded,
+        ShuttingDown,
+        CacheUnavailable,
+        InferenceFailed,
+        ClientDisconnected,
+        UnknownModel,
+    )
+    for kind in kinds:
         app.add_exception_handler(kind, _exception)
     app.add_exception_handler(Exception, _exception)

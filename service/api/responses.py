@@ -4,19 +4,28 @@ headers."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 from fastapi.responses import JSONResponse
 
-from artifact.loader import LoadedArtifact
-from service.api.schemas import VectorEncoding
+from service.api.encodings import VectorEncoding, encode_vector
 from service.cache.values import Embeddings
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+class ServedIdentity(Protocol):
+    """What an answer says about the model that computed it (`service.registry.ServedModel`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def dim(self) -> int: ...
 
 
 class OrjsonResponse(JSONResponse):
@@ -26,38 +35,38 @@ class OrjsonResponse(JSONResponse):
         return orjson.dumps(content, option=ORJSON_OPTIONS)
 
 
-def encode_vector(vector: np.ndarray, encoding: VectorEncoding) -> np.ndarray | str:
-    """A float32 row as JSON numbers (the array itself; orjson writes it) or base64 little-endian."""
-    if encoding == "float":
-        return vector
-    dtype = "<f2" if encoding == "base64_fp16" else "<f4"
-    return base64.b64encode(vector.astype(dtype, copy=False).tobytes()).decode("ascii")
+def _vector_fields(vector: np.ndarray, encoding: VectorEncoding) -> dict[str, object]:
+    """``embedding`` (a float32 row as the array itself - orjson writes it - or a base64 string)
+    and, for int8, its ``scale``."""
+    embedding, scale = encode_vector(vector, encoding)
+    return {"embedding": embedding} if scale is None else {"embedding": embedding, "scale": scale}
 
 
-def _served_model(artifact: LoadedArtifact, encoding: VectorEncoding) -> dict[str, object]:
-    """The fields that say which model and encoding a body's vectors are."""
+def _served_model(artifact: ServedIdentity, encoding: VectorEncoding, dim: int) -> dict[str, object]:
+    """The fields that say which model, size and encoding a body's vectors are."""
     return {
         "model": artifact.name,
         "fingerprint": artifact.fingerprint,
-        "dim": artifact.dim,
+        "dim": dim,
         "encoding": encoding,
     }
 
 
 def embed_body(
-    artifact: LoadedArtifact,
+    artifact: ServedIdentity,
     encoding: VectorEncoding,
+    dim: int,
     ids: Sequence[str | None],
     rows: Embeddings,
     cached: Sequence[bool],
 ) -> bytes:
-    """The `EmbedResponse` JSON."""
+    """The `EmbedResponse` JSON; vectors are the first ``dim`` components of the rows."""
     content = {
-        **_served_model(artifact, encoding),
+        **_served_model(artifact, encoding, dim),
         "data": [
             {
                 "id": item_id,
-                "embedding": encode_vector(vector, encoding),
+                **_vector_fields(vector[:dim], encoding),
                 "cached": hit,
                 "tokens": tokens,
                 "truncated": truncated,
@@ -70,13 +79,14 @@ def embed_body(
     return orjson.dumps(content, option=ORJSON_OPTIONS)
 
 
-def openai_body(artifact: LoadedArtifact, encoding: VectorEncoding, rows: Embeddings) -> bytes:
-    """The `OpenAIEmbeddingsResponse` JSON; usage counts the tokens the model embedded."""
+def openai_body(artifact: ServedIdentity, encoding: VectorEncoding, dim: int, rows: Embeddings) -> bytes:
+    """The `OpenAIEmbeddingsResponse` JSON (float or base64 only: `OPENAI_ENCODINGS`); usage counts
+    the tokens the model embedded."""
     tokens = int(rows.tokens.sum())
     content = {
         "object": "list",
         "data": [
-            {"object": "embedding", "index": index, "embedding": encode_vector(vector, encoding)}
+            {"object": "embedding", "index": index, "embedding": encode_vector(vector[:dim], encoding)[0]}
             for index, vector in enumerate(rows.vectors)
         ],
         "model": artifact.name,
@@ -86,14 +96,18 @@ def openai_body(artifact: LoadedArtifact, encoding: VectorEncoding, rows: Embedd
 
 
 def lookup_body(
-    artifact: LoadedArtifact, encoding: VectorEncoding, ids: Sequence[str], found: dict[str, np.ndarray]
+    artifact: ServedIdentity,
+    encoding: VectorEncoding,
+    dim: int,
+    ids: Sequence[str],
+    found: dict[str, np.ndarray],
 ) -> bytes:
     """The `LookupResponse` JSON (each id once, in request order)."""
     unique = list(dict.fromkeys(ids))
     content = {
-        **_served_model(artifact, encoding),
+        **_served_model(artifact, encoding, dim),
         "data": [
-            {"id": item_id, "embedding": encode_vector(found[item_id], encoding)}
+            {"id": item_id, **_vector_fields(found[item_id][:dim], encoding)}
             for item_id in unique
             if item_id in found
         ],

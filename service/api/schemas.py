@@ -20,12 +20,21 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from service.api.encodings import VectorEncoding
+
 NUL = "\x00"
-VectorEncoding = Literal["float", "base64", "base64_fp16"]
 ENCODING_DESCRIPTION = (
     "How vectors are returned: `float` = JSON numbers; `base64` = base64 of little-endian float32 "
-    "bytes (4·dim bytes, `numpy.frombuffer(base64.b64decode(s), '<f4')`); `base64_fp16` = base64 of "
-    "little-endian float16 bytes (half the size, ~3 significant digits)."
+    "bytes (4·dim bytes, `numpy.frombuffer(base64.b64decode(s), '<f4')`); `float16` (alias "
+    "`base64_fp16`) = base64 of little-endian float16 bytes (half the size, ~3 significant digits); "
+    "`int8` = base64 of int8 values q with a float32 `scale` next to the embedding (vector = q · "
+    "scale, dim + 4 bytes); `binary` = base64 of the sign bits (1 = positive), packed most significant "
+    "bit first (dim/8 bytes). The README has a numpy decoder for each."
+)
+DIMENSIONS_DESCRIPTION = (
+    "Size of the returned vectors: one of the served model's nested prefix sizes (`/v1/models` lists "
+    "them as `dimensions`); the answer is the first `dimensions` components of the full vector, "
+    "encoded after slicing. Default: the full k."
 )
 
 
@@ -97,11 +106,21 @@ class EmbedItem(_Request):
 class EmbedRequest(_Request):
     items: list[EmbedItem] = Field(min_length=1, description="Items to embed, answered in this order.")
     encoding: VectorEncoding = Field("float", description=ENCODING_DESCRIPTION)
+    dimensions: int | None = Field(None, description=DIMENSIONS_DESCRIPTION)
+    model: str | None = Field(
+        None,
+        description="Served model name (GET /v1/models); missing = the default model (MARC_DEFAULT_MODEL). "
+        "An unknown name is a 404 listing the served names.",
+        examples=["default"],
+    )
 
 
 class EmbeddedItem(BaseModel):
     id: str | None = Field(description="The item id from the request, if any.")
     embedding: list[float] | str = Field(description="The vector (list of floats or a base64 string).")
+    scale: float | None = Field(
+        None, description="`int8` only (absent otherwise): the vector is the int8 values times this."
+    )
     cached: bool = Field(description="True when the vector came from the cache, not the model.")
     tokens: int = Field(description="Tokens of the text the model embedded (at most its max_length).")
     truncated: bool = Field(
@@ -111,9 +130,9 @@ class EmbeddedItem(BaseModel):
 
 
 class EmbedResponse(BaseModel):
-    model: str = Field(description="Name of the served model (artifact name).")
+    model: str = Field(description="Name of the model that answered (its served name).")
     fingerprint: str = Field(description="Fingerprint of the served model variant's vectors.")
-    dim: int = Field(description="Vector size k.")
+    dim: int = Field(description="Size of the returned vectors (`dimensions`, or the full k).")
     encoding: VectorEncoding = Field(description="Encoding of `embedding` in `data`.")
     data: list[EmbeddedItem] = Field(description="One entry per request item, in request order.")
 
@@ -124,17 +143,25 @@ class EmbedResponse(BaseModel):
 class LookupRequest(_Request):
     ids: list[ItemId] = Field(min_length=1, description="Item ids to look up (no inference is done).")
     encoding: VectorEncoding = Field("float", description=ENCODING_DESCRIPTION)
+    dimensions: int | None = Field(None, description=DIMENSIONS_DESCRIPTION)
+    model: str | None = Field(
+        None,
+        description="Served model name (GET /v1/models) whose stored vectors to read; missing = the "
+        "default model (MARC_DEFAULT_MODEL). An unknown name is a 404 listing the served names.",
+        examples=["default"],
+    )
 
 
 class FoundItem(BaseModel):
     id: str = Field(description="Item id.")
     embedding: list[float] | str = Field(description="The stored vector.")
+    scale: float | None = Field(None, description="`int8` only: the vector is the int8 values times this.")
 
 
 class LookupResponse(BaseModel):
     model: str = Field(description="Name of the served model.")
     fingerprint: str = Field(description="Fingerprint of the served model variant's vectors.")
-    dim: int = Field(description="Vector size k.")
+    dim: int = Field(description="Size of the returned vectors (`dimensions`, or the full k).")
     encoding: VectorEncoding = Field(description="Encoding of `embedding` in `data`.")
     data: list[FoundItem] = Field(description="Ids that have a stored vector, in request order.")
     unknown: list[str] = Field(description="Ids with no stored vector for this model.")
@@ -196,12 +223,18 @@ class OpenAIEmbeddingsRequest(BaseModel):
         examples=["Wireless waterproof bluetooth speaker"],
     )
     model: str | None = Field(
-        None, description="Accepted for compatibility; the served model answers whatever is named."
+        None,
+        description="Served model name (GET /v1/models); missing = the default model. An unknown name is "
+        "a 404 listing the served names, except in the single-model service (MARC_ARTIFACT), which "
+        "answers whatever is named, as OpenAI clients send their own model names.",
     )
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="`float`, or `base64` of little-endian float32 bytes (the openai SDK default)."
+        "float",
+        description="`float`, or `base64` of little-endian float32 bytes (the openai SDK default). The "
+        "compact encodings (`float16`, `int8`, `binary`) are on `POST /v1/embed` only: OpenAI's "
+        "embedding object has no place for an int8 scale, and its clients decode base64 as float32.",
     )
-    dimensions: int | None = Field(None, description="If given, must equal the served model's dim.")
+    dimensions: int | None = Field(None, description=DIMENSIONS_DESCRIPTION)
     user: str | None = Field(None, description="Ignored.")
 
 
@@ -237,6 +270,12 @@ class ModelCard(BaseModel):
     variant: str = Field(description="Served precision variant: fp32, int8 or fp16.")
     provider: str = Field(description="ONNX Runtime execution provider in use.")
     dim: int = Field(description="Vector size k.")
+    dimensions: list[int] = Field(
+        description="The sizes `dimensions` may ask for: the nested prefixes the model was trained "
+        "with (`marc train --nested-dims`), or just k."
+    )
+    max_length: int = Field(description="Tokens per text the model embeds (longer texts are truncated).")
+    default: bool = Field(description="True for the model of requests that name none.")
     manifest: dict[str, Any] = Field(description="The artifact's manifest.json.")
 
 
@@ -267,8 +306,28 @@ class ReadyResponse(BaseModel):
     fingerprint: str | None = None
     variant: str | None = None
     provider: str | None = None
-    queue_depth: int | None = None
+    queue_depth: int | None = Field(None, description="Items waiting for the models, all models summed.")
+    models: list[str] | None = Field(None, description="Served model names; `model` is the default one.")
     cache: CacheState | None = None
+
+
+# --- admin ----------------------------------------------------------------------------------------
+
+
+class ModelChangeBody(BaseModel):
+    name: str = Field(description="Served model name.")
+    change: Literal["added", "swapped", "unchanged", "removed"]
+    fingerprint: str | None = Field(description="Fingerprint served now (null: removed).")
+    previous_fingerprint: str | None = Field(description="Fingerprint served before (null: added).")
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded", "unchanged"] = Field(
+        description="reloaded: a model was added, swapped or removed; unchanged: nothing differed."
+    )
+    default: str = Field(description="The default model after the reload.")
+    models: list[ModelChangeBody]
+    seconds: float = Field(description="How long the reload took (loading, checks, retiring the old).")
 
 
 # --- errors ---------------------------------------------------------------------------------------

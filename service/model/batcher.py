@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.cache.values import Embeddings
-from service.metrics import Metrics
+from service.metrics import ModelMetrics
 from service.model.encoder import EncodedTexts
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class MicroBatcher:
     def __init__(
         self,
         encoder: TextEncoder,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         *,
         max_batch_size: int,
         max_wait_ms: float,

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from artifact.loader import load_artifact
 from artifact.names import ArtifactError
 from service.model.onnx_session import open_session
-from tests.support.artifacts import rehash
+from tests.support.artifacts import edit_tokenizer, flip_model_byte, rehash, truncate_model, wrong_fingerprint
 
 _TORCH_FREE_SCRIPT = textwrap.dedent(
     """
@@ -74,28 +74,6 @@ def _write_manifest(directory: Path, raw: dict) -> None:
     (directory / "manifest.json").write_text(json.dumps(raw))
 
 
-def _flip_model_byte(d: Path) -> None:
-    data = bytearray((d / "model.onnx").read_bytes())
-    data[len(data) // 2] ^= 0x01
-    (d / "model.onnx").write_bytes(bytes(data))
-
-
-def _truncate_model(d: Path) -> None:
-    data = (d / "model.onnx").read_bytes()
-    (d / "model.onnx").write_bytes(data[: len(data) // 3])
-
-
-def _edit_tokenizer(d: Path) -> None:  # same length, so only the sha256 can tell
-    text = (d / "tokenizer.json").read_text()
-    (d / "tokenizer.json").write_text(text.replace('"<pad>"', '"<pab>"', 1))
-
-
-def _wrong_fingerprint(d: Path) -> None:
-    raw = _manifest_json(d)
-    raw["fingerprint"] = "0" * 64
-    _write_manifest(d, raw)
-
-
 def _edited_setting(d: Path) -> None:  # max_length changed without re-fingerprinting
     raw = _manifest_json(d)
     raw["max_length"] = 64
@@ -120,12 +98,12 @@ def _tokenizer_without_truncation(d: Path) -> None:
 
 
 REFUSALS = {
-    "model byte flipped": (_flip_model_byte, "fp32", "model.onnx", "sha256"),
-    "model truncated": (_truncate_model, "fp32", "model.onnx", "bytes"),
+    "model byte flipped": (flip_model_byte, "fp32", "model.onnx", "sha256"),
+    "model truncated": (truncate_model, "fp32", "model.onnx", "bytes"),
     "int8 model missing": (_missing_model, "int8", "model.int8.onnx", "missing"),
-    "tokenizer edited": (_edit_tokenizer, "fp32", "tokenizer.json", "sha256"),
+    "tokenizer edited": (edit_tokenizer, "fp32", "tokenizer.json", "sha256"),
     "tokenizer truncation removed": (_tokenizer_without_truncation, "fp32", "tokenizer.json", "truncation"),
-    "manifest fingerprint wrong": (_wrong_fingerprint, "fp32", "manifest.json", "fingerprint"),
+    "manifest fingerprint wrong": (wrong_fingerprint, "fp32", "manifest.json", "fingerprint"),
     "manifest setting edited": (_edited_setting, "fp32", "manifest.json", "fingerprint"),
     "format version unknown": (_unknown_format, "fp32", "manifest.json", "format_version 99"),
 }

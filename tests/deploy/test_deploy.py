@@ -24,6 +24,18 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = [REPO / "docker-compose.yml", REPO / "deploy" / "compose" / "gpu.yml"]
 K8S = REPO / "deploy" / "k8s"
 K8S_OVERLAYS = [K8S, K8S / "overlays" / "gpu", K8S / "overlays" / "bundled"]
+# The precompute Job (CPU, GPU) and the serving stack whose Redis keys it must write.
+K8S_PRECOMPUTE = {K8S / "precompute": K8S, K8S / "overlays" / "precompute-gpu": K8S / "overlays" / "gpu"}
+# Settings that decide under which keys a vector is stored (or how long it stays): the Job's must be the
+# Deployment's, or the replicas never read what it wrote.
+KEY_SETTINGS = (
+    "MARC_REDIS_URL",
+    "MARC_REDIS_CLUSTER",
+    "MARC_CACHE_PREFIX",
+    "MARC_CACHE_DTYPE",
+    "MARC_VARIANT",
+)
+KEY_SETTINGS += ("MARC_PROVIDER", "MARC_CACHE_TTL_SECONDS")
 DOCKERFILE = REPO / "Dockerfile"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "marc.json"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
@@ -301,6 +313,87 @@ def test_k8s_manifests_render_and_agree_with_the_service(overlay: Path, tiny_art
     assert ("nvidia.com/gpu" in container["resources"]["limits"]) == gpu
     assert container["image"] == "marc-serve:" + ("gpu" if gpu else "cpu-bundled" if bundled else "cpu")
     assert ("gpu" if gpu else "cpu-bundled" if bundled else "cpu") in _dockerfile_stages()
+    assert config["data"]["MARC_PROVIDER"] == ("cuda" if gpu else "cpu")
+
+
+@pytest.mark.parametrize("job_dir", list(K8S_PRECOMPUTE), ids=lambda p: str(p.relative_to(REPO)))
+def test_k8s_precompute_job_runs_every_shard_with_the_services_keys(
+    job_dir: Path, tiny_artifact: Path
+) -> None:
+    """The Indexed Job: pod i runs the real `marc precompute` parser's command for shard i of
+    `completions`, with settings that validate and write the keys the matching Deployment reads, and a
+    failure policy built on the command's exit codes."""
+    from marc_serve.cli import build_parser
+    from service import cli as service_cli
+    from service.shards import Shard
+
+    docs = _kustomize(job_dir)
+    gpu = job_dir.name == "precompute-gpu"
+    job = _one(docs, "Job", "marc-precompute")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["completionMode"] == "Indexed"
+    completions, parallelism = spec["completions"], spec["parallelism"]
+    assert 1 <= parallelism <= completions
+    (container,) = pod["containers"]
+
+    # Every index gives a valid command for its own shard of `completions`.
+    args = container["args"]
+    assert args[0] == "precompute" and any("$(JOB_COMPLETION_INDEX)" in arg for arg in args)
+    declared = {e["name"]: e for e in container.get("env", [])}
+    annotation = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert declared["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == annotation
+    shards = set()
+    for index in range(completions):
+        parsed = build_parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", str(index)) for a in args])
+        assert parsed.handler is service_cli.run_precompute
+        shards.add(Shard.parse(parsed.shard))
+    assert shards == {Shard(index, completions) for index in range(completions)}
+
+    # Settings: real names, valid values, and the key space of the Deployment it precomputes for.
+    config_name = container["envFrom"][0]["configMapRef"]["name"]
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == config_name)
+    fields = _settings_fields()
+    assert not [n for n in config["data"] if n[5:].lower() not in fields]
+    _make_settings(tiny_artifact, {k: v for k, v in config["data"].items() if k != "MARC_ARTIFACT"})
+    serving = _kustomize(K8S_PRECOMPUTE[job_dir])
+    served_name = _marc_container(serving)["envFrom"][0]["configMapRef"]["name"]
+    served = next(d for d in serving if d["kind"] == "ConfigMap" and d["metadata"]["name"] == served_name)
+    for name in KEY_SETTINGS:
+        assert config["data"].get(name) == served["data"].get(name), f"{name}: Job and Deployment differ"
+    # The artifact to precompute and the catalogue are on the models volume, mounted read-only, next to
+    # (not at) the one the Deployment serves.
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    models = mounts["models"]["mountPath"] + "/"
+    assert mounts["models"]["readOnly"] is True
+    assert config["data"]["MARC_ARTIFACT"].startswith(models)
+    assert config["data"]["MARC_ARTIFACT"] != served["data"]["MARC_ARTIFACT"]
+    assert args[args.index("--items") + 1].startswith(models)
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims["models"] == "marc-models"
+
+    # Retries by exit code: the codes that cannot heal (bad flags, catalogue, artifact) fail the shard at
+    # once; Redis unreachable and partial failures are retried (a retry resumes).
+    assert pod["restartPolicy"] == "Never" and spec["backoffLimitPerIndex"] >= 1
+    fail_now = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailIndex"]
+    assert len(fail_now) == 1 and fail_now[0]["onExitCodes"]["containerName"] == container["name"]
+    assert fail_now[0]["onExitCodes"]["operator"] == "In"
+    unhealable = {
+        service_cli.PRECOMPUTE_USAGE,
+        service_cli.PRECOMPUTE_CATALOGUE,
+        service_cli.PRECOMPUTE_ARTIFACT,
+    }
+    assert set(fail_now[0]["onExitCodes"]["values"]) == unhealable
+    assert not unhealable & {service_cli.PRECOMPUTE_REDIS, service_cli.PRECOMPUTE_PARTIAL, 0, 1}
+
+    # Hardened like the Deployment; the image and provider of its overlay.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["image"] == "marc-serve:" + ("gpu" if gpu else "cpu")
+    assert ("nvidia.com/gpu" in container["resources"]["limits"]) == gpu
     assert config["data"]["MARC_PROVIDER"] == ("cuda" if gpu else "cpu")
 
 

@@ -119,8 +119,15 @@ def test_fingerprint_is_stable_across_exports(
 
 @pytest.mark.parametrize(
     "change",
-    [{"compressor_seed": 1}, {"layer": 1}, {"pooling": "last"}, {"dim": 8}, {"max_length": 16}],
-    ids=["weights", "layer", "pooling", "k", "max_length"],
+    [
+        {"compressor_seed": 1},
+        {"layer": 1},
+        {"pooling": "last"},
+        {"dim": 8},
+        {"max_length": 16},
+        {"nested_dims": [4, 8, 16]},
+    ],
+    ids=["weights", "layer", "pooling", "k", "max_length", "nested_dims"],
 )
 def test_fingerprint_changes_with_what_changes_the_vectors(
     export_tiny: ExportFn, tiny_artifact: Path, change: dict

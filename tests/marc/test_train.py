@@ -204,9 +204,11 @@ def test_cli_help_explains_every_option(capsys) -> None:
 def test_cli_defaults_match_the_configs() -> None:
     args = build_parser().parse_args(["train"])
     model, train = ModelConfig(), TrainConfig()
-    model_fields = "pooling max_length dim compressor_hidden adapter_hidden adapter_layers beta recon_weight"
+    model_fields = "pooling max_length compressor_hidden adapter_hidden adapter_layers beta recon_weight"
     for name in model_fields.split():
         assert getattr(args, name) == getattr(model, name), name
+    # --dim defaults to the largest --nested-dims, else to ModelConfig's k (no nesting by default).
+    assert args.dim is None and args.nested_dims is None and model.dim == 64 and model.nested_dims == []
     train_fields = "mode epochs batch_size lr weight_decay seed patience history_len"
     train_fields += " lora_rank lora_alpha lora_dropout lora_lr device"
     for name in train_fields.split():

@@ -69,7 +69,7 @@ def fuzz_figures() -> Iterator[None]:
 
 def _runtime_rules(case: Case) -> Case:
     """A schema-valid case made valid for rules the static schema cannot state, so it is not counted
-    as wrongly rejected for them: `dimensions` may only equal the served model's k; token ids must be
+    as wrongly rejected for them: `dimensions` may only be a size the served model lists; token ids must be
     ids of the server's encoding (cl100k_base: all ids below 100,000 are); an id given twice must
     come with the same text."""
     body = case.body

@@ -50,6 +50,7 @@ PROBE = """
 import json, sys, time, httpx
 latencies, failures = [], 0
 with httpx.Client(base_url=sys.argv[1], timeout=5) as client:
+    client.get("/healthz")  # connect first: the probes time the server, not the TCP handshake
     end = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < end:
         started = time.perf_counter()

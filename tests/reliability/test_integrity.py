@@ -4,7 +4,6 @@ value of the wrong byte length is a miss that is recomputed and overwritten, nev
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +12,17 @@ import numpy as np
 import pytest
 import redis
 
-from artifact.fingerprint import compute_fingerprint, fingerprint_settings, variant_fingerprint
-from artifact.manifest import read_manifest, sha256_file
+from artifact.manifest import read_manifest
 from artifact.names import MANIFEST_FILE
 from service.cache.keys import KeySpace
 from service.cache.values import ValueCodec
+from tests.support.artifacts import (
+    edit_tokenizer,
+    flip_model_byte,
+    rename_graph_input,
+    truncate_model,
+    wrong_fingerprint,
+)
 from tests.support.redis_server import RedisProcess, unique_prefix
 from tests.support.reference import onnx_reference
 from tests.support.reliability_report import record
@@ -26,71 +31,13 @@ from tests.support.servers import LiveServer, ServeProcess
 # --- the service's start path refuses a bad artifact ------------------------------------------------
 
 
-def _flip_middle_byte(directory: Path) -> None:
-    path = directory / "model.onnx"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def _truncate_model(directory: Path) -> None:
-    path = directory / "model.onnx"
-    path.write_bytes(path.read_bytes()[:-1000])
-
-
-def _edit_tokenizer(directory: Path) -> None:
-    path = directory / "tokenizer.json"
-    edited = path.read_bytes().replace(b"a", b"b", 1)  # same size: only the sha256 can tell
-    path.write_bytes(edited)
-
-
-def _wrong_fingerprint(directory: Path) -> None:
-    path = directory / MANIFEST_FILE
-    manifest = json.loads(path.read_text())
-    manifest["fingerprint"] = "0" * 64
-    path.write_text(json.dumps(manifest))
-
-
-def _rename_graph_input(directory: Path) -> None:
-    """A model whose input is called `tokens`, with a manifest made consistent with it (sizes, sha256
-    and fingerprints all match): only the graph check can catch it."""
-    import onnx
-
-    model_path = directory / "model.onnx"
-    model = onnx.load(str(model_path))
-    for node in model.graph.node:
-        node.input[:] = ["tokens" if name == "input_ids" else name for name in node.input]
-    for graph_input in model.graph.input:
-        if graph_input.name == "input_ids":
-            graph_input.name = "tokens"
-    onnx.save(model, str(model_path))
-
-    manifest_path = directory / MANIFEST_FILE
-    raw = json.loads(manifest_path.read_text())
-    manifest = read_manifest(directory)
-    model_sha = sha256_file(model_path)
-    raw["variants"]["fp32"].update(sha256=model_sha, bytes=model_path.stat().st_size)
-    settings = fingerprint_settings(
-        backbone_source=manifest.backbone.source,
-        layer=manifest.backbone.layer,
-        pooling=manifest.pooling,
-        dim=manifest.dim,
-        max_length=manifest.max_length,
-    )
-    fingerprint = compute_fingerprint(model_sha, manifest.tokenizer.sha256, settings)
-    raw["fingerprint"] = raw["variants"]["fp32"]["fingerprint"] = fingerprint
-    for name, entry in raw["variants"].items():
-        entry["fingerprint"] = variant_fingerprint(fingerprint, name, entry["sha256"])
-    manifest_path.write_text(json.dumps(raw))
-
-
 BAD_ARTIFACTS: list[tuple[str, Callable[[Path], None], str, str]] = [
     # id, damage, file the message must name, words it must contain
-    ("tampered-model", _flip_middle_byte, "model.onnx", "sha256"),
-    ("truncated-model", _truncate_model, "model.onnx", "truncated"),
-    ("edited-tokenizer", _edit_tokenizer, "tokenizer.json", "sha256"),
-    ("wrong-fingerprint", _wrong_fingerprint, MANIFEST_FILE, "fingerprint"),
-    ("wrong-input-names", _rename_graph_input, "model.onnx", "graph inputs"),
+    ("tampered-model", flip_model_byte, "model.onnx", "sha256"),
+    ("truncated-model", truncate_model, "model.onnx", "truncated"),
+    ("edited-tokenizer", edit_tokenizer, "tokenizer.json", "sha256"),
+    ("wrong-fingerprint", wrong_fingerprint, MANIFEST_FILE, "fingerprint"),
+    ("wrong-input-names", rename_graph_input, "model.onnx", "graph inputs"),
 ]
 
 

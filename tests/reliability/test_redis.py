@@ -31,6 +31,16 @@ def _wait_for(condition: object, seconds: float, what: str) -> float:
 
 
 @pytest.mark.slow
+def _seconds_until_more_hits(live: LiveServer, more: int, what: str) -> float:
+    """Seconds until the server has counted ``more`` cache hits than now (fails after 30 s)."""
+
+    def hits() -> float:
+        return live.metric("marc_cache_requests_total", result="hit")
+
+    hits_now = hits()
+    return _wait_for(lambda: hits() > hits_now + more, 30, what)
+
+
 def test_redis_killed_and_restarted_during_load(tiny_artifact: Path) -> None:
     with (
         RedisProcess() as own_redis,
@@ -55,12 +65,7 @@ def test_redis_killed_and_restarted_during_load(tiny_artifact: Path) -> None:
 
         own_redis.start()  # same port, empty
         restarted_at = time.monotonic()
-        hits_at_restart = live.metric("marc_cache_requests_total", result="hit")
-        recovery = _wait_for(
-            lambda: live.metric("marc_cache_requests_total", result="hit") > hits_at_restart + 20,
-            30,
-            "cache hits after the restart",
-        )
+        recovery = _seconds_until_more_hits(live, 20, "cache hits after the restart")
         load.stop()
         sent = load.snapshot()
 
@@ -107,12 +112,7 @@ def test_paused_redis_costs_at_most_the_cache_timeout(tiny_artifact: Path) -> No
         finally:
             own_redis.resume()
         resumed_at = time.monotonic()
-        hits_at_resume = live.metric("marc_cache_requests_total", result="hit")
-        recovery = _wait_for(
-            lambda: live.metric("marc_cache_requests_total", result="hit") > hits_at_resume + 20,
-            30,
-            "cache hits after Redis resumed",
-        )
+        recovery = _seconds_until_more_hits(live, 20, "cache hits after Redis resumed")
         load.stop()
         sent = load.snapshot()
 

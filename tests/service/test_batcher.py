@@ -47,7 +47,7 @@ class FakeEncoder:
 
 def _batcher(encoder: FakeEncoder, metrics: Metrics, **limits: float) -> MicroBatcher:
     options = {"max_batch_size": 8, "max_wait_ms": 50.0, "max_queue_items": 16, **limits}
-    batcher = MicroBatcher(encoder, metrics, **options)  # type: ignore[arg-type]
+    batcher = MicroBatcher(encoder, metrics.for_model("m"), **options)  # type: ignore[arg-type]
     batcher.start()
     return batcher
 
@@ -88,7 +88,11 @@ def test_a_request_that_does_not_fit_is_refused_whole_and_the_next_one_fits() ->
         encoder.gate.set()
         await asyncio.gather(running, queued, fits)
         await batcher.stop()
-        return depth_after_refusal, depth, metrics.registry.get_sample_value("marc_overload_rejections_total")
+        return (
+            depth_after_refusal,
+            depth,
+            metrics.registry.get_sample_value("marc_overload_rejections_total", {"model": "m"}),
+        )
 
     depth_after_refusal, depth, rejections = asyncio.run(scenario())
     assert depth_after_refusal == 3  # nothing of the refused request was queued
@@ -132,7 +136,7 @@ def test_work_nobody_waits_for_is_dropped_before_the_model() -> None:
         kept = await batcher.embed(["somebody reads this"])
         assert kept.rows.vectors.shape == (1, 2)
         await batcher.stop()
-        return encoder, metrics.registry.get_sample_value("marc_items_dropped_total")
+        return encoder, metrics.registry.get_sample_value("marc_items_dropped_total", {"model": "m"})
 
     encoder, dropped = asyncio.run(scenario())
     assert encoder.calls == [["somebody reads this"]] and dropped == 1

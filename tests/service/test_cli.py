@@ -56,10 +56,10 @@ def test_precompute_fills_redis_and_lookup_serves_it(
 
     first = _marc("precompute", *common, "--out", str(tmp_path / "vectors.npy"))
     assert first.returncode == 0, first.stderr
-    assert "40 computed, 0 already in Redis" in first.stdout
+    assert "40 in this shard: 0 already cached, 40 computed, 0 failed" in first.stdout
     again = _marc("precompute", *common, "--out", str(tmp_path / "vectors.parquet"))
     assert again.returncode == 0, again.stderr
-    assert "0 computed, 40 already in Redis" in again.stdout  # resumable: nothing recomputed
+    assert "40 already cached, 0 computed, 0 failed" in again.stdout  # resumable: nothing recomputed
 
     expected = onnx_reference(tiny_artifact, [text for _, text in ITEMS])
     vectors = np.load(tmp_path / "vectors.npy")
@@ -92,8 +92,8 @@ def test_precompute_refuses_bad_input(tiny_artifact: Path, tmp_path: Path) -> No
     malformed = _marc(
         "precompute", "--artifact", str(tiny_artifact), "--items", str(bad), "--out", str(tmp_path / "v.npy")
     )
-    assert nothing.returncode != 0 and "nothing to write" in nothing.stderr
-    assert malformed.returncode != 0 and "line 2" in malformed.stderr and "text" in malformed.stderr
+    assert nothing.returncode == 2 and "nothing to write" in nothing.stderr
+    assert malformed.returncode == 3 and "line 2" in malformed.stderr and "text" in malformed.stderr
 
 
 @pytest.mark.slow

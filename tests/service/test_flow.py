@@ -46,7 +46,7 @@ class BrokenCache:
 def _flow(cache: object, model: FakeModel, **options: object) -> tuple[EmbedFlow, Metrics]:
     metrics = Metrics()
     codec = ValueCodec(options.pop("dtype", "float32"), DIM)  # type: ignore[arg-type]
-    flow = EmbedFlow(KeySpace("t", "f" * 64), cache, model, codec, metrics, **options)  # type: ignore[arg-type]
+    flow = EmbedFlow(KeySpace("t", "f" * 64), cache, model, codec, metrics.for_model("m"), **options)  # type: ignore[arg-type]
     return flow, metrics
 
 
@@ -123,7 +123,7 @@ def test_strict_truncation_refuses_before_anything_is_written() -> None:
         flow, metrics = _flow(cache, FakeModel(), reject_truncated=True)
         with pytest.raises(TruncatedTexts) as refused:
             await flow.embed(["short", "one two three four five six seven"])
-        return refused.value.rows, len(cache), _count(metrics, "marc_items_truncated_total")
+        return refused.value.rows, len(cache), _count(metrics, "marc_items_truncated_total", model="m")
 
     rows, stored, counted = asyncio.run(scenario())
     assert rows == [1] and stored == 0 and counted == 0
@@ -134,7 +134,7 @@ def test_truncated_items_are_counted_when_served() -> None:
         flow, metrics = _flow(LruCache(100, 0), FakeModel())
         outcome = await flow.embed(["short", "one two three four five six seven"])
         await flow.embed(["one two three four five six seven"])  # from the cache: counted again
-        return outcome.rows.truncated.tolist(), _count(metrics, "marc_items_truncated_total")
+        return outcome.rows.truncated.tolist(), _count(metrics, "marc_items_truncated_total", model="m")
 
     truncated, counted = asyncio.run(scenario())
     assert truncated == [False, True] and counted == 2

@@ -1,4 +1,4 @@
-"""GET /v1/models: the served model as an OpenAI-style model list, with the artifact manifest."""
+"""GET /v1/models: the served models as an OpenAI-style model list, with their artifact manifests."""
 
 from __future__ import annotations
 
@@ -14,18 +14,28 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 
 @router.get("/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
 async def list_models(runtime: Runtime) -> OrjsonResponse:
-    """The one served model: name, fingerprint, variant, provider, dim and its manifest.json."""
-    artifact = runtime.encoder.artifact
-    manifest = artifact.manifest
-    card = {
-        "id": artifact.name,
-        "object": "model",
-        "created": int(manifest.created_at.timestamp()),
-        "owned_by": "marc-serve",
-        "fingerprint": artifact.fingerprint,
-        "variant": artifact.variant,
-        "provider": runtime.encoder.provider,
-        "dim": artifact.dim,
-        "manifest": manifest.model_dump(mode="json"),
-    }
-    return OrjsonResponse({"object": "list", "data": [card]})
+    """Each served model: its name (the `model` of requests), fingerprint, variant, provider, dim,
+    the `dimensions` a request may ask for, max_length, whether it is the default, and its
+    manifest.json."""
+    registry = runtime.models
+    cards = []
+    for served in registry.models():
+        artifact = served.artifact
+        manifest = artifact.manifest
+        cards.append(
+            {
+                "id": served.name,
+                "object": "model",
+                "created": int(manifest.created_at.timestamp()),
+                "owned_by": "marc-serve",
+                "fingerprint": artifact.fingerprint,
+                "variant": artifact.variant,
+                "provider": served.encoder.provider,
+                "dim": artifact.dim,
+                "dimensions": artifact.dimensions,
+                "max_length": artifact.max_length,
+                "default": served.name == registry.default_name,
+                "manifest": manifest.model_dump(mode="json"),
+            }
+        )
+    return OrjsonResponse({"object": "list", "data": cards})

@@ -24,15 +24,17 @@ async def healthz() -> OrjsonResponse:
 async def readyz(runtime: Runtime) -> OrjsonResponse:
     """Ready when the model is loaded and the service is not shutting down. A Redis outage does not
     make it unready (requests are served from the model); `cache.status` says "skipped" meanwhile."""
-    artifact = runtime.encoder.artifact
+    default = runtime.models.default
+    artifact = default.artifact
     content = {
         "status": "not ready" if runtime.draining else "ready",
         "reason": "shutting down" if runtime.draining else None,
-        "model": artifact.name,
+        "model": default.name,
         "fingerprint": artifact.fingerprint,
         "variant": artifact.variant,
-        "provider": runtime.encoder.provider,
-        "queue_depth": runtime.batcher.queued_items,
+        "provider": default.encoder.provider,
+        "queue_depth": sum(served.batcher.queued_items for served in runtime.models.models()),
+        "models": runtime.models.names,
         "cache": {"backend": runtime.cache.backend, "status": runtime.cache.status()},
     }
     return OrjsonResponse(content, status_code=503 if runtime.draining else 200)
