@@ -46,11 +46,17 @@ clean:
 # (best mean validation cold AUC over both datasets; MARC cut there matches half depth on synthetic and
 # beats it on entities at about half the cost: see EXPERIMENTS.md); for SmolLM2 the choice and its
 # evidence are recorded in the manifest (metrics.layer_choice). Override for a small build, e.g.
-# `make artifact BACKBONE=tiny LAYER=2 DIM=16 ARTIFACT_DIR=/tmp/a RUN_DIR=/tmp/run`.
+# `make artifact BACKBONE=tiny LAYER=2 DIM=16 ARTIFACT_DIR=/tmp/a RUN_DIR=/tmp/run` (not nested: see NESTED_DIMS).
 DEFAULT_LAYER ?= 8
 BACKBONE ?= smollm2
 LAYER ?= $(DEFAULT_LAYER)
 DIM ?= 64
+# The default artifact is trained nested (Matryoshka): every prefix z[:d] is a vector of its own, and
+# requests may ask for `dimensions` 8, 16, 32 or 64 (EXPERIMENTS.md, "Nested dimensions": full-k quality
+# within noise of a non-nested C). Other DIMs build without nesting unless NESTED_DIMS is given
+# (largest = DIM); NESTED_DIMS= builds a non-nested artifact.
+comma := ,
+NESTED_DIMS ?= $(if $(filter 64,$(DIM)),8$(comma)16$(comma)32$(comma)64)
 ARTIFACT_DIR ?= artifacts/default
 RUN_DIR ?= runs/$(notdir $(ARTIFACT_DIR))
 EXPERIMENTS_SUMMARY ?= reports/experiments/summary.json
@@ -74,10 +80,10 @@ $(ARTIFACT_DIR)/manifest.json: | install
 	@if [ -f $(RUN_DIR)/config.json ]; then \
 		echo "==> [1/2] reusing the checkpoint in $(RUN_DIR)"; \
 	else \
-		echo "==> [1/2] training MARC: $(BACKBONE) backbone cut at layer $(LAYER), k=$(DIM), frozen, synthetic data -> $(RUN_DIR)"; \
+		echo "==> [1/2] training MARC: $(BACKBONE) backbone cut at layer $(LAYER), k=$(DIM)$(if $(NESTED_DIMS), nested $(NESTED_DIMS)), frozen, synthetic data -> $(RUN_DIR)"; \
 		rm -rf $(RUN_DIR).partial && \
 		$(BIN)/marc train --backbone $(BACKBONE) --layer $(LAYER) --dim $(DIM) --data synthetic \
-			--out $(RUN_DIR).partial $(TRAIN_ARGS) && \
+			$(if $(NESTED_DIMS),--nested-dims $(NESTED_DIMS)) --out $(RUN_DIR).partial $(TRAIN_ARGS) && \
 		rm -rf $(RUN_DIR) && mv $(RUN_DIR).partial $(RUN_DIR); \
 	fi
 	@echo "==> [2/2] exporting $(RUN_DIR) -> $(ARTIFACT_DIR) (ONNX + parity check)"

@@ -509,6 +509,7 @@ def test_make_artifact_builds_and_then_reuses_a_small_artifact(tmp_path: Path) -
         "BACKBONE=tiny",
         "LAYER=2",
         "DIM=16",
+        "NESTED_DIMS=4,8,16",  # the default build is nested (8,16,32,64 at k = 64)
         f"ARTIFACT_DIR={artifact}",
         f"RUN_DIR={tmp_path / 'run'}",
         # Small synthetic data, two epochs: the build path is under test here, not the model quality.
@@ -520,6 +521,7 @@ def test_make_artifact_builds_and_then_reuses_a_small_artifact(tmp_path: Path) -
     assert "[1/2] training" in first.stdout and "[2/2] exporting" in first.stdout
     manifest = read_manifest(artifact)
     assert (manifest.backbone.layer, manifest.dim, manifest.name) == (2, 16, "tiny-l2-k16")
+    assert manifest.nested_dims == [4, 8, 16] and "nested 4,8,16" in first.stdout
     assert {"fp32", "int8"} <= set(manifest.variants)
     assert not (tmp_path / "artifact.partial").exists()
 
