@@ -138,10 +138,16 @@ image-check: install image-tools
 # Table to stdout and reports/bench.md, details to reports/bench.json; e.g. BENCH_ARGS="--quick".
 BENCH_ARGS ?=
 
-.PHONY: bench
+.PHONY: bench bench-peer
 
 bench: artifact
 	$(BIN)/marc bench --artifact $(ARTIFACT_DIR) --out reports/bench.json --markdown reports/bench.md $(BENCH_ARGS)
+
+# The same plus the Infinity rows (Infinity on the same truncated backbone, from its own venv, made once).
+PEER_VENV ?= .cache/peer-infinity
+bench-peer: artifact
+	$(BIN)/marc bench --artifact $(ARTIFACT_DIR) --peer infinity --peer-venv $(PEER_VENV) --install-peer \
+		--out reports/bench.json --markdown reports/bench.md $(BENCH_ARGS)
 
 # ---- Reliability: fuzzing, faults, overload, shutdown, integrity, security; figures -> RELIABILITY.md ----
 .PHONY: reliability

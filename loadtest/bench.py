@@ -7,13 +7,18 @@ everything at the end. Every load is bounded by a request count and a time limit
 
 Rows (ratios; absolute numbers on a shared 2-core machine mean little):
  1. cold path: service items/s (concurrent single-item clients, all misses) / raw ORT at its best
-    batch size; the same for the naive server
+    batch size, both on the served variant (int8 when the artifact has it); the same for the naive
+    server
  2. hot path: service requests/s (all hits) / bare FastAPI endpoint, latency percentiles of both, and
-    p99 at half the peak rate (open loop)
+    p99 at half the peak rate (open loop); /v1/embeddings / /v1/embed; ``--workers`` processes / one
+    (`marc serve --workers N` on the same Redis)
  3. truncation: raw ORT items/s at the cut layer L / the same checkpoint at full depth N
  4. precision: raw ORT int8 / fp32 items/s, cosine similarity between their vectors
  5. memory: Redis bytes per cached item (float16 and float32 values) / a float32 final-layer state;
     artifact size / full model
+ 6. with ``--peer infinity`` (`loadtest.peer_infinity`): the service / Infinity serving the same
+    truncated backbone with each of its CPU engines, cold (single-item clients, and 32-text
+    requests) and hot (its vector cache against the service's cache), side by side
 
 Throughputs are the best of ``rounds`` rounds (interference only ever slows a run down); limits are
 re-measured in every round next to what they limit.
@@ -21,6 +26,7 @@ re-measured in every round next to what they limit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Callable
@@ -34,6 +40,14 @@ from artifact.manifest import Manifest, read_manifest
 from loadtest.bench_report import BenchReport, build_report
 from loadtest.depth_variant import checkpoint_of, full_depth_artifact
 from loadtest.loadgen import LoadResult, LoadSpec, Workload, body_factory, run_in_subprocess
+from loadtest.peer_infinity import (
+    ENGINES,
+    PEER_MODEL_NAME,
+    PeerServer,
+    build_peer_model,
+    ensure_venv,
+    peer_versions,
+)
 from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
 from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import item_texts
@@ -48,6 +62,9 @@ POOL_START = 10_000_000
 COLD_START = 20_000_000
 TEXTS_PER_ROUND = 10_000_000  # > 2 x (MAX_REQUESTS + warm-up): rounds and servers never share texts
 MAX_REQUESTS = 1_000_000  # per closed-loop phase; the time limit ends it first
+PEER_START = 100_000_000  # the peer phases' cold texts (and the service's next to them)
+PEER_PHASE_TEXTS = 2_000_000
+PEER_BATCH_SIZE = 32  # Infinity's batch limit: the service's default window (MARC_MAX_BATCH_SIZE)
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,11 @@ class BenchOptions:
     hot_items: int = 1
     rounds: int = 2
     cache_dir: Path = Path(".cache/bench")
+    workers: int = 2  # the hot path with `marc serve --workers N` too (1 = not measured)
+    peer: str | None = None  # "infinity": the peer rows
+    peer_venv: Path = Path(".cache/peer-infinity")
+    install_peer: bool = False
+    request_texts: int = 32  # texts per request in the "batch requests" cold phases
 
     @property
     def raw_seconds(self) -> float:
@@ -151,12 +173,19 @@ def _int8_model(options: BenchOptions, manifest: Manifest) -> RawModel:
     return RawModel.from_file(options.artifact, path)
 
 
+def served_variant(manifest: Manifest) -> str:
+    """What `marc serve` picks on CPU (variant auto): int8 when the artifact has it, else fp32."""
+    return "int8" if "int8" in manifest.variants else "fp32"
+
+
 def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> dict[str, Any]:
     """Rows 3 and 4 and the cold limit's batch size: ONNX Runtime alone, before any server runs."""
     texts = item_texts(RAW_TEXTS_START, 512)
     fp32 = RawModel.open(options.artifact, "fp32")
-    log.info("raw ONNX Runtime: batch-size sweep %s", options.batch_sizes)
-    best, sweep = best_throughput(fp32, texts, options.batch_sizes, options.raw_seconds)
+    served = RawModel.open(options.artifact, served_variant(manifest))
+    log.info("raw ONNX Runtime (%s): batch-size sweep %s", served_variant(manifest), options.batch_sizes)
+    best, sweep = best_throughput(served, texts, options.batch_sizes, options.raw_seconds)
+    del served
     batch = best.batch_size
     log.info("  items/s by batch size: %s", {t.batch_size: round(t.items_per_second, 1) for t in sweep})
 
@@ -196,15 +225,27 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     checkpoint = checkpoint_of(manifest, options.checkpoint)  # fail before anything starts
     options.cache_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
+    variant = served_variant(manifest)
+    peer_python = None
+    if options.peer is not None:  # before anything is measured: a missing peer fails fast
+        peer_python = ensure_venv(options.peer_venv, install=options.install_peer)
     raw = measure_raw(options, manifest, checkpoint)
     batch = raw["best"].batch_size
-    limit_model = RawModel.open(options.artifact, "fp32")
+    limit_model = RawModel.open(options.artifact, variant)
     limit_texts = item_texts(RAW_TEXTS_START, 512)
 
     hot = Workload(
         kind="pool", start=POOL_START, pool_size=options.pool_size, items_per_request=options.hot_items
     )
+    hot_openai = Workload(
+        route="/v1/embeddings",
+        kind="pool",
+        start=POOL_START,
+        pool_size=options.pool_size,
+        items_per_request=options.hot_items,
+    )
     rounds: list[dict[str, Any]] = []
+    peer: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis_server:
         scratch = Path(scratch_dir)
         service_env = environment_without_settings()  # the benchmark's settings, not the shell's
@@ -215,9 +256,9 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             str(options.artifact),
             "--redis-url",
             redis_server.url,
-            # The limits (raw ORT, the naive server) run fp32; so does the service, whatever auto picks.
+            # The served variant (what auto picks on CPU), named: the cold limit runs the same one.
             "--variant",
-            "fp32",
+            variant,
         ]
         service_args += ["--log-level", "warning"]
         service = ServerProcess(
@@ -225,7 +266,16 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         )
         naive_args = ["loadtest.reference_servers", "naive", "--artifact", str(options.artifact)]
         naive = ServerProcess("naive server", naive_args, log_path=scratch / "naive.log")
-        with service, naive:
+        workers = None
+        if options.workers > 1:
+            workers = ServerProcess(
+                f"marc serve --workers {options.workers}",
+                [*service_args, "--workers", str(options.workers)],
+                log_path=scratch / "serve-workers.log",
+                ready_path="/readyz",
+                env=service_env,
+            )
+        with service, naive, workers or contextlib.nullcontext():
             memory_before, keys_before = redis_server.data_memory(), redis_server.key_count()
             _warm_pool(service.url, POOL_START, options.pool_size)
             payload = httpx.post(
@@ -248,11 +298,15 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                             naive,
                             bare,
                             hot,
+                            hot_openai,
+                            workers,
                             limit_model,
                             limit_texts,
                             batch,
                         )
                     )
+            if options.peer is not None and peer_python is not None:
+                peer = _peer_phases(options, manifest, peer_python, service, hot_openai, scratch)
             memory_after, keys_after = redis_server.data_memory(), redis_server.key_count()
             memory_usage_sample = redis_server.sampled_key_bytes()
         # The same pool texts cached as float16 values (MARC_CACHE_DTYPE=float16, own key space).
@@ -284,7 +338,9 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             "value_bytes": ValueCodec("float16", manifest.dim).value_bytes,
         },
     }
-    return build_report(options.to_dict(), manifest, machine, raw, rounds, memory, len(payload))
+    return build_report(
+        options.to_dict(), manifest, machine, raw, rounds, memory, len(payload), variant=variant, peer=peer
+    )
 
 
 def _round(
@@ -294,6 +350,8 @@ def _round(
     naive: ServerProcess,
     bare: ServerProcess,
     hot: Workload,
+    hot_openai: Workload,
+    workers: ServerProcess | None,
     limit_model: RawModel,
     limit_texts: list[str],
     batch: int,
@@ -312,14 +370,104 @@ def _round(
     log.info("  hot path: service and bare endpoint, closed loop then open loop at half peak")
     service_hot = _closed(service, hot, options, warmup=options.concurrency * 4)
     bare_hot = _closed(bare, hot, options, warmup=options.concurrency * 4)
+    service_hot_openai = _closed(service, hot_openai, options, warmup=options.concurrency * 4)
     service_half = _open(service.url, hot, options, rate=service_hot.requests_per_second / 2)
     bare_half = _open(bare.url, hot, options, rate=bare_hot.requests_per_second / 2)
-    return {
+    phases = {
         "limit": limit,
         "service_cold": service_cold,
         "naive_cold": naive_cold,
         "service_hot": service_hot,
         "bare_hot": bare_hot,
+        "service_hot_openai": service_hot_openai,
         "service_half": service_half,
         "bare_half": bare_half,
     }
+    if workers is not None:
+        log.info("  hot path: marc serve --workers %d", options.workers)
+        phases["workers_hot"] = _closed(workers, hot, options, warmup=options.concurrency * 4)
+    return phases
+
+
+def _peer_phases(
+    options: BenchOptions,
+    manifest: Manifest,
+    python: Path,
+    service: ServerProcess,
+    hot_openai: Workload,
+    scratch: Path,
+) -> dict[str, Any]:
+    """The service and Infinity's engines, one after the other, on the same load phases (fresh texts
+    for each): single-item clients, requests of ``request_texts`` texts, and the hot path."""
+    model = build_peer_model(
+        manifest.backbone.source, manifest.backbone.layer, manifest.max_length, options.cache_dir, python
+    )
+    batch_clients = max(1, options.concurrency // 8)
+    step = PEER_PHASE_TEXTS
+
+    def single(route: str, model_name: str, start: int) -> Workload:
+        return Workload(route=route, model=model_name, kind="unique", start=start)
+
+    def batched(route: str, model_name: str, start: int) -> Workload:
+        return Workload(
+            route=route, model=model_name, kind="unique", start=start, items_per_request=options.request_texts
+        )
+
+    def batched_options() -> BenchOptions:
+        return BenchOptions(**{**options.__dict__, "concurrency": batch_clients})
+
+    results: dict[str, Any] = {"versions": peer_versions(python), "model": str(model), "engines": {}}
+    log.info(
+        "peer: the service on the same phases (%d single-item clients, %d clients x %d texts)",
+        options.concurrency,
+        batch_clients,
+        options.request_texts,
+    )
+    results["service_cold"] = _closed(service, single("/v1/embeddings", "marc", PEER_START), options, 8)
+    results["service_cold_batch"] = _closed(
+        service, batched("/v1/embeddings", "marc", PEER_START + step), batched_options(), 2
+    )
+    for number, engine in enumerate(ENGINES):
+        log.info("peer: infinity, %s engine", engine)
+        start = PEER_START + (2 + 2 * number) * step
+        with PeerServer(
+            python, model, engine, batch_size=PEER_BATCH_SIZE, log_path=scratch / f"peer-{engine}.log"
+        ) as server:
+            results["engines"][engine] = {
+                "cold": _closed(server, single("/embeddings", PEER_MODEL_NAME, start), options, 8),
+                "cold_batch": _closed(
+                    server, batched("/embeddings", PEER_MODEL_NAME, start + step), batched_options(), 2
+                ),
+            }
+    best = max(ENGINES, key=lambda e: results["engines"][e]["cold"].items_per_second)
+    results["best_engine"] = best
+    log.info("peer: infinity, %s engine with its vector cache (hot path)", best)
+    with PeerServer(
+        python,
+        model,
+        best,
+        batch_size=PEER_BATCH_SIZE,
+        log_path=scratch / f"peer-{best}-cache.log",
+        cache=True,
+    ) as server:
+        peer_hot = Workload(
+            route="/embeddings",
+            model=PEER_MODEL_NAME,
+            kind="pool",
+            start=POOL_START,
+            pool_size=options.pool_size,
+            items_per_request=options.hot_items,
+        )
+        _warm_peer(server.url, options.pool_size)
+        results["peer_hot"] = _closed(server, peer_hot, options, warmup=options.concurrency * 4)
+    results["service_hot"] = _closed(service, hot_openai, options, warmup=options.concurrency * 4)
+    return results
+
+
+def _warm_peer(url: str, size: int) -> None:
+    """Every pool text once through the peer, so its vector cache holds them."""
+    texts = item_texts(POOL_START, size)
+    with httpx.Client(base_url=url, timeout=300) as client:
+        for i in range(0, size, 32):
+            response = client.post("/embeddings", json={"input": texts[i : i + 32], "model": PEER_MODEL_NAME})
+            response.raise_for_status()

@@ -13,8 +13,11 @@ redis-server, `marc serve` on the artifact and two reference servers (a naive on
 server and a bare FastAPI endpoint), drives them with a load generator in a separate process, measures
 ONNX Runtime directly, stops everything, and prints one markdown table (and writes JSON). Rows: cold
 path vs raw ORT (and the naive server), hot path vs the bare endpoint (+ p99 at half peak), truncation
-L vs full depth, int8 vs fp32, Redis bytes per cached item and artifact size. The truncation row
-exports the checkpoint at full depth once (cached in --cache-dir).
+L vs full depth, int8 vs fp32, Redis bytes per cached item and artifact size; the hot path also on
+/v1/embeddings and with `marc serve --workers N`. The truncation row exports the checkpoint at full
+depth once (cached in --cache-dir). With --peer infinity, the same load phases run against Infinity
+serving the same truncated backbone (each CPU engine, then its vector cache) from its own virtualenv
+(--peer-venv; --install-peer makes it).
 """
 
 
@@ -42,6 +45,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("reports/bench.json"), help="JSON report (%(default)s)"
     )
     parser.add_argument("--markdown", type=Path, help="also write the markdown table to this file")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="hot path also with marc serve --workers N (%(default)s; 1 = no)",
+    )
+    parser.add_argument("--peer", choices=["infinity"], help="also benchmark this peer server (rows 6)")
+    parser.add_argument(
+        "--peer-venv",
+        type=Path,
+        default=Path(".cache/peer-infinity"),
+        help="the peer's own virtualenv (%(default)s); never the project's",
+    )
+    parser.add_argument(
+        "--install-peer", action="store_true", help="create --peer-venv and install the peer when missing"
+    )
+    parser.add_argument(
+        "--request-texts",
+        type=int,
+        default=32,
+        help="texts per request in the peer's batch phase (%(default)s)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -123,8 +148,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per readiness poll otherwise
-    if args.concurrency < 1 or args.hot_items < 1:
-        raise SystemExit("--concurrency and --hot-items must be >= 1")
+    if args.concurrency < 1 or args.hot_items < 1 or args.workers < 1 or args.request_texts < 1:
+        raise SystemExit("--concurrency, --hot-items, --workers and --request-texts must be >= 1")
     options = BenchOptions(
         artifact=args.artifact,
         checkpoint=args.checkpoint,
@@ -134,6 +159,11 @@ def run_bench(args: argparse.Namespace) -> int:
         hot_items=args.hot_items,
         rounds=args.rounds or (1 if args.quick else 2),
         cache_dir=args.cache_dir,
+        workers=args.workers,
+        peer=args.peer,
+        peer_venv=args.peer_venv,
+        install_peer=args.install_peer,
+        request_texts=args.request_texts,
     )
     try:
         report = run_benchmark(options)

@@ -39,9 +39,11 @@ BODY_VARIANTS = 4096  # pre-encoded pool bodies cycled through, so the client sp
 @dataclass(frozen=True)
 class Workload:
     """What each request carries. ``unique``: texts never sent before (from index ``start`` on);
-    ``pool``: texts drawn at random from ``pool_size`` texts starting at ``start``."""
+    ``pool``: texts drawn at random from ``pool_size`` texts starting at ``start``. A route ending in
+    ``/embeddings`` (the service's OpenAI route, or a peer's) gets OpenAI bodies naming ``model``."""
 
     route: str = "/v1/embed"
+    model: str = "marc"
     kind: Literal["unique", "pool"] = "unique"
     items_per_request: int = 1
     start: int = 0
@@ -85,9 +87,9 @@ class LoadResult:
         return self.items_ok / self.seconds if self.seconds else 0.0
 
 
-def _embed_body(route: str, texts: list[str]) -> bytes:
-    if route == "/v1/embeddings":
-        return orjson.dumps({"input": texts, "model": "marc", "encoding_format": "base64"})
+def _embed_body(workload: Workload, texts: list[str]) -> bytes:
+    if workload.route.endswith("/embeddings"):
+        return orjson.dumps({"input": texts, "model": workload.model, "encoding_format": "base64"})
     return orjson.dumps({"items": [{"text": text} for text in texts]})
 
 
@@ -95,15 +97,13 @@ def body_factory(workload: Workload) -> Callable[[int], bytes]:
     """Request number -> request body."""
     k = workload.items_per_request
     if workload.kind == "unique":
-        return lambda i: _embed_body(
-            workload.route, [item_text(workload.start + i * k + j) for j in range(k)]
-        )
+        return lambda i: _embed_body(workload, [item_text(workload.start + i * k + j) for j in range(k)])
     if workload.pool_size < 1:
         raise ValueError("a pool workload needs pool_size >= 1")
     rng = random.Random(workload.seed)
     bodies = [
         _embed_body(
-            workload.route,
+            workload,
             [item_text(workload.start + rng.randrange(workload.pool_size)) for _ in range(k)],
         )
         for _ in range(BODY_VARIANTS)

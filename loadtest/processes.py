@@ -39,6 +39,29 @@ def environment_without_settings() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MARC_")}
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # it just exited
+        return 0.0
+    # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (Linux)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            direct = [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for child in direct:
+            found += [child, *_children(child)]
+    return found
+
+
 class ServerProcess:
     """``python -m <args> --port P`` serving HTTP on a free port; ready when ``ready_path`` answers 200.
 
@@ -54,13 +77,17 @@ class ServerProcess:
         ready_path: str = "/healthz",
         env: dict[str, str] | None = None,
         start_timeout: float = 180.0,
+        command: list[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
-        self._command = [sys.executable, "-m", *args, "--port", str(self.port)]
+        # ``command`` (default ``python -m``) runs another program the same way, e.g. a peer's CLI.
+        self._command = [*(command or [sys.executable, "-m"]), *args, "--port", str(self.port)]
         self._ready_path = ready_path
+        self._cwd = cwd
         self._env = env
         self._start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -77,7 +104,7 @@ class ServerProcess:
     def start(self, wait_ready: bool = True) -> ServerProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self._command, stdout=log, stderr=subprocess.STDOUT, env=self._env
+                self._command, stdout=log, stderr=subprocess.STDOUT, env=self._env, cwd=self._cwd
             )
         if wait_ready:
             self.wait_ready()
@@ -112,13 +139,11 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server has used so far (all its threads); NaN off Linux."""
-        stat = Path(f"/proc/{self.pid}/stat")
-        if not stat.is_file():
+        """User + system CPU time the server and its live child processes (`marc serve --workers`)
+        have used so far, all threads; NaN off Linux."""
+        if not Path(f"/proc/{self.pid}/stat").is_file():
             return math.nan
-        # Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(_cpu_seconds(pid) for pid in [self.pid, *_children(self.pid)])
 
     def stop(self, grace_seconds: float = 30.0) -> None:
         """SIGTERM, then SIGKILL if it is still up after ``grace_seconds`` (0: SIGKILL at once)."""

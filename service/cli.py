@@ -30,7 +30,9 @@ SERVE_FLAGS = {
     "max_wait_ms": "max_wait_ms",
     "max_queue_items": "max_queue_items",
     "cache_dtype": "cache_dtype",
+    "near_cache_bytes": "near_cache_bytes",
     "drain_seconds": "drain_seconds",
+    "workers": "workers",
     "log_level": "log_level",
 }
 
@@ -54,7 +56,7 @@ PRECOMPUTE_EXIT_CODES = f"""exit codes:
 def register(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve",
-        help="run the embedding service (FastAPI + uvicorn, one worker)",
+        help="run the embedding service (FastAPI + uvicorn; --workers N processes)",
         description="Serve an artifact over HTTP. Every option also reads its MARC_* environment "
         "variable (e.g. MARC_ARTIFACT, MARC_REDIS_URL); flags win. Without a Redis URL the service "
         "uses an in-process LRU cache. See the README's settings table for all variables.",
@@ -82,11 +84,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["float32", "float16"],
         help="cached value type (MARC_CACHE_DTYPE, default float32; float16 = half the memory)",
     )
+    serve.add_argument(
+        "--near-cache-bytes",
+        type=int,
+        help="in-process near-cache in front of Redis, bytes per process (MARC_NEAR_CACHE_BYTES, "
+        "64 MiB; 0 = none)",
+    )
     serve.add_argument("--max-batch-size", type=int, help="items per ONNX run (MARC_MAX_BATCH_SIZE, 32)")
     serve.add_argument("--max-wait-ms", type=float, help="batch fill wait (MARC_MAX_WAIT_MS, 2)")
     serve.add_argument("--max-queue-items", type=int, help="queue limit before 503 (MARC_MAX_QUEUE_ITEMS)")
     serve.add_argument(
         "--drain-seconds", type=float, help="on SIGTERM, stay up not-ready this long (MARC_DRAIN_SECONDS, 0)"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port, each with its own models (MARC_WORKERS, 1); metrics "
+        "are aggregated across them",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="MARC_LOG_LEVEL")
     serve.set_defaults(handler=run_serve)
@@ -170,6 +184,13 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ArtifactError, ModelConfigError) as exc:
         print(f"marc serve: refusing to start: {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        from service.workers import serve_workers
+
+        del encoders  # verified; each worker loads its own
+        return serve_workers(
+            settings.model_dump(), host=settings.host, port=settings.port, workers=settings.workers
+        )
     lifecycle = Lifecycle()
     app = create_app(settings, lifecycle, encoders)
     del encoders  # the app hands them to the registry: a reload can then unload them
@@ -177,7 +198,7 @@ def run_serve(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        workers=1,  # one process holds its models once; scale with processes or replicas
+        workers=1,  # this process serves; --workers N runs N of them (service.workers)
         log_level=settings.log_level,
         access_log=settings.log_level == "debug",  # per-request lines cost throughput; metrics cover it
         timeout_graceful_shutdown=30,

@@ -1,12 +1,17 @@
 """The embed flow every entry shares - `POST /v1/embed` (all hits or not), `/v1/embeddings`,
 `/v1/items/lookup` and `marc precompute` - after the request was admitted (`service.api.admission`):
 
-    read the cache  -> one round trip for the texts' keys and the ids' keys (`read`)
+    read the cache  -> the near-cache (in-process, text keys), then one round trip to the shared
+                       cache for the texts' keys it missed and the ids' keys (`read`)
     compute missing -> each new text once (the micro-batcher in the service, big encoder batches in
                        precompute), rounded as the cache will hold it (`complete`)
     write back      -> one pipelined call for new text keys and changed id keys (`complete`)
 
 A read that found everything is answered by `cached_outcome` without computing anything.
+
+Every key looked up is counted once in `marc_cache_requests_total`, under the tier that settled it:
+``tier="near"`` for a near-cache hit, else the shared cache's tier (``redis``, or ``memory`` for the
+in-process LRU) with its result - so the lookups of the shared tier are the near-cache's misses.
 
 In the service a cache that fails never fails the request: its keys are counted (error, skipped or
 busy) and every item is computed by the model. `marc precompute` asks for ``cache_failures="raise"``
@@ -23,9 +28,10 @@ from typing import Literal
 import numpy as np
 
 from service.cache.keys import KeySpace, normalise_text
+from service.cache.near import NearCache
 from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheUnavailable
 from service.cache.values import Embeddings, ValueCodec
-from service.metrics import CACHE_RESULTS, ModelMetrics
+from service.metrics import CACHE_RESULTS, NEAR_TIER, ModelMetrics
 from service.model.batcher import Embedded
 
 log = logging.getLogger(__name__)
@@ -81,16 +87,27 @@ class EmbedFlow:
         *,
         cache_failures: Literal["serve", "raise"] = "serve",
         reject_truncated: bool = False,
+        near: NearCache | None = None,
     ) -> None:
         self._keys = keys
         self._cache = cache
+        self._near = near
         self._compute = compute
         self._codec = codec
         self._metrics = metrics
         self._raise_cache_failures = cache_failures == "raise"
         self._reject_truncated = reject_truncated
         # Counter children looked up once: labels() takes a lock and builds a key on every call.
-        self._lookups = {result: metrics.cache_requests.labels(result=result) for result in CACHE_RESULTS}
+        tier = cache.backend if cache is not None else "none"
+        self._lookups = {
+            result: metrics.cache_requests.labels(tier=tier, result=result) for result in CACHE_RESULTS
+        }
+        self._near_hits = metrics.cache_requests.labels(tier=NEAR_TIER, result="hit")
+
+    @property
+    def near(self) -> NearCache | None:
+        """The near-cache in front of the shared cache, if any."""
+        return self._near
 
     async def embed(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> EmbedOutcome:
         """Vectors for ``texts``; items with an id are also stored under it (id key space)."""
@@ -104,9 +121,23 @@ class EmbedFlow:
         text_keys = [self._keys.text_key(text) for text in normalised]
         with_id = [(i, item_id) for i, item_id in enumerate(ids or ()) if item_id is not None]
         id_keys = [self._keys.id_key(item_id) for _, item_id in with_id]
-        values = await self._get(text_keys + id_keys, counted=len(text_keys))
-        split = len(text_keys)
-        return CacheRead(normalised, text_keys, values[:split], with_id, id_keys, values[split:])
+        near = self._near
+        if near is None:
+            values = await self._get(text_keys + id_keys, counted=len(text_keys))
+            split = len(text_keys)
+            return CacheRead(normalised, text_keys, values[:split], with_id, id_keys, values[split:])
+        text_values = [near.get(key) for key in text_keys]
+        asked = [row for row, value in enumerate(text_values) if value is None]
+        if len(asked) < len(text_keys):
+            self._near_hits.inc(len(text_keys) - len(asked))
+        if not asked and not id_keys:
+            return CacheRead(normalised, text_keys, text_values, with_id, id_keys, [])
+        values = await self._get([text_keys[row] for row in asked] + id_keys, counted=len(asked))
+        for row, value in zip(asked, values, strict=False):  # values also holds the id keys' values
+            if value is not None:
+                text_values[row] = value
+                near.put(text_keys[row], value)
+        return CacheRead(normalised, text_keys, text_values, with_id, id_keys, values[len(asked) :])
 
     def cached_outcome(self, read: CacheRead) -> EmbedOutcome | None:
         """The answer when the cache holds everything (every text hit, every id key up to date),
@@ -146,6 +177,10 @@ class EmbedFlow:
             for row in missing:
                 values[row] = new_values[position[read.normalised[row]]]
             writes += [(read.text_keys[row], values[row]) for row in first_row.values()]  # type: ignore[misc]
+            if self._near is not None:
+                # The model's answer for this fingerprint and text: keep it whether Redis takes it or not.
+                for key, value in writes:
+                    self._near.put(key, value)
         outcome = self._served(EmbedOutcome(rows, cached, queue_seconds, inference_seconds))
         for (row, _), key, stored in zip(read.with_id, read.id_keys, read.id_values, strict=True):
             if values[row] != stored:

@@ -3,21 +3,39 @@ several apps can live in one process (tests) without clashing on the global defa
 
 What one model does (its batcher, its runs, its items) carries a ``model`` label: the served name,
 never a name a request sent (an unknown name is a 404 before anything is counted), and a model's
-series are removed when a reload stops serving it, so the label's values are the served set."""
+series are removed when a reload stops serving it, so the label's values are the served set.
+
+With several worker processes (`marc serve --workers N`, `service.workers`) prometheus-client runs in
+its multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` is set before the workers start, each worker's
+values go to files there, and whichever worker answers a scrape renders all of them merged: counters
+and histograms summed, gauges as their ``multiprocess_mode`` says (live workers only). A gauge read
+from a function at scrape time cannot work there (the scrape is answered by one worker), so each
+worker writes those gauges itself every `SAMPLE_SECONDS` (and right before it answers a scrape)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 CACHE_RESULTS = ("hit", "miss", "error", "skipped", "busy")
 RELOAD_RESULTS = ("ok", "failed")
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+SAMPLE_SECONDS = 1.0
+NEAR_TIER = "near"  # the in-process near-cache (service.cache.near); the shared tier is "redis" or "memory"
+
+
+def multiprocess_dir() -> str | None:
+    """Where the workers' metric files are, when prometheus-client runs in its multiprocess mode."""
+    return os.environ.get(MULTIPROC_DIR_VARIABLE) or None
 
 
 @dataclass(frozen=True)
@@ -35,11 +53,14 @@ class ModelMetrics:
     overload_rejections: Counter
     cache_requests: Counter
     cache_writes: Counter
+    sample: Callable[[Gauge, Callable[[], float]], None]  # `Metrics.sample`
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess = multiprocess_dir() is not None
+        self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
         r = self.registry
         self.request_duration = Histogram(
             "marc_request_duration_seconds",
@@ -58,13 +79,21 @@ class Metrics:
         self.batch_size = Histogram(
             "marc_batch_size", "Items per ONNX Runtime run.", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("marc_queue_depth", "Items waiting for the model.", ["model"], registry=r)
+        self.queue_depth = Gauge(
+            "marc_queue_depth",
+            "Items waiting for the model.",
+            ["model"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.cache_requests = Counter(
             "marc_cache_requests_total",
-            "Cache lookups per key, by result: hit, miss; error = Redis failed or timed out, skipped = "
-            "Redis not asked (skipped after failures), busy = no connection free in time (served "
-            "without the cache in all three).",
-            ["result"],
+            "Cache lookups per key, each counted once under the tier that settled it (near = the "
+            "in-process near-cache, which only counts hits; redis or memory = the shared cache, asked "
+            "for what the near-cache missed), by result: hit, miss; error = Redis failed or timed out, "
+            "skipped = Redis not asked (skipped after failures), busy = no connection free in time "
+            "(served without the cache in all three).",
+            ["tier", "result"],
             registry=r,
         )
         self.cache_writes = Counter(
@@ -102,12 +131,15 @@ class Metrics:
             "marc_model_info",
             "Each served model (value is always 1): its served name (model) and artifact name.",
             ["model", "name", "fingerprint", "layer", "dim", "provider", "variant"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.cache_skipped = Gauge(
             "marc_cache_skipped",
             "1 while Redis is skipped after failures (requests are served by the model; one request "
-            "probes Redis every MARC_CACHE_RETRY_SECONDS), else 0.",
+            "probes Redis every MARC_CACHE_RETRY_SECONDS), else 0 (with several workers: 1 while any "
+            "worker skips Redis).",
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.model_reloads = Counter(
@@ -119,8 +151,6 @@ class Metrics:
         )
         for result in RELOAD_RESULTS:
             self.model_reloads.labels(result=result)
-        for result in CACHE_RESULTS:
-            self.cache_requests.labels(result=result)
         for result in ("ok", "error"):
             self.cache_writes.labels(result=result)
 
@@ -136,6 +166,7 @@ class Metrics:
             overload_rejections=self.overload_rejections.labels(model=model),
             cache_requests=self.cache_requests,
             cache_writes=self.cache_writes,
+            sample=self.sample,
         )
 
     def forget_model(self, model: str) -> None:
@@ -154,5 +185,23 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 metric.remove(model)
 
+    def sample(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """``gauge`` shows ``read()``: at scrape time in one process, every `SAMPLE_SECONDS` (see
+        `refresh`) in multiprocess mode."""
+        if self.multiprocess:
+            self._sampled.append((gauge, read))
+        else:
+            gauge.set_function(read)
+
+    def refresh(self) -> None:
+        """Write the sampled gauges' current values (multiprocess mode)."""
+        for gauge, read in self._sampled:
+            gauge.set(read())
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.refresh()
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged)

@@ -36,6 +36,7 @@ from typing import Literal
 from artifact.loader import LoadedArtifact
 from artifact.names import ArtifactError
 from service.cache.keys import KeySpace
+from service.cache.near import NearCache
 from service.cache.stores import Cache
 from service.cache.values import ValueCodec
 from service.flow import EmbedFlow
@@ -163,10 +164,13 @@ class ReloadFailed(Exception):
 
 
 class ModelRegistry:
-    def __init__(self, settings: Settings, metrics: Metrics, cache: Cache) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, cache: Cache, near: NearCache | None = None
+    ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._cache = cache
+        self._near = near
         self._models: dict[str, ServedModel] = {}  # replaced whole, never changed in place
         self._default = ""
         self._single = True
@@ -226,6 +230,7 @@ class ModelRegistry:
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue_items=settings.max_queue_items,
+            pipeline_windows=settings.pipeline_windows,
         )
         batcher.start()
         artifact = encoder.artifact
@@ -236,6 +241,7 @@ class ModelRegistry:
             ValueCodec(settings.cache_dtype, artifact.dim),
             metrics,
             reject_truncated=settings.reject_truncated,
+            near=self._near,
         )
         labels = {
             "model": source.name,

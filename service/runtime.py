@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from service.api.admission import Admission
 from service.api.token_ids import load_token_decoder
+from service.cache.near import NearCache
 from service.cache.stores import Cache, build_cache
 from service.flow import EmbedFlow
 from service.lifecycle import Lifecycle
-from service.metrics import Metrics
+from service.metrics import SAMPLE_SECONDS, Metrics
 from service.model.batcher import MicroBatcher
 from service.model.encoder import OnnxEncoder
 from service.registry import ModelRegistry, load_verified_encoder, read_settings_models
@@ -38,6 +39,7 @@ class ServiceRuntime:
     cache: Cache
     admission: Admission
     lifecycle: Lifecycle
+    sampler: asyncio.Task[None] | None = None  # writes the sampled gauges (multiprocess metrics)
 
     @property
     def draining(self) -> bool:
@@ -80,12 +82,19 @@ class ServiceRuntime:
             max_connections=settings.redis_max_connections,
             lru_max_items=settings.lru_max_items,
         )
-        metrics.cache_skipped.set_function(lambda: float(cache.status() == "skipped"))
+        metrics.sample(metrics.cache_skipped, lambda: float(cache.status() == "skipped"))
         if not await cache.ping():
             log.warning(
                 "cache %s not reachable at start-up; serving from the model until it is", cache.backend
             )
-        models = ModelRegistry(settings, metrics, cache)
+        # In front of Redis only (in front of the in-process LRU it would be a second copy); one for
+        # every model: text keys carry the model's fingerprint.
+        near = (
+            NearCache(settings.near_cache_bytes)
+            if settings.near_cache_bytes and cache.backend == "redis"
+            else None
+        )
+        models = ModelRegistry(settings, metrics, cache, near)
         await models.start(encoders)
         log.info(
             "serving %d model(s) (default %s) with %s cache (%s values)",
@@ -102,10 +111,21 @@ class ServiceRuntime:
         # that shows in p99 and can push Redis calls past their timeout).
         gc.collect()
         gc.freeze()
-        return cls(settings, metrics, models, cache, admission, lifecycle)
+        runtime = cls(settings, metrics, models, cache, admission, lifecycle)
+        if metrics.multiprocess:
+            runtime.sampler = asyncio.get_running_loop().create_task(_sample(metrics), name="marc-metrics")
+        return runtime
 
     async def stop(self) -> None:
         self.lifecycle.draining = True
+        if self.sampler is not None:
+            self.sampler.cancel()
         self.admission.close()
         await self.models.stop()
         await self.cache.close()
+
+
+async def _sample(metrics: Metrics) -> None:
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(SAMPLE_SECONDS)

@@ -92,10 +92,25 @@ class Settings(BaseSettings):
         "to float16, relative error <= 2^-11, widened to float32 when served). Separate key spaces.",
     )
     lru_max_items: int = Field(100_000, ge=1, description="Capacity of the in-process LRU cache.")
+    near_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="In-process near-cache in front of Redis for text keys (per process), in bytes of "
+        "this process's memory (~530 B per float32 k=64 item: 64 MiB holds ~125k items); the least "
+        "recently used go first. 0 = none. Not used with the in-process LRU (no Redis URL).",
+    )
 
     # --- batching -----------------------------------------------------------------------------
     max_batch_size: int = Field(32, ge=1, description="Items per ONNX Runtime run.")
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits to fill before it runs.")
+    pipeline_windows: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Windows in the micro-batcher at once: with 2 the next window is collected and "
+        "tokenised while the model runs the current one; 1 = one window at a time (the default: 2 "
+        "showed no gain in side-by-side cold runs on 2 shared cores).",
+    )
     max_queue_items: int = Field(
         2048,
         ge=1,
@@ -140,6 +155,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 to listen on all interfaces).")
     port: int = Field(8000, ge=0, le=65535, description="Bind port.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes on the one port, each with its own model, batcher and near-cache "
+        "(Redis shared); /metrics of any of them covers all (prometheus-client multiprocess mode).",
+    )
     drain_seconds: float = Field(
         0.0, ge=0, description="On SIGTERM, report not-ready this long while still serving, then stop."
     )

@@ -6,8 +6,11 @@
 * A window collects up to ``max_batch_size`` items or waits ``max_wait_ms``, then also takes what
   is already queued (up to ``BACKLOG_RUNS`` runs), so a backlog is sorted by length across runs.
 * Jobs whose every waiting request has gone (cancelled) are dropped before they reach the model.
-* The encoder runs in one dedicated worker thread: the event loop never blocks on tokenisation or
-  ONNX Runtime, and runs never overlap (ORT already uses all intra-op threads).
+* The model runs in one dedicated worker thread, so runs never overlap (ORT already uses all
+  intra-op threads) and the event loop never blocks. Tokenising and padding a window happen in a
+  second thread: up to ``pipeline_windows`` (`PIPELINE_WINDOWS`) windows are in the batcher at
+  once, so the next window is collected and prepared while the model runs the current one and
+  starts as soon as it ends.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,6 +32,9 @@ from service.model.encoder import EncodedTexts
 log = logging.getLogger(__name__)
 
 BACKLOG_RUNS = 4
+# Windows collected/prepared/running at once (2: one runs while the next gets ready). 1 by default:
+# side-by-side cold runs on the shared 2-core machine showed no gain from 2 (BENCHMARKS.md).
+PIPELINE_WINDOWS = 1
 RETRY_AFTER_SECONDS = 1
 
 
@@ -49,7 +55,11 @@ class InferenceFailed(RuntimeError):
 
 
 class TextEncoder(Protocol):
-    def embed(self, texts: Sequence[str], max_batch_size: int) -> EncodedTexts: ...
+    def prepare(self, texts: Sequence[str], max_batch_size: int) -> Any:
+        """Everything before the model (tokenise, pad); its result goes to ``run``."""
+        ...
+
+    def run(self, prepared: Any) -> EncodedTexts: ...
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_items: int,
+        pipeline_windows: int = PIPELINE_WINDOWS,
     ) -> None:
         self._encoder = encoder
         self._metrics = metrics
@@ -98,13 +109,18 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._inflight: dict[str, _Job] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marc-onnx")
+        self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marc-tokenize")
+        self._windows = asyncio.Semaphore(pipeline_windows)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        metrics.queue_depth.set_function(self._queue.qsize)
+        self._in_windows = 0  # items of collected windows whose run has not started yet
+        metrics.sample(metrics.queue_depth, lambda: self.queued_items)
 
     @property
     def queued_items(self) -> int:
-        return self._queue.qsize()
+        """Items waiting for the model: in the queue, or in a window being prepared or waiting for
+        the run before it."""
+        return self._queue.qsize() + self._in_windows
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="marc-batcher")
@@ -123,6 +139,7 @@ class MicroBatcher:
                 job.future.set_exception(ShuttingDown("the service is shutting down"))
         self._inflight.clear()
         self._executor.shutdown(wait=True)
+        self._prepare_executor.shutdown(wait=True)
 
     async def embed(self, texts: Sequence[str]) -> Embedded:
         """Vectors for ``texts`` (already normalised), computed by the model."""
@@ -130,11 +147,10 @@ class MicroBatcher:
             raise ShuttingDown("the service is shutting down")
         unique = list(dict.fromkeys(texts))
         fresh = [t for t in unique if t not in self._inflight]
-        if self._queue.qsize() + len(fresh) > self._max_queue_items:
+        if self.queued_items + len(fresh) > self._max_queue_items:
             self._metrics.overload_rejections.inc()
             raise Overloaded(
-                f"queue full ({self._queue.qsize()} items waiting, limit {self._max_queue_items}); "
-                "retry later"
+                f"queue full ({self.queued_items} items waiting, limit {self._max_queue_items}); retry later"
             )
         # No await between the check above and the puts below: admission is atomic.
         loop = asyncio.get_running_loop()
@@ -182,14 +198,30 @@ class MicroBatcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        windows: set[asyncio.Task[None]] = set()
+
+        def window_done(task: asyncio.Task[None]) -> None:
+            windows.discard(task)
+            self._windows.release()
+
         while True:
+            # A window is collected only when fewer than pipeline_windows are prepared or running:
+            # while they are, new items wait in the queue and the next window takes them all.
+            await self._windows.acquire()
             jobs, stop = await self._collect()
             live = [job for job in jobs if not job.future.done()]
             if len(live) < len(jobs):
                 self._metrics.items_dropped.inc(len(jobs) - len(live))
             if live:
-                await self._compute(loop, live)
+                self._in_windows += len(live)
+                task = loop.create_task(self._compute(loop, live), name="marc-window")
+                windows.add(task)
+                task.add_done_callback(window_done)
+            else:
+                self._windows.release()
             if stop:
+                if windows:
+                    await asyncio.wait(windows)
                 return
 
     async def _collect(self) -> tuple[list[_Job], bool]:
@@ -226,11 +258,28 @@ class MicroBatcher:
             jobs.append(job)
         return False
 
+    def _run(self, loop: asyncio.AbstractEventLoop, prepared: Any, items: int) -> tuple[float, EncodedTexts]:
+        """In the model's thread: when the window really went to the model, and its result."""
+        loop.call_soon_threadsafe(self._started, items)
+        return time.perf_counter(), self._encoder.run(prepared)
+
+    def _started(self, items: int) -> None:
+        self._in_windows -= items
+
     async def _compute(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
-        started = time.perf_counter()
         try:
-            encoded = await loop.run_in_executor(
-                self._executor, self._encoder.embed, [job.text for job in jobs], self._max_batch_size
+            try:
+                prepared = await loop.run_in_executor(
+                    self._prepare_executor,
+                    self._encoder.prepare,
+                    [job.text for job in jobs],
+                    self._max_batch_size,
+                )
+            except BaseException:
+                self._started(len(jobs))  # never reaches the model
+                raise
+            started, encoded = await loop.run_in_executor(
+                self._executor, self._run, loop, prepared, len(jobs)
             )
         except Exception as exc:
             log.exception("inference failed for a window of %d items", len(jobs))

@@ -41,6 +41,15 @@ class RunStats:
 
 
 @dataclass(frozen=True)
+class PreparedTexts:
+    """Texts tokenised, sorted by length and padded per run: all that is left is the model."""
+
+    tokens: np.ndarray  # int [n], per text in input order
+    truncated: np.ndarray  # bool [n]
+    runs: list[tuple[list[int], np.ndarray, np.ndarray]]  # (rows, input_ids, attention_mask)
+
+
+@dataclass(frozen=True)
 class EncodedTexts:
     rows: Embeddings  # in input order
     runs: list[RunStats]
@@ -70,20 +79,31 @@ class OnnxEncoder:
     def embed(self, texts: Sequence[str], max_batch_size: int) -> EncodedTexts:
         """Vectors for ``texts`` in order, computed in runs of at most ``max_batch_size`` rows of
         similar length (less padding). Blocking: call it from a worker thread."""
+        return self.run(self.prepare(texts, max_batch_size))
+
+    def prepare(self, texts: Sequence[str], max_batch_size: int) -> PreparedTexts:
+        """Everything before the model (tokenise, sort by length, pad per run): the micro-batcher
+        does this for the next window while the model runs the current one."""
         encodings = self._tokenizer.encode_batch(list(texts))
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        vectors = np.empty((len(encodings), self.dim), dtype=np.float32)
-        runs: list[RunStats] = []
+        runs = []
         for start in range(0, len(order), max_batch_size):
             rows = order[start : start + max_batch_size]
-            input_ids, attention_mask = self._pad([encodings[i] for i in rows])
-            began = time.perf_counter()
-            vectors[rows] = self._run(input_ids, attention_mask)
-            runs.append(RunStats(len(rows), input_ids.shape[1], time.perf_counter() - began))
+            runs.append((rows, *self._pad([encodings[i] for i in rows])))
         tokens = np.array([len(e.ids) for e in encodings], dtype=np.int64)
         # The tokenizer truncates at max_length and keeps the rest as overflowing encodings.
         truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
-        return EncodedTexts(Embeddings(vectors, tokens, truncated), runs)
+        return PreparedTexts(tokens, truncated, runs)
+
+    def run(self, prepared: PreparedTexts) -> EncodedTexts:
+        """The model's runs over prepared texts. Blocking: call it from a worker thread."""
+        vectors = np.empty((len(prepared.tokens), self.dim), dtype=np.float32)
+        stats: list[RunStats] = []
+        for rows, input_ids, attention_mask in prepared.runs:
+            began = time.perf_counter()
+            vectors[rows] = self._run(input_ids, attention_mask)
+            stats.append(RunStats(len(rows), input_ids.shape[1], time.perf_counter() - began))
+        return EncodedTexts(Embeddings(vectors, prepared.tokens, prepared.truncated), stats)
 
     def _pad(self, encodings: Sequence[Encoding]) -> tuple[np.ndarray, np.ndarray]:
         """Right padding (the artifact's convention) to the longest row of this run."""

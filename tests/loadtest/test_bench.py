@@ -18,6 +18,8 @@ ROWS = [
     "1b. cold path, naive server",
     "2. hot path",
     "2b. hot path at half peak",
+    "2c. hot path, /v1/embeddings",
+    "2d. hot path, 2 workers",
     "3. truncation",
     "4. precision",
     "5. memory per cached item",
@@ -63,7 +65,8 @@ def test_quick_bench_produces_every_row(
     (round_,) = report["details"]["rounds"]
     # The cold path really missed the cache and the hot path really hit it, on every item.
     assert round_["service_cold"]["cache_hit_ratio"] == 0
-    assert round_["service_hot"]["cache_hit_ratio"] == 1
+    for hot in ("service_hot", "service_hot_openai", "workers_hot"):  # /v1/embed, /v1/embeddings, 2 workers
+        assert round_[hot]["cache_hit_ratio"] == 1, hot
     for name, result in round_.items():
         if name != "limit":
             assert result["ok"] > 0 and result["statuses"] == {"200": result["requests"]}, name

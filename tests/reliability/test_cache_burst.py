@@ -32,6 +32,7 @@ def test_a_burst_far_beyond_the_pool_is_served_from_the_cache(tiny_artifact: Pat
             # generator shares the 2 cores with the server.
             cache_timeout_ms=2000,
             max_items_per_request=len(TEXTS),
+            near_cache_bytes=0,  # every hit goes to Redis: the burst is on its pool
         ) as server,
     ):
         with httpx.Client(base_url=server.url, timeout=30) as client:

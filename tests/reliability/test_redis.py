@@ -49,6 +49,7 @@ def test_redis_killed_and_restarted_during_load(tiny_artifact: Path) -> None:
             redis_url=own_redis.url,
             cache_timeout_ms=CACHE_TIMEOUT_MS,
             cache_retry_seconds=CACHE_RETRY_SECONDS,
+            near_cache_bytes=0,  # the faults of the shared tier: no near-cache answering in front of it
         ) as live,
         LoadLoop(live.url, HOT_TEXTS, clients=4) as load,
     ):
@@ -96,6 +97,7 @@ def test_paused_redis_costs_at_most_the_cache_timeout(tiny_artifact: Path) -> No
             redis_url=own_redis.url,
             cache_timeout_ms=CACHE_TIMEOUT_MS,
             cache_retry_seconds=CACHE_RETRY_SECONDS,
+            near_cache_bytes=0,  # the faults of the shared tier: no near-cache answering in front of it
         ) as live,
         # Client timeout well below the stall: a request that waited for Redis would fail here.
         LoadLoop(live.url, HOT_TEXTS, clients=4, timeout=stall_seconds / 2) as load,

@@ -151,7 +151,9 @@ def test_redis_password_from_the_url(tiny_artifact: Path) -> None:
             errors_with = live.metric("marc_cache_requests_total", result="error")
             exposed = [live.client().get(p).text for p in ("/readyz", "/metrics")]
         wrong = f"redis://:wrong@127.0.0.1:{own_redis.port}/0"
-        with LiveServer(artifact=tiny_artifact, redis_url=wrong) as live:
+        # No near-cache: this is about Redis refusing the password (a near-cache would serve the
+        # second request's text, computed by the first, without asking Redis).
+        with LiveServer(artifact=tiny_artifact, redis_url=wrong, near_cache_bytes=0) as live:
             with_wrong_password = _two_embeds(live, "wrong password")
             errors_wrong = sum(
                 live.metric("marc_cache_requests_total", result=result) for result in ("error", "skipped")

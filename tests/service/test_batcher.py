@@ -22,9 +22,17 @@ class FakeEncoder:
 
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[list[str]] = []
+        self.prepared: list[list[str]] = []
         self.fail = fail
         self.gate = threading.Event()
         self.gate.set()
+
+    def prepare(self, texts: Sequence[str], max_batch_size: int) -> tuple[list[str], int]:
+        self.prepared.append(list(texts))
+        return list(texts), max_batch_size
+
+    def run(self, prepared: tuple[list[str], int]) -> EncodedTexts:
+        return self.embed(*prepared)
 
     def embed(self, texts: Sequence[str], max_batch_size: int) -> EncodedTexts:
         self.gate.wait(10)
@@ -89,6 +97,32 @@ def test_a_request_that_does_not_fit_is_refused_whole_and_the_next_one_fits() ->
     depth_after_refusal, depth, rejections = asyncio.run(scenario())
     assert depth_after_refusal == 3  # nothing of the refused request was queued
     assert depth == 4 and rejections == 1
+
+
+def test_the_next_window_is_prepared_while_the_model_runs_and_no_more() -> None:
+    async def scenario() -> tuple[list[list[str]], list[list[str]], int, int, list[list[str]]]:
+        encoder = FakeEncoder()
+        encoder.gate.clear()  # the first run waits at the gate
+        batcher = _batcher(encoder, Metrics(), max_batch_size=2, max_wait_ms=1.0, pipeline_windows=2)
+        first = asyncio.ensure_future(batcher.embed(["a1", "a2"]))
+        await asyncio.sleep(0.2)  # the first window is running (held at the gate)
+        second = asyncio.ensure_future(batcher.embed(["b1", "b2"]))
+        await asyncio.sleep(0.2)
+        third = asyncio.ensure_future(batcher.embed(["c1"]))
+        await asyncio.sleep(0.2)
+        prepared, calls = [list(p) for p in encoder.prepared], [list(c) for c in encoder.calls]
+        waiting, queue_only = batcher.queued_items, batcher._queue.qsize()
+        encoder.gate.set()
+        await asyncio.gather(first, second, third)
+        await batcher.stop()
+        return prepared, calls, waiting, queue_only, encoder.calls
+
+    prepared, calls, waiting, queue_only, all_calls = asyncio.run(scenario())
+    # While the model ran window a, window b was collected and prepared, and nothing else: c waits
+    # in the queue until a window is done (pipeline_windows = 2).
+    assert calls == [] and prepared == [["a1", "a2"], ["b1", "b2"]]
+    assert waiting == 3 and queue_only == 1  # b (prepared, waiting for the model) + c (queued)
+    assert all_calls == [["a1", "a2"], ["b1", "b2"], ["c1"]]
 
 
 def test_work_nobody_waits_for_is_dropped_before_the_model() -> None:

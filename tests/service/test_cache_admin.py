@@ -177,7 +177,8 @@ def test_purging_the_served_fingerprint_only_empties_its_cache(
     prefix = unique_prefix()
     served = served_fingerprint(tiny_artifact)
     items = [{"text": f"item {i} of a catalogue"} for i in range(8)]
-    live = LiveServer(artifact=tiny_artifact, redis_url=server.url, cache_prefix=prefix)
+    # No near-cache: Redis is what is purged (a near-cache would keep serving the same vectors).
+    live = LiveServer(artifact=tiny_artifact, redis_url=server.url, cache_prefix=prefix, near_cache_bytes=0)
     with live, live.client() as http:
         first = http.post("/v1/embed", json={"items": items}).json()
         client = redis.Redis.from_url(server.url)

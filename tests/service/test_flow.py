@@ -51,7 +51,13 @@ def _flow(cache: object, model: FakeModel, **options: object) -> tuple[EmbedFlow
 
 
 def _count(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    """Sum of the samples of ``name`` whose labels include ``labels`` (e.g. over every cache tier)."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def test_new_texts_are_computed_once_written_back_and_then_served_from_the_cache() -> None:

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.processes import ServerProcess, bound_socket, environment_without_settings
 from service.app import create_app
+from service.runtime import ServiceRuntime
 from service.settings import Settings
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -76,6 +77,11 @@ class LiveServer(_ServesMetrics):
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+    @property
+    def runtime(self) -> ServiceRuntime:
+        """The running service's parts (what the app's lifespan built)."""
+        return self._server.lifespan.state["runtime"]
 
 
 class ServeProcess(_ServesMetrics, ServerProcess):
