@@ -20,6 +20,7 @@ from service.settings import Settings
 ERRORS: dict[int, str] = {
     400: "Invalid request (OpenAI's status for it); `param` names the field.",
     401: "Missing or invalid API key (when MARC_API_KEY is set).",
+    404: "`model` names no served model (`code` model_not_found; the message lists the served names).",
     408: "The body did not arrive within MARC_BODY_READ_TIMEOUT_SECONDS.",
     413: "Body larger than the body limit (MARC_MAX_BODY_BYTES).",
     415: "Content-Type is not application/json.",
@@ -38,7 +39,7 @@ def _documented(route: EmbedRoute) -> APIRoute:
         [inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=route.request)]
     )
     endpoint.__name__ = route.handler.__name__
-    statuses = [401, 408, 413, 415, route.invalid_status, 503]
+    statuses = sorted({401, 404, 408, 413, 415, route.invalid_status, 503})
     return APIRoute(
         route.path,
         endpoint,

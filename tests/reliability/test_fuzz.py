@@ -24,7 +24,13 @@ API_KEY = "fuzz-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 # Every operation of the schema; test_every_route_is_fuzzed fails when a route is added and not listed.
 BODY_OPERATIONS = [("POST", "/v1/embed"), ("POST", "/v1/embeddings"), ("POST", "/v1/items/lookup")]
-PLAIN_OPERATIONS = [("GET", "/v1/models"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
+PLAIN_OPERATIONS = [
+    ("GET", "/v1/models"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("POST", "/admin/reload"),
+]
 EXAMPLES_PER_MODE = 60  # per body operation and generation mode
 MAX_ITEMS = 16
 MAX_TEXT_CHARS = 2048
