@@ -83,17 +83,19 @@ def measure_lora_cost(
         distinct.append(len(np.unique(data.items[rows])))
     per_step = statistics.median(timed[1:] or timed)  # the first step pays one-off allocations
     steps_per_epoch = math.ceil(len(data) / train.batch_size)
+    # The estimate is built from the reported (rounded) figures, so it adds up exactly as printed.
+    seconds_per_step, refresh_seconds = round(per_step, 3), round(refresh_seconds, 2)
     return {
         "lora_layers": adapted_layers(config, train),
         "layer": config.layer,
         "batch_size": train.batch_size,
         "steps_timed": len(timed[1:] or timed),
-        "seconds_per_step": round(per_step, 3),
+        "seconds_per_step": seconds_per_step,
         "step_seconds": [round(t, 3) for t in timed],
         "distinct_items_per_step": round(float(np.mean(distinct)), 1),
         "steps_per_epoch": steps_per_epoch,
-        "refresh_seconds": round(refresh_seconds, 2),
+        "refresh_seconds": refresh_seconds,
         "setup_seconds": round(setup_seconds, 2),
-        "epoch_seconds_estimate": round(per_step * steps_per_epoch + refresh_seconds, 1),
+        "epoch_seconds_estimate": seconds_per_step * steps_per_epoch + refresh_seconds,
         "threads": torch.get_num_threads(),
     }

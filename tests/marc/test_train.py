@@ -14,23 +14,13 @@ from marc.backbone import load_backbone
 from marc.checkpoint import load_checkpoint
 from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset, make_synthetic
-from marc.features import pooled_states
 from marc.losses import Reconstruction, kl_to_standard_normal, marc_loss, sample_z, task_bce
 from marc.modules import Compressor, DotProductHead, TaskAdapter
 from marc.train.loop import train_marc, user_histories
 from marc_serve.cli import build_parser, main
+from tests.marc.conftest import TRAIN_LAYER
 
-LAYER = 2
-
-
-@pytest.fixture(scope="module")
-def data() -> RecDataset:
-    return make_synthetic(num_items=240, num_users=120, interactions_per_user=30, seed=0)
-
-
-@pytest.fixture(scope="module")
-def pooled(data: RecDataset) -> np.ndarray:
-    return pooled_states(load_backbone("tiny"), data.item_texts, [LAYER], max_length=32)[LAYER]
+LAYER = TRAIN_LAYER
 
 
 def tiny_config(**overrides: object) -> ModelConfig:

@@ -14,28 +14,17 @@ import torch
 from artifact.loader import load_artifact
 from artifact.manifest import read_manifest
 from export.onnx_export import export_checkpoint
-from marc.backbone import load_backbone
 from marc.checkpoint import read_config
 from marc.config import ModelConfig, TrainConfig
-from marc.data import RecDataset, make_synthetic
-from marc.features import pooled_states
+from marc.data import RecDataset
 from marc.losses import LossParts, marc_loss, nested_loss
 from marc.modules import PrefixHeads, TaskAdapter
 from marc.train.loop import train_marc
 from marc_serve.cli import main
+from tests.marc.conftest import TRAIN_LAYER
 
-LAYER = 2
+LAYER = TRAIN_LAYER
 NESTED = [4, 8, 16]
-
-
-@pytest.fixture(scope="module")
-def data() -> RecDataset:
-    return make_synthetic(num_items=240, num_users=120, interactions_per_user=30, seed=0)
-
-
-@pytest.fixture(scope="module")
-def pooled(data: RecDataset) -> np.ndarray:
-    return pooled_states(load_backbone("tiny"), data.item_texts, [LAYER], max_length=32)[LAYER]
 
 
 def nested_config(**overrides: object) -> ModelConfig:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.support.load import ClientThreads
 from tests.support.reference import onnx_reference, served_fingerprint
 from tests.support.servers import ServeProcess
 
@@ -45,28 +45,16 @@ class Answer:
     wrong_vectors: int = 0  # vectors unlike the reference of the answer's fingerprint
 
 
-class Clients:
+class Clients(ClientThreads):
     """Threads sending /v1/embed for random models and texts until stopped, checking every vector
     against the reference of the fingerprint its answer names."""
+
+    join_seconds = 60.0
 
     def __init__(self, url: str, references: dict[str, np.ndarray], clients: int = 6) -> None:
         self.url, self.references = url, references
         self.answers: list[Answer] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(seed,), daemon=True) for seed in range(clients)
-        ]
-
-    def __enter__(self) -> Clients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+        super().__init__(clients)
 
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)

@@ -1,5 +1,6 @@
 """Bounded loads against a running service: a burst of POSTs at a fixed concurrency (`post_all`), and
-a steady stream of /v1/embed requests to keep up while a fault is injected (`LoadLoop`)."""
+a steady stream of /v1/embed requests to keep up while a fault is injected (`LoadLoop`), both on
+`ClientThreads` (client threads that run until stopped)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -61,7 +62,38 @@ class Sent:
     cached: list[bool] = field(default_factory=list)
 
 
-class LoadLoop:
+Threads = TypeVar("Threads", bound="ClientThreads")
+
+
+class ClientThreads:
+    """``clients`` daemon threads, each running ``self._run(index)`` from the ``with`` block's start
+    until ``stop()`` or its end (``_stop`` is set, then each thread is joined)."""
+
+    join_seconds = 30.0
+
+    def __init__(self, clients: int) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self: Threads) -> Threads:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.join_seconds)
+
+    def stop(self) -> None:
+        self.__exit__()
+
+    def _run(self, index: int) -> None:
+        raise NotImplementedError
+
+
+class LoadLoop(ClientThreads):
     """Clients in threads sending POST /v1/embed one after another until stopped or ``max_requests``
     are sent: a bounded steady load to run while a fault is injected."""
 
@@ -82,22 +114,7 @@ class LoadLoop:
         self.routing = routing
         self.items_per_request, self.max_requests = items_per_request, max_requests
         self.sent: list[Sent] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def __enter__(self) -> LoadLoop:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def stop(self) -> None:
-        self.__exit__()
+        super().__init__(clients)
 
     def _run(self, client_index: int) -> None:
         counter = client_index
