@@ -1,5 +1,5 @@
-"""What several `marc` commands share: the help format, seed lists, and the dataset options and
-loading of evaluate and probe (and the dataset loading of train)."""
+"""What several `marc` commands share: the help format, seed, size and dataset-spec lists, and the
+dataset options and loading of evaluate and probe (and the dataset loading of train)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None:
             return action.help
         return super()._get_help_string(action)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """Ascending distinct vector sizes >= 1, e.g. nested prefixes ``8,16,32,64``."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if not sizes or sizes != sorted(set(sizes)) or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"must be ascending distinct sizes >= 1, got {text!r}")
+    return sizes
+
+
+def parse_dataset_specs(text: str) -> list[str]:
+    """Comma-separated dataset specs (at least one)."""
+    specs = [part.strip() for part in text.split(",") if part.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError("--datasets needs at least one dataset spec")
+    return specs
 
 
 def parse_seeds(text: str) -> list[int]:

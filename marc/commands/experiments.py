@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.arguments import HelpFormatter, parse_seeds
+from marc.commands.arguments import HelpFormatter, parse_dataset_specs, parse_seeds
 
 # The keys of marc.experiments.plan.ABLATIONS (importing the plan pulls in torch: `marc --help` stays fast).
 ABLATION_NAMES = ("recon", "no_adapter", "no_kl", "linear_adapter")
@@ -29,13 +29,6 @@ cached under --cache-dir); the rest is fanned out over --workers processes. Writ
 (everything, incl. the served-layer choice), results.md (tables) and plots to --out.
 --quick: tiny random backbone, tiny data, one seed, for CI (about a minute).
 """
-
-
-def _datasets(text: str) -> list[str]:
-    specs = [part.strip() for part in text.split(",") if part.strip()]
-    if not specs:
-        raise argparse.ArgumentTypeError("--datasets needs at least one dataset spec")
-    return specs
 
 
 def _ablations(text: str) -> tuple[str, ...]:
@@ -59,7 +52,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--quick", action="store_true", help="CI size: tiny backbone and data, one seed")
     parser.add_argument(
         "--datasets",
-        type=_datasets,
+        type=parse_dataset_specs,
         default=None,
         help="comma-separated dataset specs: 'synthetic', 'movielens100k:<dir>?text=title|kar', "
         "'movielens:<dir>', 'jsonl:<dir>' (default: synthetic and data/ml-100k with both texts; quick: "

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.arguments import HelpFormatter
+from marc.commands.arguments import HelpFormatter, parse_dataset_specs, parse_sizes
 
 DESCRIPTION = """\
 Nested (Matryoshka) dimensions: for each dataset, one MARC C trained with --dims nested, one C
@@ -18,23 +18,6 @@ CTR model on the same test rows; nested vs separate and nested vs PCA compared p
 bootstrap CIs (cold items). Reports the price of nesting at full k. Writes summary.json, results.md
 and one plot per dataset to --out. --quick: tiny backbone and data, for CI (well under a minute).
 """
-
-
-def _dims(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--dims must be comma-separated integers, got {text!r}") from None
-    if not dims or list(dims) != sorted(set(dims)) or dims[0] < 1:
-        raise argparse.ArgumentTypeError(f"--dims must be ascending distinct sizes >= 1, got {text!r}")
-    return dims
-
-
-def _datasets(text: str) -> tuple[str, ...]:
-    specs = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not specs:
-        raise argparse.ArgumentTypeError("--datasets needs at least one dataset spec")
-    return specs
 
 
 def register(subparsers: Any) -> None:
@@ -47,17 +30,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--quick", action="store_true", help="CI size: tiny backbone and data")
     parser.add_argument(
         "--datasets",
-        type=_datasets,
+        type=parse_dataset_specs,
         default=None,
         help="comma-separated dataset specs (default: synthetic,movielens100k:data/ml-100k; "
         "quick: synthetic)",
     )
     parser.add_argument(
-        "--dims", type=_dims, default=None, help="nested sizes (default 8,16,32,64; quick 4,8,16)"
+        "--dims", type=parse_sizes, default=None, help="nested sizes (default 8,16,32,64; quick 4,8,16)"
     )
     parser.add_argument("--backbone", default=None, help="default: smollm2; quick: tiny")
     parser.add_argument(
-        "--layer", type=int, default=None, help="cut layer (default 8, the served one; quick 2)"
+        "--layer", type=int, default=None, help="cut layer (default 8, where the study ran; quick 2)"
     )
     parser.add_argument(
         "--epochs",
@@ -90,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     plan = quick_plan() if args.quick else NestedPlan()
     plan = with_overrides(
         plan,
-        datasets=args.datasets,
-        dims=args.dims,
+        datasets=tuple(args.datasets) if args.datasets else None,
+        dims=tuple(args.dims) if args.dims else None,
         backbone=args.backbone,
         layer=args.layer,
         epochs=args.epochs,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.arguments import HelpFormatter, load_data
+from marc.commands.arguments import HelpFormatter, load_data, parse_sizes
 
 # The defaults equal ModelConfig()/TrainConfig() (tests/marc/test_train.py checks it); they are spelled
 # out here because importing marc.config pulls in torch, and `marc --help` must stay fast.
@@ -21,16 +21,6 @@ and averaged, so each prefix is a vector on its own (Matryoshka); the served art
 of those sizes. Prints validation AUC on warm and cold items and writes a checkpoint folder for
 `marc export`.
 """
-
-
-def parse_nested_dims(text: str) -> list[int]:
-    try:
-        dims = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
-    if not dims or dims != sorted(set(dims)) or dims[0] < 1:
-        raise argparse.ArgumentTypeError(f"must be ascending distinct sizes >= 1, got {text!r}")
-    return dims
 
 
 def _default_out(backbone: str, layer: int, dim: int, mode: str) -> Path:
@@ -66,7 +56,7 @@ def register(subparsers: Any) -> None:
     )
     model.add_argument(
         "--nested-dims",
-        type=parse_nested_dims,
+        type=parse_sizes,
         default=None,
         help="train nested (Matryoshka) prefixes, e.g. 8,16,32,64: each z[:d] is a vector on its own; the "
         "largest is k (equal to --dim if both are given)",

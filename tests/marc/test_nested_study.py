@@ -44,4 +44,4 @@ def test_quick_study_writes_table_plot_and_doc_block(
 def test_bad_dims_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["experiments-nested", "--quick", "--dims", "16,8"])
-    assert "--dims must be ascending" in capsys.readouterr().err
+    assert "--dims: must be ascending" in capsys.readouterr().err
