@@ -41,16 +41,22 @@ def _seconds_until_more_hits(live: LiveServer, more: int, what: str) -> float:
     return _wait_for(lambda: hits() > hits_now + more, 30, what)
 
 
+def _server_on(redis_process: RedisProcess, artifact: Path) -> LiveServer:
+    """The service on ``redis_process`` with short cache timeouts and no near-cache (these tests inject
+    faults into the shared tier: nothing may answer in front of it)."""
+    return LiveServer(
+        artifact=artifact,
+        redis_url=redis_process.url,
+        cache_timeout_ms=CACHE_TIMEOUT_MS,
+        cache_retry_seconds=CACHE_RETRY_SECONDS,
+        near_cache_bytes=0,
+    )
+
+
 def test_redis_killed_and_restarted_during_load(tiny_artifact: Path) -> None:
     with (
         RedisProcess() as own_redis,
-        LiveServer(
-            artifact=tiny_artifact,
-            redis_url=own_redis.url,
-            cache_timeout_ms=CACHE_TIMEOUT_MS,
-            cache_retry_seconds=CACHE_RETRY_SECONDS,
-            near_cache_bytes=0,  # the faults of the shared tier: no near-cache answering in front of it
-        ) as live,
+        _server_on(own_redis, tiny_artifact) as live,
         LoadLoop(live.url, HOT_TEXTS, clients=4) as load,
     ):
         _wait_for(lambda: live.metric("marc_cache_requests_total", result="hit") > 50, 30, "warm cache hits")
@@ -92,13 +98,7 @@ def test_paused_redis_costs_at_most_the_cache_timeout(tiny_artifact: Path) -> No
     stall_seconds = 4.0
     with (
         RedisProcess() as own_redis,
-        LiveServer(
-            artifact=tiny_artifact,
-            redis_url=own_redis.url,
-            cache_timeout_ms=CACHE_TIMEOUT_MS,
-            cache_retry_seconds=CACHE_RETRY_SECONDS,
-            near_cache_bytes=0,  # the faults of the shared tier: no near-cache answering in front of it
-        ) as live,
+        _server_on(own_redis, tiny_artifact) as live,
         # Client timeout well below the stall: a request that waited for Redis would fail here.
         LoadLoop(live.url, HOT_TEXTS, clients=4, timeout=stall_seconds / 2) as load,
     ):
