@@ -7,8 +7,8 @@ everything at the end. Every load is bounded by a request count and a time limit
 
 Rows (ratios; absolute numbers on a shared 2-core machine mean little):
  1. cold path: service items/s (concurrent single-item clients, all misses) / raw ORT at its best
-    batch size, both on the served variant (int8 when the artifact has it); the same for the naive
-    server
+    batch size, both on the served variant (int8 when the artifact has it), for long (~26-token) and
+    short (~11-token) texts; the naive server on the long ones
  2. hot path: service requests/s (all hits) / bare FastAPI endpoint, latency percentiles of both, and
     p99 at half the peak rate (open loop); /v1/embeddings / /v1/embed; ``--workers`` processes / one
     (`marc serve --workers N` on the same Redis)
@@ -50,7 +50,7 @@ from loadtest.peer_infinity import (
 )
 from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
 from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
-from loadtest.texts import item_texts
+from loadtest.texts import TEXT_LENGTHS, TextLength, item_texts
 from marc.machine import machine_info
 from service.cache.values import ValueCodec
 
@@ -185,9 +185,12 @@ def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> 
     served = RawModel.open(options.artifact, served_variant(manifest))
     log.info("raw ONNX Runtime (%s): batch-size sweep %s", served_variant(manifest), options.batch_sizes)
     best, sweep = best_throughput(served, texts, options.batch_sizes, options.raw_seconds)
+    log.info("  items/s by batch size: %s", {t.batch_size: round(t.items_per_second, 1) for t in sweep})
+    short_texts = item_texts(RAW_TEXTS_START, 512, "short")
+    best_short, sweep_short = best_throughput(served, short_texts, options.batch_sizes, options.raw_seconds)
+    log.info("  short texts: %s", {t.batch_size: round(t.items_per_second, 1) for t in sweep_short})
     del served
     batch = best.batch_size
-    log.info("  items/s by batch size: %s", {t.batch_size: round(t.items_per_second, 1) for t in sweep})
 
     full_dir = full_depth_artifact(manifest, checkpoint, options.cache_dir)
     log.info(
@@ -206,6 +209,8 @@ def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> 
     return {
         "sweep": sweep,
         "best": best,
+        "sweep_short": sweep_short,
+        "best_short": best_short,
         "cut": cut_speed,
         "full": full_speed,
         "full_depth_artifact": str(full_dir),
@@ -230,9 +235,12 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     if options.peer is not None:  # before anything is measured: a missing peer fails fast
         peer_python = ensure_venv(options.peer_venv, install=options.install_peer)
     raw = measure_raw(options, manifest, checkpoint)
-    batch = raw["best"].batch_size
     limit_model = RawModel.open(options.artifact, variant)
-    limit_texts = item_texts(RAW_TEXTS_START, 512)
+    # Per text length: the cold limit's texts and raw ORT's best batch size for them.
+    best_batch = {"long": raw["best"].batch_size, "short": raw["best_short"].batch_size}
+    limits: dict[TextLength, tuple[list[str], int]] = {
+        length: (item_texts(RAW_TEXTS_START, 512, length), best_batch[length]) for length in TEXT_LENGTHS
+    }
 
     hot = Workload(
         kind="pool", start=POOL_START, pool_size=options.pool_size, items_per_request=options.hot_items
@@ -301,8 +309,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                             hot_openai,
                             workers,
                             limit_model,
-                            limit_texts,
-                            batch,
+                            limits,
                         )
                     )
             if options.peer is not None and peer_python is not None:
@@ -353,19 +360,23 @@ def _round(
     hot_openai: Workload,
     workers: ServerProcess | None,
     limit_model: RawModel,
-    limit_texts: list[str],
-    batch: int,
+    limits: dict[TextLength, tuple[list[str], int]],
 ) -> dict[str, Any]:
     offset = COLD_START + number * TEXTS_PER_ROUND
-    cold_service = Workload(kind="unique", start=offset)
+    phases: dict[str, Any] = {}
+    for length, (texts, batch) in limits.items():
+        log.info(
+            "  cold path, %s texts: raw ORT limit at batch %d, service (%d clients)",
+            length,
+            batch,
+            options.concurrency,
+        )
+        suffix = "" if length == "long" else f"_{length}"
+        # A short text is never a long one: both lengths can start at the same index.
+        workload = Workload(kind="unique", start=offset, text_length=length)
+        phases["limit" + suffix] = limit_model.throughput(texts, batch, options.raw_seconds)
+        phases["service_cold" + suffix] = _closed(service, workload, options, warmup=options.concurrency)
     cold_naive = Workload(kind="unique", start=offset + TEXTS_PER_ROUND // 2)
-    log.info(
-        "  cold path: raw ORT limit at batch %d, service and naive server (%d clients)",
-        batch,
-        options.concurrency,
-    )
-    limit = limit_model.throughput(limit_texts, batch, options.raw_seconds)
-    service_cold = _closed(service, cold_service, options, warmup=options.concurrency)
     naive_cold = _closed(naive, cold_naive, options, warmup=options.concurrency)
     log.info("  hot path: service and bare endpoint, closed loop then open loop at half peak")
     service_hot = _closed(service, hot, options, warmup=options.concurrency * 4)
@@ -373,9 +384,7 @@ def _round(
     service_hot_openai = _closed(service, hot_openai, options, warmup=options.concurrency * 4)
     service_half = _open(service.url, hot, options, rate=service_hot.requests_per_second / 2)
     bare_half = _open(bare.url, hot, options, rate=bare_hot.requests_per_second / 2)
-    phases = {
-        "limit": limit,
-        "service_cold": service_cold,
+    phases |= {
         "naive_cold": naive_cold,
         "service_hot": service_hot,
         "bare_hot": bare_hot,

@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from loadtest.texts import item_text
+from loadtest.texts import TextLength, item_text
 
 BODY_VARIANTS = 4096  # pre-encoded pool bodies cycled through, so the client spends no time on JSON
 
@@ -40,7 +40,8 @@ BODY_VARIANTS = 4096  # pre-encoded pool bodies cycled through, so the client sp
 class Workload:
     """What each request carries. ``unique``: texts never sent before (from index ``start`` on);
     ``pool``: texts drawn at random from ``pool_size`` texts starting at ``start``. A route ending in
-    ``/embeddings`` (the service's OpenAI route, or a peer's) gets OpenAI bodies naming ``model``."""
+    ``/embeddings`` (the service's OpenAI route, or a peer's) gets OpenAI bodies naming ``model``.
+    ``text_length``: `loadtest.texts` long (~26 tokens) or short (~11 tokens) texts."""
 
     route: str = "/v1/embed"
     model: str = "marc"
@@ -49,6 +50,7 @@ class Workload:
     start: int = 0
     pool_size: int = 0
     seed: int = 0
+    text_length: TextLength = "long"
 
 
 @dataclass(frozen=True)
@@ -95,16 +97,16 @@ def _embed_body(workload: Workload, texts: list[str]) -> bytes:
 
 def body_factory(workload: Workload) -> Callable[[int], bytes]:
     """Request number -> request body."""
-    k = workload.items_per_request
+    k, length, start = workload.items_per_request, workload.text_length, workload.start
     if workload.kind == "unique":
-        return lambda i: _embed_body(workload, [item_text(workload.start + i * k + j) for j in range(k)])
+        return lambda i: _embed_body(workload, [item_text(start + i * k + j, length) for j in range(k)])
     if workload.pool_size < 1:
         raise ValueError("a pool workload needs pool_size >= 1")
     rng = random.Random(workload.seed)
     bodies = [
         _embed_body(
             workload,
-            [item_text(workload.start + rng.randrange(workload.pool_size)) for _ in range(k)],
+            [item_text(start + rng.randrange(workload.pool_size), length) for _ in range(k)],
         )
         for _ in range(BODY_VARIANTS)
     ]

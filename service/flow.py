@@ -206,11 +206,12 @@ class EmbedFlow:
 
     def _served(self, outcome: EmbedOutcome) -> EmbedOutcome:
         """``outcome`` if it may be answered (strict truncation), counted as served."""
+        if not outcome.rows.truncated.any():
+            return outcome
         truncated = np.flatnonzero(outcome.rows.truncated).tolist()
-        if truncated and self._reject_truncated:
+        if self._reject_truncated:
             raise TruncatedTexts(truncated)
-        if truncated:
-            self._metrics.items_truncated.inc(len(truncated))
+        self._metrics.items_truncated.inc(len(truncated))
         return outcome
 
     async def _get(self, keys: list[str], counted: int) -> list[bytes | None]:

@@ -231,6 +231,7 @@ class ModelRegistry:
             max_wait_ms=settings.max_wait_ms,
             max_queue_items=settings.max_queue_items,
             pipeline_windows=settings.pipeline_windows,
+            model_runners=settings.model_runners,
         )
         batcher.start()
         artifact = encoder.artifact

@@ -111,6 +111,14 @@ class Settings(BaseSettings):
         "tokenised while the model runs the current one; 1 = one window at a time (the default: 2 "
         "showed no gain in side-by-side cold runs on 2 shared cores).",
     )
+    model_runners: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="ONNX Runtime runs at once (threads calling the model; MARC_PIPELINE_WINDOWS is raised "
+        "to at least this). 1 = one run at a time over all intra-op threads; 2 with "
+        "MARC_ORT_INTRA_THREADS=1 = two single-threaded runs side by side.",
+    )
     max_queue_items: int = Field(
         2048,
         ge=1,

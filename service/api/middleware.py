@@ -40,8 +40,12 @@ class RequestMetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                MutableHeaders(scope=message).append("x-total-time-ms", f"{elapsed_ms:.3f}")
+                total = (b"x-total-time-ms", b"%.3f" % ((time.perf_counter() - started) * 1000))
+                headers = message.get("headers")
+                if isinstance(headers, list):  # every response this app sends: no copy needed
+                    headers.append(total)
+                else:
+                    MutableHeaders(scope=message).append(*(value.decode() for value in total))
             await send(message)
 
         try:

@@ -121,9 +121,14 @@ def json_headers(content: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[byte
     return [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()), *extra]
 
 
+_NO_MODEL_TIME = ((b"x-queue-time-ms", b"0.000"), (b"x-inference-time-ms", b"0.000"))
+
+
 def timing_headers(
     *, queue_seconds: float, inference_seconds: float, cache_hits: int
 ) -> list[tuple[bytes, bytes]]:
+    if queue_seconds == inference_seconds == 0.0:  # all hits: nothing to format but the count
+        return [*_NO_MODEL_TIME, (b"x-cache-hits", b"%d" % cache_hits)]
     return [
         (b"x-queue-time-ms", f"{queue_seconds * 1000:.3f}".encode()),
         (b"x-inference-time-ms", f"{inference_seconds * 1000:.3f}".encode()),

@@ -73,11 +73,11 @@ class ValueCodec:
 
     def decode(self, values: Sequence[bytes]) -> Embeddings:
         """Rows from equally sized (valid) values."""
-        records = np.frombuffer(b"".join(values), self._record)
+        records = np.frombuffer(values[0] if len(values) == 1 else b"".join(values), self._record)
         return Embeddings(
-            records["vector"].astype(np.float32),
+            records["vector"].astype(np.float32),  # a copy also for float32: the buffer is read-only
             records["tokens"].astype(np.int64),
-            (records["flags"] & TRUNCATED).astype(bool),
+            (records["flags"] & TRUNCATED) != 0,
         )
 
     def round_trip(self, vectors: np.ndarray) -> np.ndarray:

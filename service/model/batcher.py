@@ -6,11 +6,13 @@
 * A window collects up to ``max_batch_size`` items or waits ``max_wait_ms``, then also takes what
   is already queued (up to ``BACKLOG_RUNS`` runs), so a backlog is sorted by length across runs.
 * Jobs whose every waiting request has gone (cancelled) are dropped before they reach the model.
-* The model runs in one dedicated worker thread, so runs never overlap (ORT already uses all
-  intra-op threads) and the event loop never blocks. Tokenising and padding a window happen in a
-  second thread: up to ``pipeline_windows`` (`PIPELINE_WINDOWS`) windows are in the batcher at
-  once, so the next window is collected and prepared while the model runs the current one and
-  starts as soon as it ends.
+* The model runs in ``model_runners`` dedicated worker threads (1 by default: runs never overlap,
+  ORT's intra-op threads use the cores) and the event loop never blocks. With 2 runners and one
+  ORT thread each, two windows run side by side on their own cores without the per-operator
+  synchronisation of one run over two threads. Tokenising and padding a window happen in another
+  thread: up to ``pipeline_windows`` (`PIPELINE_WINDOWS`; at least one per runner) windows are in
+  the batcher at once, so the next window is collected and prepared while the model runs the
+  current one and starts as soon as it ends.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class MicroBatcher:
         max_wait_ms: float,
         max_queue_items: int,
         pipeline_windows: int = PIPELINE_WINDOWS,
+        model_runners: int = 1,
     ) -> None:
         self._encoder = encoder
         self._metrics = metrics
@@ -108,9 +111,9 @@ class MicroBatcher:
         self._max_queue_items = max_queue_items
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._inflight: dict[str, _Job] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marc-onnx")
+        self._executor = ThreadPoolExecutor(max_workers=model_runners, thread_name_prefix="marc-onnx")
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marc-tokenize")
-        self._windows = asyncio.Semaphore(pipeline_windows)
+        self._windows = asyncio.Semaphore(max(pipeline_windows, model_runners))
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_windows = 0  # items of collected windows whose run has not started yet

@@ -125,6 +125,39 @@ def test_the_next_window_is_prepared_while_the_model_runs_and_no_more() -> None:
     assert all_calls == [["a1", "a2"], ["b1", "b2"], ["c1"]]
 
 
+@pytest.mark.parametrize("runners", [1, 2])
+def test_model_runners_bound_how_many_runs_overlap(runners: int) -> None:
+    """Each run waits (up to 1 s) for a second run to be in the model at the same time: with two
+    runners both windows get there together; with one, runs never overlap."""
+
+    class PairedEncoder(FakeEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.together = threading.Barrier(2, timeout=1.0)
+            self.overlapped: list[bool] = []
+
+        def run(self, prepared: tuple[list[str], int]) -> EncodedTexts:
+            try:
+                self.together.wait()
+                self.overlapped.append(True)
+            except threading.BrokenBarrierError:
+                self.overlapped.append(False)
+            return super().run(prepared)
+
+    async def scenario() -> list[bool]:
+        encoder = PairedEncoder()
+        batcher = _batcher(encoder, Metrics(), max_batch_size=2, max_wait_ms=1.0, model_runners=runners)
+        first = asyncio.ensure_future(batcher.embed(["a1", "a2"]))
+        await asyncio.sleep(0.1)  # the first window is in the model: the second is another window
+        await asyncio.gather(first, batcher.embed(["b1", "b2"]))
+        await batcher.stop()
+        return encoder.overlapped
+
+    overlapped = asyncio.run(scenario())
+    assert len(overlapped) == 2
+    assert all(overlapped) if runners == 2 else not any(overlapped)
+
+
 def test_work_nobody_waits_for_is_dropped_before_the_model() -> None:
     async def scenario() -> tuple[FakeEncoder, float | None]:
         encoder, metrics = FakeEncoder(), Metrics()

@@ -1,0 +1,161 @@
+"""The cold path's levers side by side: `marc serve` under several settings, each driven by the same
+closed loop of single-item clients with fresh texts, against raw ONNX Runtime in the same round.
+
+    python -m loadtest.levers --artifact artifacts/default [--rounds 3] [--duration 10]
+        [--setting NAME=KEY=VALUE,KEY=VALUE ...] [--markdown FILE]
+
+Every setting runs as its own server (started once, all on one private redis-server); each round
+measures the limits (raw ORT at the batch size given, one run at a time over ORT's default threads,
+and ``runners`` single-threaded runs side by side), then each server in turn, so the machine's drift
+hits every setting alike. The table gives each setting's items/s per round and its median ratio to
+the same round's best limit. Settings are the service's environment variables (README,
+"Configuration"); the defaults compare one window (the default), pipelined windows, two
+single-threaded runners and a smaller window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from artifact.loader import load_artifact
+from artifact.manifest import read_manifest
+from loadtest.bench import COLD_START, TEXTS_PER_ROUND, served_variant
+from loadtest.loadgen import LoadSpec, Workload, run_in_subprocess
+from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
+from loadtest.raw_ort import RawModel
+from loadtest.texts import TEXT_LENGTHS, TextLength, item_texts
+from service.model.onnx_session import open_session, ort_session_options
+
+log = logging.getLogger("marc.levers")
+
+DEFAULT_SETTINGS = {
+    "default": {},
+    "windows=2": {"MARC_PIPELINE_WINDOWS": "2"},
+    "runners=2,threads=1": {"MARC_MODEL_RUNNERS": "2", "MARC_ORT_INTRA_THREADS": "1"},
+    "batch=16,windows=2": {"MARC_MAX_BATCH_SIZE": "16", "MARC_PIPELINE_WINDOWS": "2"},
+}
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str
+    items_per_second: float
+
+
+def raw_limits(artifact_dir: Path, variant: str, texts: list[str], batch: int, seconds: float) -> list[Limit]:
+    """Raw ORT one run at a time (ORT's default threads), and two single-threaded runs side by side."""
+    one = RawModel.open(artifact_dir, variant).throughput(texts, batch, seconds)
+    artifact = load_artifact(artifact_dir, variant)
+    single = RawModel(artifact, open_session(artifact, options=ort_session_options(1)), artifact.model_path)
+    with ThreadPoolExecutor(2) as pool:
+        halves = list(pool.map(lambda part: single.throughput(texts[part::2], batch, seconds), (0, 1)))
+    side_by_side = sum(t.items for t in halves) / max(t.seconds for t in halves)
+    return [
+        Limit(f"raw ORT, batch {batch}, 1 run", one.items_per_second),
+        Limit(f"raw ORT, batch {batch}, 2 single-thread runs", side_by_side),
+    ]
+
+
+def _parse_setting(text: str) -> tuple[str, dict[str, str]]:
+    name, _, pairs = text.partition("=")
+    env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+    if not name or not all(key.startswith("MARC_") for key in env):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=MARC_KEY=VALUE[,MARC_KEY=VALUE...]")
+    return name, env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.levers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifact", type=Path, default=Path("artifacts/default"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase (%(default)s)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16, help="raw ORT's batch size (%(default)s)")
+    parser.add_argument("--length", choices=TEXT_LENGTHS, default="long", help="cold texts (%(default)s)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        type=_parse_setting,
+        help="NAME=MARC_KEY=VALUE,... (repeatable; default: " + "; ".join(DEFAULT_SETTINGS) + ")",
+    )
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    settings = dict(args.setting) if args.setting else DEFAULT_SETTINGS
+    length: TextLength = args.length
+    variant = served_variant(read_manifest(args.artifact))
+    texts = item_texts(0, 512, length)
+    limits: list[list[Limit]] = []
+    measured: dict[str, list[float]] = {name: [] for name in settings}
+    with tempfile.TemporaryDirectory() as scratch, RedisServer() as redis, ExitStack() as servers:
+        started = {}
+        for index, (name, env) in enumerate(settings.items()):
+            started[name] = servers.enter_context(
+                ServerProcess(
+                    name,
+                    ["marc_serve", "serve", "--artifact", str(args.artifact), "--redis-url", redis.url],
+                    log_path=Path(scratch) / f"serve-{index}.log",
+                    ready_path="/readyz",
+                    env={**environment_without_settings(), **env},
+                )
+            )
+        for number in range(args.rounds):
+            limits.append(raw_limits(args.artifact, variant, texts, args.batch, args.duration / 2))
+            log.info("round %d: %s", number + 1, [(x.name, round(x.items_per_second, 1)) for x in limits[-1]])
+            for index, (name, server) in enumerate(started.items()):
+                start = COLD_START + (number * len(settings) + index) * TEXTS_PER_ROUND
+                spec = LoadSpec(
+                    base_url=server.url,
+                    workload=Workload(kind="unique", start=start, text_length=length),
+                    max_requests=1_000_000,
+                    max_seconds=args.duration,
+                    concurrency=args.concurrency,
+                    warmup_requests=args.concurrency,
+                )
+                measured[name].append(run_in_subprocess(spec).items_per_second)
+                log.info("  %s: %.1f items/s", name, measured[name][-1])
+    table = _table(settings, measured, limits, variant, length, args)
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+def _table(
+    settings: dict[str, dict[str, str]],
+    measured: dict[str, list[float]],
+    limits: list[list[Limit]],
+    variant: str,
+    length: str,
+    args: argparse.Namespace,
+) -> str:
+    best = [max(x.items_per_second for x in each) for each in limits]
+    lines = [
+        f"Cold path, {variant}, {length} texts, {args.concurrency} single-item clients, "
+        f"{args.rounds} rounds x {args.duration:g} s (items/s per round; ratio = median over rounds of "
+        "items/s / the round's best raw limit)",
+        "",
+        "| setting | environment | items/s per round | ratio to raw |",
+        "| --- | --- | --- | ---: |",
+    ]
+    for name, values in measured.items():
+        env = ", ".join(f"`{k}={v}`" for k, v in settings[name].items()) or "(defaults)"
+        ratio = statistics.median(v / b for v, b in zip(values, best, strict=True))
+        lines.append(f"| {name} | {env} | {' / '.join(f'{v:.1f}' for v in values)} | {ratio:.3f} |")
+    for position, limit in enumerate(limits[0]):
+        values = [each[position].items_per_second for each in limits]
+        ratio = statistics.median(v / b for v, b in zip(values, best, strict=True))
+        lines.append(f"| {limit.name} | - | {' / '.join(f'{v:.1f}' for v in values)} | {ratio:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
