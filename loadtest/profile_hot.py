@@ -1,0 +1,173 @@
+"""Where an all-hits request's CPU goes: py-spy samples `marc serve` and the bare endpoint under the
+same closed loop (as `marc bench` row 2) and groups the samples by the part of the request path
+they fall in, side by side with each server's CPU per request.
+
+    python -m loadtest.profile_hot --artifact artifacts/default [--route /v1/embed] [--seconds 8]
+
+Needs py-spy (the dev extra) and permission to attach to a child process (root, or
+``kernel.yama.ptrace_scope`` 0). The groups are matched innermost-first on the sampled stacks, so a
+sample counts once, in the most specific part it is in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from loadtest.bench import POOL_START, _warm_pool
+from loadtest.loadgen import LoadSpec, Workload, body_factory, run_in_subprocess
+from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
+
+# (group, function-name prefix or "", path fragment) - the first rule a frame matches, innermost
+# frame first, names the sample's group.
+RULES: tuple[tuple[str, str, str], ...] = (
+    ("service: admission (auth, shape scan, one parse)", "Admission.", "service/api/admission.py"),
+    ("service: cache read (keys, near-cache)", "EmbedFlow.read", "service/flow.py"),
+    ("service: cache read (keys, near-cache)", "", "service/cache/keys.py"),
+    ("service: cache read (keys, near-cache)", "", "service/cache/near.py"),
+    ("service: cached answer (decode the values)", "", "service/cache/values.py"),
+    ("service: cached answer (decode the values)", "EmbedFlow.", "service/flow.py"),
+    ("service: response body and headers", "", "service/api/responses.py"),
+    ("service: metrics (middleware, counters)", "", "prometheus_client/"),
+    (
+        "service: metrics (middleware, counters)",
+        "RequestMetricsMiddleware.__call__",
+        "service/api/middleware.py",
+    ),
+    ("HTTP: response writes (uvicorn send)", "RequestResponseCycle.send", "uvicorn/protocols/http/"),
+    ("HTTP: request parsing (uvicorn/httptools)", "", "uvicorn/protocols/http/"),
+    ("framework: FastAPI/Starlette (bare endpoint)", "", "starlette/"),
+    ("framework: FastAPI/Starlette (bare endpoint)", "", "fastapi/"),
+    ("service: routing and the rest of the handler", "", "service/"),
+    ("event loop, sockets, native code (uvloop)", "Runner.run", "asyncio/runners.py"),
+)
+
+
+def group_of(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        name, _, where = frame.partition(" (")
+        for group, prefix, fragment in RULES:
+            if fragment in where and name.startswith(prefix):
+                return group
+    return "other"
+
+
+def shares(raw_profile: str) -> dict[str, float]:
+    """Share of samples per group from py-spy's ``--format raw`` output."""
+    counts: collections.Counter[str] = collections.Counter()
+    for line in raw_profile.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[group_of(stack.split(";"))] += int(count)
+    total = sum(counts.values()) or 1
+    return {group: count / total for group, count in counts.most_common()}
+
+
+def _profile(
+    server: ServerProcess, workload: Workload, seconds: float, out: Path
+) -> tuple[float, float, str]:
+    """(req/s, server CPU us/request, raw py-spy profile) of one closed-loop phase."""
+    spy = subprocess.Popen(
+        [
+            shutil.which("py-spy") or "py-spy",
+            "record",
+            "-p",
+            str(server.pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            "400",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    spec = LoadSpec(
+        base_url=server.url,
+        workload=workload,
+        max_requests=10**7,
+        max_seconds=seconds,
+        concurrency=32,
+        warmup_requests=128,
+    )
+    cpu_before = server.cpu_seconds()
+    result = run_in_subprocess(spec)
+    cpu_us = (server.cpu_seconds() - cpu_before) * 1e6 / max(result.requests, 1)
+    if spy.wait(timeout=seconds + 30) != 0 or not out.is_file():
+        raise RuntimeError(
+            "py-spy could not record (is it installed, and may this user attach to a process?)"
+        )
+    return result.requests_per_second, cpu_us, out.read_text()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.profile_hot", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--artifact", type=Path, default=Path("artifacts/default"))
+    parser.add_argument("--route", choices=["/v1/embed", "/v1/embeddings"], default="/v1/embed")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args(argv)
+    pool = 512
+    workload = Workload(route=args.route, kind="pool", start=POOL_START, pool_size=pool)
+    with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis:
+        scratch = Path(scratch_dir)
+        service = ServerProcess(
+            "marc serve",
+            ["marc_serve", "serve", "--artifact", str(args.artifact), "--redis-url", redis.url],
+            log_path=scratch / "serve.log",
+            ready_path="/readyz",
+            env=environment_without_settings(),
+        )
+        with service:
+            _warm_pool(service.url, POOL_START, pool)
+            payload = httpx.post(
+                service.url + args.route,
+                content=body_factory(workload)(0),
+                headers={"content-type": "application/json"},
+            ).content
+            (scratch / "payload.json").write_bytes(payload)
+            bare = ServerProcess(
+                "bare endpoint",
+                ["loadtest.reference_servers", "bare", "--payload", str(scratch / "payload.json")],
+                log_path=scratch / "bare.log",
+            )
+            with bare:
+                bare_workload = Workload(kind="pool", start=POOL_START, pool_size=pool)  # it serves /v1/embed
+                measured = {
+                    "marc serve": _profile(service, workload, args.seconds, scratch / "service.txt"),
+                    "bare endpoint": _profile(bare, bare_workload, args.seconds, scratch / "bare.txt"),
+                }
+    groups = {name: shares(profile) for name, (_, _, profile) in measured.items()}
+    names = list(measured)
+    print(f"All-hits {args.route}, 1 item/request, 32 clients, {args.seconds:g} s each, sampled by py-spy\n")
+    print("| part of the request path | " + " | ".join(names) + " |")
+    print("| --- | " + " | ".join("---:" for _ in names) + " |")
+    rows = dict.fromkeys(group for g in groups.values() for group in g)
+    for group in rows:
+        cells = []
+        for name in names:
+            share = groups[name].get(group, 0.0)
+            cells.append(f"{share * 100:.1f}% ({share * measured[name][1]:.0f} us)")
+        print(f"| {group} | " + " | ".join(cells) + " |")
+    print(
+        "| **req/s; server CPU per request** | "
+        + " | ".join(f"{measured[name][0]:.0f}; {measured[name][1]:.0f} us" for name in names)
+        + " |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
