@@ -2,15 +2,15 @@
 closed loop of single-item clients with fresh texts, against raw ONNX Runtime in the same round.
 
     python -m loadtest.levers --artifact artifacts/default [--rounds 3] [--duration 10]
-        [--setting NAME=KEY=VALUE,KEY=VALUE ...] [--markdown FILE]
+        [--setting NAME:MARC_KEY=VALUE,MARC_KEY=VALUE ...] [--markdown FILE]
 
 Every setting runs as its own server (started once, all on one private redis-server); each round
 measures the limits (raw ORT at the batch size given, one run at a time over ORT's default threads,
 and ``runners`` single-threaded runs side by side), then each server in turn, so the machine's drift
 hits every setting alike. The table gives each setting's items/s per round and its median ratio to
 the same round's best limit. Settings are the service's environment variables (README,
-"Configuration"); the defaults compare one window (the default), pipelined windows, two
-single-threaded runners and a smaller window.
+"Configuration"); the defaults compare the service's defaults with one runner (the earlier default),
+one runner with pipelined windows, and two runners with smaller windows.
 """
 
 from __future__ import annotations
@@ -20,27 +20,32 @@ import logging
 import statistics
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from artifact.loader import load_artifact
 from artifact.manifest import read_manifest
 from loadtest.bench import COLD_START, TEXTS_PER_ROUND, served_variant
 from loadtest.loadgen import LoadSpec, Workload, run_in_subprocess
 from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
 from loadtest.raw_ort import RawModel
 from loadtest.texts import TEXT_LENGTHS, TextLength, item_texts
-from service.model.onnx_session import open_session, ort_session_options
 
 log = logging.getLogger("marc.levers")
 
 DEFAULT_SETTINGS = {
-    "default": {},
-    "windows=2": {"MARC_PIPELINE_WINDOWS": "2"},
-    "runners=2,threads=1": {"MARC_MODEL_RUNNERS": "2", "MARC_ORT_INTRA_THREADS": "1"},
-    "batch=16,windows=2": {"MARC_MAX_BATCH_SIZE": "16", "MARC_PIPELINE_WINDOWS": "2"},
+    "default (2 runners x 1/2 of the CPUs, batch 16, 3 windows)": {},
+    "1 runner, batch 32, 1 window (the earlier default)": {
+        "MARC_MODEL_RUNNERS": "1",
+        "MARC_MAX_BATCH_SIZE": "32",
+        "MARC_PIPELINE_WINDOWS": "1",
+    },
+    "1 runner, batch 32, 2 windows": {
+        "MARC_MODEL_RUNNERS": "1",
+        "MARC_MAX_BATCH_SIZE": "32",
+        "MARC_PIPELINE_WINDOWS": "2",
+    },
+    "2 runners, batch 8": {"MARC_MAX_BATCH_SIZE": "8"},
 }
 
 
@@ -53,22 +58,19 @@ class Limit:
 def raw_limits(artifact_dir: Path, variant: str, texts: list[str], batch: int, seconds: float) -> list[Limit]:
     """Raw ORT one run at a time (ORT's default threads), and two single-threaded runs side by side."""
     one = RawModel.open(artifact_dir, variant).throughput(texts, batch, seconds)
-    artifact = load_artifact(artifact_dir, variant)
-    single = RawModel(artifact, open_session(artifact, options=ort_session_options(1)), artifact.model_path)
-    with ThreadPoolExecutor(2) as pool:
-        halves = list(pool.map(lambda part: single.throughput(texts[part::2], batch, seconds), (0, 1)))
-    side_by_side = sum(t.items for t in halves) / max(t.seconds for t in halves)
+    two = RawModel.open(artifact_dir, variant, intra_threads=1).side_by_side(texts, batch, seconds)
     return [
         Limit(f"raw ORT, batch {batch}, 1 run", one.items_per_second),
-        Limit(f"raw ORT, batch {batch}, 2 single-thread runs", side_by_side),
+        Limit(f"raw ORT, batch {batch}, 2 single-thread runs", two.items_per_second),
     ]
 
 
 def _parse_setting(text: str) -> tuple[str, dict[str, str]]:
-    name, _, pairs = text.partition("=")
-    env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
-    if not name or not all(key.startswith("MARC_") for key in env):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=MARC_KEY=VALUE[,MARC_KEY=VALUE...]")
+    """``NAME:MARC_KEY=VALUE,...`` (nothing after the colon = the defaults)."""
+    name, _, pairs = text.partition(":")
+    env = dict(pair.partition("=")[::2] for pair in pairs.split(",") if pair)
+    if not name or not all(key.startswith("MARC_") and value for key, value in env.items()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:MARC_KEY=VALUE[,MARC_KEY=VALUE...]")
     return name, env
 
 
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "--setting",
         action="append",
         type=_parse_setting,
-        help="NAME=MARC_KEY=VALUE,... (repeatable; default: " + "; ".join(DEFAULT_SETTINGS) + ")",
+        help="NAME:MARC_KEY=VALUE,... (repeatable; default: " + "; ".join(DEFAULT_SETTINGS) + ")",
     )
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +41,12 @@ class RawModel:
     model_path: Path
 
     @classmethod
-    def open(cls, directory: Path, variant: str = "fp32") -> RawModel:
+    def open(cls, directory: Path, variant: str = "fp32", intra_threads: int = 0) -> RawModel:
+        """The artifact's ``variant`` with the service's session options (``intra_threads`` 0 = ORT's
+        default, one per physical core)."""
         artifact = load_artifact(directory, variant)
-        return cls(artifact, open_session(artifact), artifact.model_path)
+        session = open_session(artifact, options=ort_session_options(intra_threads))
+        return cls(artifact, session, artifact.model_path)
 
     @classmethod
     def from_file(cls, directory: Path, model_path: Path) -> RawModel:
@@ -79,6 +83,24 @@ class RawModel:
             elapsed = time.perf_counter() - began
             if batches >= 2 and elapsed >= max_seconds:
                 return Throughput(batch_size, items, elapsed, time.process_time() - cpu_began)
+
+    def side_by_side(
+        self, texts: Sequence[str], batch_size: int, max_seconds: float, runs: int = 2
+    ) -> Throughput:
+        """`throughput` with ``runs`` threads calling the session at once, each on its own slice of
+        ``texts`` (open the model with ``intra_threads`` = cores / runs): the service's
+        ``MARC_MODEL_RUNNERS``."""
+        cpu_began = time.process_time()
+        with ThreadPoolExecutor(runs) as pool:
+            parts = list(
+                pool.map(
+                    lambda part: self.throughput(texts[part::runs], batch_size, max_seconds), range(runs)
+                )
+            )
+        seconds = max(part.seconds for part in parts)
+        return Throughput(
+            batch_size, sum(part.items for part in parts), seconds, time.process_time() - cpu_began
+        )
 
 
 def best_throughput(

@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="in-process near-cache in front of Redis, bytes per process (MARC_NEAR_CACHE_BYTES, "
         "64 MiB; 0 = none)",
     )
-    serve.add_argument("--max-batch-size", type=int, help="items per ONNX run (MARC_MAX_BATCH_SIZE, 32)")
+    serve.add_argument("--max-batch-size", type=int, help="items per ONNX run (MARC_MAX_BATCH_SIZE, 16)")
     serve.add_argument("--max-wait-ms", type=float, help="batch fill wait (MARC_MAX_WAIT_MS, 2)")
     serve.add_argument("--max-queue-items", type=int, help="queue limit before 503 (MARC_MAX_QUEUE_ITEMS)")
     serve.add_argument(

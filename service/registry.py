@@ -76,7 +76,7 @@ def load_verified_encoder(directory: Path, settings: Settings) -> OnnxEncoder:
         variant=settings.variant,
         provider=settings.provider,
         cuda_device_id=settings.cuda_device_id,
-        intra_threads=settings.ort_intra_threads,
+        intra_threads=settings.serving_intra_threads,
         inter_threads=settings.ort_inter_threads,
     )
     smoke_check(encoder)

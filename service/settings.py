@@ -6,6 +6,8 @@ explicitly to `create_app(settings)`.
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +23,19 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 ITEM_JSON_BYTES = 600
 REQUEST_JSON_BYTES = 1024
 MIN_BODY_BYTES = 1024
+
+
+def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's CPU
+    limit, which affinity does not show)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return cpus
 
 
 class Settings(BaseSettings):
@@ -52,7 +67,13 @@ class Settings(BaseSettings):
         "auto", description="ONNX Runtime execution provider. auto = CUDA when it really loads, else CPU."
     )
     cuda_device_id: int = Field(0, ge=0, description="GPU index for the CUDA provider.")
-    ort_intra_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = ORT default).")
+    ort_intra_threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads per run. 0 = the CPUs this process may use shared out "
+        "among MARC_MODEL_RUNNERS (with 1 runner: ORT's default, one per physical core); `marc "
+        "precompute` (one caller) uses ORT's default.",
+    )
     ort_inter_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = ORT default).")
 
     # --- cache -------------------------------------------------------------------------------
@@ -101,23 +122,24 @@ class Settings(BaseSettings):
     )
 
     # --- batching -----------------------------------------------------------------------------
-    max_batch_size: int = Field(32, ge=1, description="Items per ONNX Runtime run.")
+    max_batch_size: int = Field(
+        16, ge=1, description="Items per ONNX Runtime run (and per window when several runners share work)."
+    )
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits to fill before it runs.")
     pipeline_windows: int = Field(
-        1,
+        3,
         ge=1,
         le=8,
-        description="Windows in the micro-batcher at once: with 2 the next window is collected and "
-        "tokenised while the model runs the current one; 1 = one window at a time (the default: 2 "
-        "showed no gain in side-by-side cold runs on 2 shared cores).",
+        description="Windows in the micro-batcher at once (collected, tokenised, waiting or running; at "
+        "least MARC_MODEL_RUNNERS): one more than the runners, so the next window is ready when a run ends.",
     )
     model_runners: int = Field(
-        1,
+        2,
         ge=1,
         le=8,
-        description="ONNX Runtime runs at once (threads calling the model; MARC_PIPELINE_WINDOWS is raised "
-        "to at least this). 1 = one run at a time over all intra-op threads; 2 with "
-        "MARC_ORT_INTRA_THREADS=1 = two single-threaded runs side by side.",
+        description="ONNX Runtime runs at once, each on its share of the CPUs (MARC_ORT_INTRA_THREADS). "
+        "2: two runs side by side, which on 2 cores beat one run over both (BENCHMARKS.md, cold-path "
+        "levers); 1 = one run at a time over all intra-op threads.",
     )
     max_queue_items: int = Field(
         2048,
@@ -186,6 +208,15 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @property
+    def serving_intra_threads(self) -> int:
+        """Intra-op threads per run in the service: MARC_ORT_INTRA_THREADS, or (0) with several runners
+        the CPUs this process may use shared out among them, so runs side by side never oversubscribe
+        the cores; 0 with one runner = ORT's default."""
+        if self.ort_intra_threads or self.model_runners == 1:
+            return self.ort_intra_threads
+        return max(1, available_cpus() // self.model_runners)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

@@ -3,8 +3,9 @@
 * Admission is all-or-nothing per request and happens before anything is queued: a request whose
   new texts don't fit in ``max_queue_items`` gets `Overloaded` (-> 503 + Retry-After) at once.
 * Identical texts already queued or running are computed once: the request joins the existing job.
-* A window collects up to ``max_batch_size`` items or waits ``max_wait_ms``, then also takes what
-  is already queued (up to ``BACKLOG_RUNS`` runs), so a backlog is sorted by length across runs.
+* A window collects up to ``max_batch_size`` items or waits ``max_wait_ms``; with one model runner
+  it then also takes what is already queued (up to ``BACKLOG_RUNS`` runs), so a backlog is sorted by
+  length across runs; with several, a backlog becomes one window per run, spread over the runners.
 * Jobs whose every waiting request has gone (cancelled) are dropped before they reach the model.
 * The model runs in ``model_runners`` dedicated worker threads (1 by default: runs never overlap,
   ORT's intra-op threads use the cores) and the event loop never blocks. With 2 runners and one
@@ -34,8 +35,7 @@ from service.model.encoder import EncodedTexts
 log = logging.getLogger(__name__)
 
 BACKLOG_RUNS = 4
-# Windows collected/prepared/running at once (2: one runs while the next gets ready). 1 by default:
-# side-by-side cold runs on the shared 2-core machine showed no gain from 2 (BENCHMARKS.md).
+# Windows collected/prepared/running at once (Settings.pipeline_windows for the service).
 PIPELINE_WINDOWS = 1
 RETRY_AFTER_SECONDS = 1
 
@@ -114,6 +114,9 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=model_runners, thread_name_prefix="marc-onnx")
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marc-tokenize")
         self._windows = asyncio.Semaphore(max(pipeline_windows, model_runners))
+        # With one runner a window also takes a backlog (sorted by length across its runs); with
+        # several, each window is one run, so a backlog spreads over the runners.
+        self._window_items = max_batch_size * (BACKLOG_RUNS if model_runners == 1 else 1)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_windows = 0  # items of collected windows whose run has not started yet
@@ -250,7 +253,7 @@ class MicroBatcher:
             jobs.append(job)
             if self._take_ready(jobs, self._max_batch_size):
                 return jobs, True
-        return jobs, self._take_ready(jobs, self._max_batch_size * BACKLOG_RUNS)
+        return jobs, self._take_ready(jobs, self._window_items)
 
     def _take_ready(self, jobs: list[_Job], limit: int) -> bool:
         """Move already-queued jobs into ``jobs`` up to ``limit``; True if the stop marker was taken."""

@@ -26,9 +26,9 @@ def test_levers_table_has_every_setting_and_limit(tiny_artifact: Path, tmp_path:
             "--concurrency",
             "8",
             "--setting",
-            "one=",
+            "one:",
             "--setting",
-            "two=MARC_MODEL_RUNNERS=2,MARC_ORT_INTRA_THREADS=1",
+            "two:MARC_MODEL_RUNNERS=2,MARC_ORT_INTRA_THREADS=1",
             "--markdown",
             str(markdown),
         ]
@@ -45,6 +45,7 @@ def test_levers_table_has_every_setting_and_limit(tiny_artifact: Path, tmp_path:
     assert all(math.isfinite(r) and r > 0 for r in ratios) and 1.0 in ratios[2:]  # the best limit = 1
 
 
-def test_a_setting_must_name_service_variables() -> None:
+@pytest.mark.parametrize("setting", ["x:PATH=/tmp", "x:MARC_MODEL_RUNNERS", ":MARC_MODEL_RUNNERS=2"])
+def test_a_setting_must_name_service_variables_with_values(setting: str) -> None:
     with pytest.raises(SystemExit):
-        main(["--setting", "x=PATH=/tmp"])
+        main(["--setting", setting])
