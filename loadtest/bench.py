@@ -12,7 +12,8 @@ Rows (ratios; absolute numbers on a shared 2-core machine mean little):
     texts; the naive server on the long ones
  2. hot path: service requests/s (all hits) / bare FastAPI endpoint, latency percentiles of both, and
     p99 at half the peak rate (open loop); /v1/embeddings / /v1/embed; ``--workers`` processes / one
-    (`marc serve --workers N` on the same Redis)
+    (`marc serve --workers N` on the same Redis); the service without its response memo / the bare
+    endpoint
  3. truncation: raw ORT items/s at the cut layer L / the same checkpoint at full depth N
  4. precision: raw ORT int8 / fp32 items/s, cosine similarity between their vectors
  5. memory: Redis bytes per cached item (float16 and float32 values) / a float32 final-layer state;
@@ -286,7 +287,15 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                 ready_path="/readyz",
                 env=service_env,
             )
-        with service, naive, workers or contextlib.nullcontext():
+        # The same service without the response memo: the hot path served by the near-cache alone.
+        no_memo = ServerProcess(
+            "marc serve (no response memo)",
+            service_args,
+            log_path=scratch / "serve-no-memo.log",
+            ready_path="/readyz",
+            env={**service_env, "MARC_RESPONSE_MEMO_BYTES": "0"},
+        )
+        with service, naive, no_memo, workers or contextlib.nullcontext():
             memory_before, keys_before = redis_server.data_memory(), redis_server.key_count()
             _warm_pool(service.url, POOL_START, options.pool_size)
             payload = httpx.post(
@@ -311,6 +320,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                             hot,
                             hot_openai,
                             workers,
+                            no_memo,
                             limit_models,
                             limits,
                         )
@@ -362,6 +372,7 @@ def _round(
     hot: Workload,
     hot_openai: Workload,
     workers: ServerProcess | None,
+    no_memo: ServerProcess,
     limit_models: tuple[RawModel, RawModel],
     limits: dict[TextLength, tuple[list[str], int]],
 ) -> dict[str, Any]:
@@ -402,6 +413,7 @@ def _round(
         "service_half": service_half,
         "bare_half": bare_half,
     }
+    phases["no_memo_hot"] = _closed(no_memo, hot, options, warmup=options.concurrency * 4)
     if workers is not None:
         log.info("  hot path: marc serve --workers %d", options.workers)
         phases["workers_hot"] = _closed(workers, hot, options, warmup=options.concurrency * 4)

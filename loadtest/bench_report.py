@@ -170,6 +170,7 @@ def build_report(
             ),
         },
         *_workers_rows(rounds, service_hot, options, lat),
+        _no_memo_row(rounds, bare_hot, lat),
         {
             "row": "3. truncation",
             "measured": f"L={layer}: {raw['cut'].items_per_second:.1f} items/s "
@@ -266,6 +267,22 @@ def _as_dict(result: Any) -> Any:
 
 def _peer_details(peer: dict[str, Any]) -> dict[str, Any]:
     return _as_dict(peer)
+
+
+def _no_memo_row(
+    rounds: list[dict[str, Any]], bare_hot: LoadResult, lat: Callable[[LoadResult], str]
+) -> dict[str, Any]:
+    no_memo = _best([r["no_memo_hot"] for r in rounds], lambda r: r.requests_per_second)
+    return {
+        "row": "2e. hot path, no response memo",
+        "measured": f"MARC_RESPONSE_MEMO_BYTES=0 (near-cache only) {no_memo.requests_per_second:.0f} req/s "
+        f"(hit ratio {no_memo.cache_hit_ratio:.2f}), {lat(no_memo)}, server CPU "
+        f"{no_memo.server_cpu_ms_per_request * 1000:.0f} us/req",
+        "limit": f"bare endpoint {bare_hot.requests_per_second:.0f} req/s (row 2)",
+        "ratio": no_memo.requests_per_second / bare_hot.requests_per_second,
+        "target": "report",
+        "met": None,
+    }
 
 
 def _raw_ways(round_: dict[str, Any], suffix: str) -> str:

@@ -31,6 +31,7 @@ RELOAD_RESULTS = ("ok", "failed")
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 SAMPLE_SECONDS = 1.0
 NEAR_TIER = "near"  # the in-process near-cache (service.cache.near); the shared tier is "redis" or "memory"
+MEMO_TIER = "memo"  # an answer kept whole by its request body (service.api.memo): its items, as hits
 
 
 def multiprocess_dir() -> str | None:
@@ -88,7 +89,8 @@ class Metrics:
         )
         self.cache_requests = Counter(
             "marc_cache_requests_total",
-            "Cache lookups per key, each counted once under the tier that settled it (near = the "
+            "Cache lookups per key, each counted once under the tier that settled it (memo = the items "
+            "of an answer repeated whole for the same request body; near = the "
             "in-process near-cache, which only counts hits; redis or memory = the shared cache, asked "
             "for what the near-cache missed), by result: hit, miss; error = Redis failed or timed out, "
             "skipped = Redis not asked (skipped after failures), busy = no connection free in time "

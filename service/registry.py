@@ -175,6 +175,8 @@ class ModelRegistry:
         self._default = ""
         self._single = True
         self._lock = asyncio.Lock()  # one reload at a time
+        self.generation = 0
+        """Changes whenever the served models do (answers kept for earlier ones are stale)."""
 
     # --- serving ----------------------------------------------------------------------------------
 
@@ -268,6 +270,7 @@ class ModelRegistry:
 
     def _install(self, models: dict[str, ServedModel], config: ModelConfig) -> None:
         self._models, self._default, self._single = models, config.default, config.single
+        self.generation += 1
 
     def _announce(self, served: ServedModel) -> None:
         self._metrics.model_info.labels(**served.info_labels).set(1)

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from service.api.admission import Admission
+from service.api.memo import ResponseMemo
 from service.api.token_ids import load_token_decoder
 from service.cache.near import NearCache
 from service.cache.stores import Cache, build_cache
@@ -39,6 +40,7 @@ class ServiceRuntime:
     cache: Cache
     admission: Admission
     lifecycle: Lifecycle
+    memo: ResponseMemo | None = None  # all-hits answers by request body (service.api.memo)
     sampler: asyncio.Task[None] | None = None  # writes the sampled gauges (multiprocess metrics)
 
     @property
@@ -111,7 +113,8 @@ class ServiceRuntime:
         # that shows in p99 and can push Redis calls past their timeout).
         gc.collect()
         gc.freeze()
-        runtime = cls(settings, metrics, models, cache, admission, lifecycle)
+        memo = ResponseMemo(settings.response_memo_bytes) if settings.response_memo_bytes else None
+        runtime = cls(settings, metrics, models, cache, admission, lifecycle, memo)
         if metrics.multiprocess:
             runtime.sampler = asyncio.get_running_loop().create_task(_sample(metrics), name="marc-metrics")
         return runtime

@@ -120,6 +120,13 @@ class Settings(BaseSettings):
         "this process's memory (~530 B per float32 k=64 item: 64 MiB holds ~125k items); the least "
         "recently used go first. 0 = none. Not used with the in-process LRU (no Redis URL).",
     )
+    response_memo_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="Answers to all-hits requests kept whole by their exact request body (bodies up to "
+        "2 KiB without item ids), so a repeat is answered with the same bytes; bytes per process, least "
+        "recently used go first; stale after any model reload. 0 = none.",
+    )
 
     # --- batching -----------------------------------------------------------------------------
     max_batch_size: int = Field(

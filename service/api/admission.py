@@ -114,8 +114,9 @@ class Admission:
         self._decoder = token_decoder
         self._big_bodies = asyncio.Semaphore(1)
 
-    async def embed(self, scope: Scope, receive: Receive) -> EmbedRequest:
-        request = await self._admit(EmbedRequest, scope, receive, "items", self._max_items, 422)
+    async def embed(self, scope: Scope, receive: Receive, body: bytes | None = None) -> EmbedRequest:
+        """The admitted request (``body``: already read by `read`)."""
+        request = await self._admit(EmbedRequest, scope, receive, "items", self._max_items, 422, body)
         if len(request.items) > self._max_items:  # only a list key spelled with escapes gets here
             raise self._too_many("items", len(request.items), self._max_items, 422)
         self._check_chars([item.text for item in request.items], lambda i: f"items.{i}.text", 422)
@@ -128,9 +129,13 @@ class Admission:
             raise self._too_many("ids", len(request.ids), self._max_items, 422)
         return request
 
-    async def openai(self, scope: Scope, receive: Receive) -> tuple[OpenAIEmbeddingsRequest, list[str]]:
+    async def openai(
+        self, scope: Scope, receive: Receive, body: bytes | None = None
+    ) -> tuple[OpenAIEmbeddingsRequest, list[str]]:
         """The request and its inputs as texts (token arrays decoded)."""
-        request = await self._admit(OpenAIEmbeddingsRequest, scope, receive, "input", self._max_inputs, 400)
+        request = await self._admit(
+            OpenAIEmbeddingsRequest, scope, receive, "input", self._max_inputs, 400, body
+        )
         if len(request.input) > self._max_inputs:
             raise self._too_many("input", len(request.input), self._max_inputs, 400)
         texts = await self._decode(request.input)
@@ -139,9 +144,8 @@ class Admission:
 
     # --- the steps every route shares -----------------------------------------------------------
 
-    async def _admit(
-        self, model: type[Model], scope: Scope, receive: Receive, field: str, max_items: int, status: int
-    ) -> Model:
+    async def read(self, scope: Scope, receive: Receive) -> bytes:
+        """Steps 1-4: the body of a request whose key, content type and declared size pass."""
         headers = _headers(scope)
         check_api_key(self._api_key, bearer_token(headers.get(b"authorization")))
         content_type = headers.get(b"content-type")
@@ -156,7 +160,20 @@ class Admission:
         declared = headers.get(b"content-length", "")
         if declared.isdigit() and int(declared) > self.body_limit:
             raise self._too_large()
-        body = await self._read(receive)
+        return await self._read(receive)
+
+    async def _admit(
+        self,
+        model: type[Model],
+        scope: Scope,
+        receive: Receive,
+        field: str,
+        max_items: int,
+        status: int,
+        body: bytes | None = None,
+    ) -> Model:
+        if body is None:
+            body = await self.read(scope, receive)
         if len(body) <= BIG_BODY_BYTES:
             return self._parse(model, body, field, max_items, status)
         # Big bodies take turns, and each turn starts behind the requests already waiting, so a

@@ -6,7 +6,9 @@ the cache, and for those FastAPI's per-request machinery (routing, dependency so
 plus a separate validation pass) costs more than the answer. So each request here is admitted once
 (`service.api.admission`: key, content type, size, shape, one parse, limits), runs the embed flow once
 (`service.flow`: read the cache, compute what is missing, write it back) and gets a body serialised
-once. A request that waits for the model is cancelled when its client hangs up. Errors have the
+once. An all-hits answer is kept by its exact request body (`service.api.memo`), so a repeat of
+that body is answered with the same bytes after the key, content-type, size and read checks. A
+request that waits for the model is cancelled when its client hangs up. Errors have the
 shape and codes of `service.api.errors`. Their OpenAPI entries are built from `EMBED_ROUTES`
 (`service.api.openapi`); every other path goes on to FastAPI.
 """
@@ -22,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from artifact.loader import LoadedArtifact
 from service.api.disconnect import cancel_on_disconnect
 from service.api.errors import ApiError, api_error_response, as_api_error
+from service.api.memo import MemoAnswer
 from service.api.responses import embed_body, json_headers, lookup_body, openai_body, timing_headers
 from service.api.schemas import (
     EmbedRequest,
@@ -36,6 +39,7 @@ from service.registry import ServedModel
 from service.runtime import ServiceRuntime
 
 Headers = list[tuple[bytes, bytes]]
+EMBED, OPENAI = "/v1/embed", "/v1/embeddings"
 Handler = Callable[[ServiceRuntime, Scope, Receive], Awaitable[tuple[bytes, Headers]]]
 
 
@@ -91,29 +95,70 @@ def _timing(outcome: EmbedOutcome) -> Headers:
     )
 
 
+def _repeat(runtime: ServiceRuntime, route: str, request_body: bytes) -> tuple[bytes, Headers] | None:
+    """The kept answer to this exact body, counted as it would be answered, or None."""
+    if runtime.memo is None:
+        return None
+    answer = runtime.memo.get(route, request_body, runtime.models.generation)
+    if answer is None:
+        return None
+    answer.count_hits()
+    return answer.body, list(answer.headers)
+
+
+def _answer(
+    runtime: ServiceRuntime,
+    route: str,
+    request_body: bytes,
+    served: ServedModel,
+    outcome: EmbedOutcome,
+    body: bytes,
+    keep: bool,
+) -> tuple[bytes, Headers]:
+    """``body`` with its headers; an all-hits answer (no ids, nothing truncated) is kept for repeats."""
+    headers = _timing(outcome)
+    if keep and runtime.memo is not None and outcome.all_hits:
+        items, flow = len(outcome.cached), served.flow
+        runtime.memo.put(
+            route,
+            request_body,
+            MemoAnswer(body, tuple(headers), runtime.models.generation, lambda: flow.count_memo_hits(items)),
+        )
+    return body, headers
+
+
 async def embed(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
     """Embed item texts. Cached vectors are served from the cache; the rest are computed in
     micro-batches. Items with an `id` are also stored under it for `/v1/items/lookup`."""
-    request = await runtime.admission.embed(scope, receive)
+    request_body = await runtime.admission.read(scope, receive)
+    repeated = _repeat(runtime, EMBED, request_body)
+    if repeated is not None:
+        return repeated
+    request = await runtime.admission.embed(scope, receive, request_body)
     ids = [item.id for item in request.items]
     texts = [item.text for item in request.items]
     with runtime.models.lease(request.model) as served:
         dim = _served_dim(served.artifact, request.dimensions, 422)
         outcome = await _embedded(served, texts, ids, receive, param=lambda i: f"items.{i}.text", status=422)
         body = embed_body(served, request.encoding, dim, ids, outcome.rows, outcome.cached)
-    return body, _timing(outcome)
+    # An id's key is read every time (it can be re-pointed to another text): never kept.
+    return _answer(runtime, EMBED, request_body, served, outcome, body, keep=not any(ids))
 
 
 async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
     """OpenAI-compatible embeddings. `model` picks a served model (the single-model service answers
     whatever it names); `dimensions`, if given, must be one that model serves. Invalid input is a
     400, as with OpenAI."""
-    request, texts = await runtime.admission.openai(scope, receive)
+    request_body = await runtime.admission.read(scope, receive)
+    repeated = _repeat(runtime, OPENAI, request_body)
+    if repeated is not None:
+        return repeated
+    request, texts = await runtime.admission.openai(scope, receive, request_body)
     with runtime.models.lease(request.model, any_name=True) as served:
         dim = _served_dim(served.artifact, request.dimensions, 400)
         outcome = await _embedded(served, texts, None, receive, param=lambda i: f"input.{i}", status=400)
         body = openai_body(served, request.encoding_format, dim, outcome.rows)
-    return body, _timing(outcome)
+    return _answer(runtime, OPENAI, request_body, served, outcome, body, keep=True)
 
 
 async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
@@ -138,10 +183,8 @@ class EmbedRoute:
 
 
 EMBED_ROUTES = (
-    EmbedRoute("/v1/embed", embed, EmbedRequest, EmbedResponse, "embeddings", 422),
-    EmbedRoute(
-        "/v1/embeddings", create_embeddings, OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, "openai", 400
-    ),
+    EmbedRoute(EMBED, embed, EmbedRequest, EmbedResponse, "embeddings", 422),
+    EmbedRoute(OPENAI, create_embeddings, OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, "openai", 400),
     EmbedRoute("/v1/items/lookup", lookup_items, LookupRequest, LookupResponse, "items", 422),
 )
 _BY_PATH = {route.path: route for route in EMBED_ROUTES}

@@ -21,6 +21,7 @@ ROWS = [
     "2b. hot path at half peak",
     "2c. hot path, /v1/embeddings",
     "2d. hot path, 2 workers",
+    "2e. hot path, no response memo",
     "3. truncation",
     "4. precision",
     "5. memory per cached item",
@@ -67,7 +68,7 @@ def test_quick_bench_produces_every_row(
     # The cold path really missed the cache and the hot path really hit it, on every item.
     for cold in ("service_cold", "service_cold_short"):
         assert round_[cold]["cache_hit_ratio"] == 0, cold
-    for hot in ("service_hot", "service_hot_openai", "workers_hot"):  # /v1/embed, /v1/embeddings, 2 workers
+    for hot in ("service_hot", "service_hot_openai", "workers_hot", "no_memo_hot"):
         assert round_[hot]["cache_hit_ratio"] == 1, hot
     for name, result in round_.items():
         if not name.startswith("limit"):

@@ -1,0 +1,86 @@
+"""Answers to all-hits requests kept by their exact body, so a repeat is answered with the same bytes.
+
+A recommender asks for the same popular items again and again, often with byte-identical bodies
+(one item, the same text). Such an answer is fully decided by the route, the body and the served
+models: every vector it carries is immutable for its model's fingerprint (the reason the near-cache
+needs no invalidation), and the answer's JSON is deterministic. So a repeat skips the parse, the key
+hashing, the cache lookups, the decoding and the serialisation; it still passes the key, content-type,
+size and read checks, and it still counts its items as near-cache hits.
+
+Kept only: all-hits answers (nothing computed), with no item ids (an id can be re-pointed to another
+text, so its key must be read every time), no truncated text (those are counted per request), from
+bodies of at most ``MEMO_MAX_BODY_BYTES``. Any change of the served models (a reload) makes every kept
+answer stale: entries remember the registry's generation. Bounded by bytes, least recently used first.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# Bodies above this are not kept: single- and few-item requests are the ones that repeat, and the
+# bound keeps one entry small next to MARC_RESPONSE_MEMO_BYTES.
+MEMO_MAX_BODY_BYTES = 2048
+# An entry's cost besides its key and answer bytes: the dict slot and the entry object (tracemalloc
+# ~250 B on CPython 3.11, rounded up).
+ENTRY_OVERHEAD_BYTES = 320
+
+
+@dataclass(frozen=True, eq=False)
+class MemoAnswer:
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    generation: int
+    """The registry's generation when it was computed: another generation = stale."""
+    count_hits: Callable[[], None]
+    """Counts the answer's items as near-cache hits again (the metrics a repeat must still show)."""
+
+
+def _entry_bytes(key: tuple[str, bytes], answer: MemoAnswer) -> int:
+    return sys.getsizeof(key[1]) + sys.getsizeof(answer.body) + ENTRY_OVERHEAD_BYTES
+
+
+class ResponseMemo:
+    """(route, request body) -> `MemoAnswer`, at most ``max_bytes`` (see `_entry_bytes`)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError("a response memo needs max_bytes >= 1 (0 means: build none)")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[str, bytes], MemoAnswer] = OrderedDict()
+
+    def get(self, route: str, body: bytes, generation: int) -> MemoAnswer | None:
+        if len(body) > MEMO_MAX_BODY_BYTES:  # never kept; and hashing a big body would cost the loop
+            return None
+        key = (route, body)
+        answer = self._entries.get(key)
+        if answer is None:
+            return None
+        if answer.generation != generation:  # the served models changed since
+            del self._entries[key]
+            self.bytes -= _entry_bytes(key, answer)
+            return None
+        self._entries.move_to_end(key)
+        return answer
+
+    def put(self, route: str, body: bytes, answer: MemoAnswer) -> None:
+        if len(body) > MEMO_MAX_BODY_BYTES:
+            return
+        key = (route, body)
+        size = _entry_bytes(key, answer)
+        if size > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= _entry_bytes(key, old)
+        self._entries[key] = answer
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            evicted_key, evicted = self._entries.popitem(last=False)
+            self.bytes -= _entry_bytes(evicted_key, evicted)
+
+    def __len__(self) -> int:
+        return len(self._entries)
