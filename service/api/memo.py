@@ -16,9 +16,10 @@ answer stale: entries remember the registry's generation. Bounded by bytes, leas
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from service.cache.bounded import ByteBoundedLRU
 
 # Bodies above this are not kept: single- and few-item requests are the ones that repeat, and the
 # bound keeps one entry small next to MARC_RESPONSE_MEMO_BYTES.
@@ -46,41 +47,28 @@ class ResponseMemo:
     """(route, request body) -> `MemoAnswer`, at most ``max_bytes`` (see `_entry_bytes`)."""
 
     def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 1:
-            raise ValueError("a response memo needs max_bytes >= 1 (0 means: build none)")
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[tuple[str, bytes], MemoAnswer] = OrderedDict()
+        self._answers: ByteBoundedLRU[tuple[str, bytes], MemoAnswer] = ByteBoundedLRU(max_bytes, _entry_bytes)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._answers.max_bytes
+
+    @property
+    def bytes(self) -> int:
+        return self._answers.bytes
 
     def get(self, route: str, body: bytes, generation: int) -> MemoAnswer | None:
         if len(body) > MEMO_MAX_BODY_BYTES:  # never kept; and hashing a big body would cost the loop
             return None
-        key = (route, body)
-        answer = self._entries.get(key)
-        if answer is None:
+        answer = self._answers.get((route, body))
+        if answer is not None and answer.generation != generation:  # the served models changed since
+            self._answers.pop((route, body))
             return None
-        if answer.generation != generation:  # the served models changed since
-            del self._entries[key]
-            self.bytes -= _entry_bytes(key, answer)
-            return None
-        self._entries.move_to_end(key)
         return answer
 
     def put(self, route: str, body: bytes, answer: MemoAnswer) -> None:
-        if len(body) > MEMO_MAX_BODY_BYTES:
-            return
-        key = (route, body)
-        size = _entry_bytes(key, answer)
-        if size > self.max_bytes:
-            return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.bytes -= _entry_bytes(key, old)
-        self._entries[key] = answer
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            evicted_key, evicted = self._entries.popitem(last=False)
-            self.bytes -= _entry_bytes(evicted_key, evicted)
+        if len(body) <= MEMO_MAX_BODY_BYTES:
+            self._answers.put((route, body), answer)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._answers)

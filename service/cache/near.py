@@ -13,7 +13,8 @@ an estimate of the dictionary's per-entry overhead - and the least recently used
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
+
+from service.cache.bounded import ByteBoundedLRU
 
 # What an OrderedDict entry costs besides its key and value objects: the hash table slot and the
 # linked-list node that keeps the recency order: tracemalloc measured 91 B per entry over 100,000
@@ -26,39 +27,8 @@ def entry_bytes(key: str, value: bytes) -> int:
     return sys.getsizeof(key) + sys.getsizeof(value) + ENTRY_OVERHEAD_BYTES
 
 
-class NearCache:
+class NearCache(ByteBoundedLRU[str, bytes]):
     """LRU of text key -> value bytes holding at most ``max_bytes`` (see `entry_bytes`)."""
 
     def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 1:
-            raise ValueError("a near-cache needs max_bytes >= 1 (0 means: build none)")
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
-
-    def get(self, key: str) -> bytes | None:
-        value = self._entries.get(key)
-        if value is not None:
-            self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: bytes) -> None:
-        """Keep ``key`` -> ``value``, evicting the least recently used entries to stay in the bound.
-        An entry larger than the whole bound is not kept."""
-        size = entry_bytes(key, value)
-        if size > self.max_bytes:
-            return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.bytes -= entry_bytes(key, old)
-        self._entries[key] = value
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            evicted_key, evicted = self._entries.popitem(last=False)
-            self.bytes -= entry_bytes(evicted_key, evicted)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._entries
+        super().__init__(max_bytes, entry_bytes)
