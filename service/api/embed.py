@@ -110,20 +110,20 @@ def _answer(
     runtime: ServiceRuntime,
     route: str,
     request_body: bytes,
+    generation: int,
     served: ServedModel,
     outcome: EmbedOutcome,
     body: bytes,
     keep: bool,
 ) -> tuple[bytes, Headers]:
-    """``body`` with its headers; an all-hits answer (no ids, nothing truncated) is kept for repeats."""
+    """``body`` with its headers; an all-hits answer (no ids, nothing truncated) is kept for repeats,
+    under the registry ``generation`` read before the model was chosen: if a reload came in between,
+    the kept answer is stale at once."""
     headers = _timing(outcome)
     if keep and runtime.memo is not None and outcome.all_hits:
         items, flow = len(outcome.cached), served.flow
-        runtime.memo.put(
-            route,
-            request_body,
-            MemoAnswer(body, tuple(headers), runtime.models.generation, lambda: flow.count_memo_hits(items)),
-        )
+        answer = MemoAnswer(body, tuple(headers), generation, lambda: flow.count_memo_hits(items))
+        runtime.memo.put(route, request_body, answer)
     return body, headers
 
 
@@ -137,12 +137,14 @@ async def embed(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tupl
     request = await runtime.admission.embed(scope, receive, request_body)
     ids = [item.id for item in request.items]
     texts = [item.text for item in request.items]
+    generation = runtime.models.generation
     with runtime.models.lease(request.model) as served:
         dim = _served_dim(served.artifact, request.dimensions, 422)
         outcome = await _embedded(served, texts, ids, receive, param=lambda i: f"items.{i}.text", status=422)
         body = embed_body(served, request.encoding, dim, ids, outcome.rows, outcome.cached)
     # An id's key is read every time (it can be re-pointed to another text): never kept.
-    return _answer(runtime, EMBED, request_body, served, outcome, body, keep=not any(ids))
+    keep = all(item_id is None for item_id in ids)
+    return _answer(runtime, EMBED, request_body, generation, served, outcome, body, keep)
 
 
 async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
@@ -154,11 +156,12 @@ async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Rece
     if repeated is not None:
         return repeated
     request, texts = await runtime.admission.openai(scope, receive, request_body)
+    generation = runtime.models.generation
     with runtime.models.lease(request.model, any_name=True) as served:
         dim = _served_dim(served.artifact, request.dimensions, 400)
         outcome = await _embedded(served, texts, None, receive, param=lambda i: f"input.{i}", status=400)
         body = openai_body(served, request.encoding_format, dim, outcome.rows)
-    return _answer(runtime, OPENAI, request_body, served, outcome, body, keep=True)
+    return _answer(runtime, OPENAI, request_body, generation, served, outcome, body, keep=True)
 
 
 async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:

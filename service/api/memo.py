@@ -5,7 +5,7 @@ A recommender asks for the same popular items again and again, often with byte-i
 models: every vector it carries is immutable for its model's fingerprint (the reason the near-cache
 needs no invalidation), and the answer's JSON is deterministic. So a repeat skips the parse, the key
 hashing, the cache lookups, the decoding and the serialisation; it still passes the key, content-type,
-size and read checks, and it still counts its items as near-cache hits.
+size and read checks, and its items still count as cache hits (under ``tier="memo"``).
 
 Kept only: all-hits answers (nothing computed), with no item ids (an id can be re-pointed to another
 text, so its key must be read every time), no truncated text (those are counted per request), from
@@ -34,9 +34,9 @@ class MemoAnswer:
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...]
     generation: int
-    """The registry's generation when it was computed: another generation = stale."""
+    """The registry's generation when the request chose its model: another generation = stale."""
     count_hits: Callable[[], None]
-    """Counts the answer's items as near-cache hits again (the metrics a repeat must still show)."""
+    """Counts the answer's items as hits again, under tier "memo" (the metrics a repeat must show)."""
 
 
 def _entry_bytes(key: tuple[str, bytes], answer: MemoAnswer) -> int:

@@ -11,6 +11,7 @@ import pytest
 
 from service.api.memo import MEMO_MAX_BODY_BYTES, MemoAnswer, ResponseMemo, _entry_bytes
 from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
+from tests.support.reference import served_fingerprint
 from tests.support.servers import LiveServer
 
 KEY = "memo-test-key"
@@ -139,3 +140,24 @@ def test_past_its_bound_and_switched_off_the_answers_are_the_same(tiny_artifact:
             else:
                 assert memo is not None and memo.bytes <= memo_bytes
     assert answers[3_000] == answers[0] == answers[8 * 1024 * 1024]
+
+
+def test_after_a_reload_a_kept_answer_is_never_repeated(
+    tiny_artifact: Path, tiny_artifact_other: Path, tmp_path: Path
+) -> None:
+    """The same body under the same model name after a swap: the new model's vectors, not the kept bytes."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "shop").symlink_to(tiny_artifact, target_is_directory=True)
+    body = b'{"items":[{"text":"kept before a reload: pine shelf"}]}'
+    headers = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
+    with LiveServer(artifacts=str(models), api_key=KEY) as live, live.client(headers=headers) as client:
+        client.post("/v1/embed", content=body)
+        kept = client.post("/v1/embed", content=body)
+        assert client.post("/v1/embed", content=body).content == kept.content  # repeated from the memo
+        (models / "shop").unlink()
+        (models / "shop").symlink_to(tiny_artifact_other, target_is_directory=True)
+        assert client.post("/admin/reload").status_code == 200
+        after = client.post("/v1/embed", content=body).json()
+    assert after["fingerprint"] == served_fingerprint(tiny_artifact_other) != kept.json()["fingerprint"]
+    assert after["data"][0]["cached"] is False  # computed by the new model
