@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from artifact.manifest import read_manifest
+from artifact.names import ArtifactError
 from loadtest.bench import COLD_START, TEXTS_PER_ROUND, served_variant
 from loadtest.loadgen import LoadSpec, Workload, run_in_subprocess
 from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
@@ -93,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     settings = dict(args.setting) if args.setting else DEFAULT_SETTINGS
     length: TextLength = args.length
-    variant = served_variant(read_manifest(args.artifact))
+    try:
+        variant = served_variant(read_manifest(args.artifact))
+    except ArtifactError as exc:
+        parser.error(str(exc))
     texts = item_texts(0, 512, length)
     limits: list[list[Limit]] = []
     measured: dict[str, list[float]] = {name: [] for name in settings}

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from artifact.manifest import read_manifest
+from artifact.names import ArtifactError
 from loadtest.bench import POOL_START, _warm_pool
 from loadtest.loadgen import LoadSpec, Workload, body_factory, run_in_subprocess
 from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--route", choices=["/v1/embed", "/v1/embeddings"], default="/v1/embed")
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args(argv)
+    try:
+        read_manifest(args.artifact)
+    except ArtifactError as exc:
+        parser.error(str(exc))
     pool = 512
     workload = Workload(route=args.route, kind="pool", start=POOL_START, pool_size=pool)
     with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis:

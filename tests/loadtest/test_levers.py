@@ -49,3 +49,11 @@ def test_levers_table_has_every_setting_and_limit(tiny_artifact: Path, tmp_path:
 def test_a_setting_must_name_service_variables_with_values(setting: str) -> None:
     with pytest.raises(SystemExit):
         main(["--setting", setting])
+
+
+def test_a_missing_artifact_is_named_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["--artifact", str(tmp_path / "gone")])
+    assert "gone/manifest.json: not found" in capsys.readouterr().err
