@@ -5,10 +5,12 @@ assertions: the numbers are for BENCHMARKS.md)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from loadtest import profile_hot
 from loadtest.levers import main
 
 
@@ -51,9 +53,10 @@ def test_a_setting_must_name_service_variables_with_values(setting: str) -> None
         main(["--setting", setting])
 
 
+@pytest.mark.parametrize("tool", [main, profile_hot.main], ids=["levers", "profile_hot"])
 def test_a_missing_artifact_is_named_before_anything_starts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tool: Callable[[list[str]], int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        main(["--artifact", str(tmp_path / "gone")])
+        tool(["--artifact", str(tmp_path / "gone")])
     assert "gone/manifest.json: not found" in capsys.readouterr().err

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from loadtest.profile_hot import group_of, main, shares
+from loadtest.profile_hot import group_of, shares
 
 LOOP = "Runner.run (asyncio/runners.py:118)"
 CYCLE = "RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:401)"
@@ -62,11 +60,3 @@ def test_shares_add_up_and_weigh_by_sample_count() -> None:
             "service: cache read (keys, near-cache)": 0.1,
         }
     )
-
-
-def test_a_missing_artifact_is_named_before_anything_starts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit):
-        main(["--artifact", str(tmp_path / "gone")])
-    assert "gone/manifest.json: not found" in capsys.readouterr().err
