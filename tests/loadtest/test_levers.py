@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest import profile_hot
+from loadtest import profile_path
 from loadtest.levers import main
 
 
@@ -53,7 +53,7 @@ def test_a_setting_must_name_service_variables_with_values(setting: str) -> None
         main(["--setting", setting])
 
 
-@pytest.mark.parametrize("tool", [main, profile_hot.main], ids=["levers", "profile_hot"])
+@pytest.mark.parametrize("tool", [main, profile_path.main], ids=["levers", "profile_path"])
 def test_a_missing_artifact_is_named_before_anything_starts(
     tool: Callable[[list[str]], int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.profile_hot import group_of, shares
+from loadtest.profile_path import group_of, shares
 
 LOOP = "Runner.run (asyncio/runners.py:118)"
 CYCLE = "RequestResponseCycle.run_asgi (uvicorn/protocols/http/httptools_impl.py:401)"
@@ -29,6 +29,9 @@ EMBED = "embed (service/api/embed.py:97)"
             "RequestResponseCycle.send (uvicorn/protocols/http/httptools_impl.py:524)",
             "HTTP: response writes (uvicorn send)",
         ),
+        ("OnnxEncoder._run (service/model/encoder.py:131)", "model: ONNX Runtime runs"),
+        ("OnnxEncoder._pad (service/model/encoder.py:120)", "model: tokenise and pad"),
+        ("Redis.execute_command (redis/asyncio/client.py:600)", "service: cache write (Redis client)"),
     ],
 )
 def test_a_sample_counts_in_its_innermost_known_part(leaf: str, group: str) -> None:

@@ -1,8 +1,11 @@
-"""Where an all-hits request's CPU goes: py-spy samples `marc serve` and the bare endpoint under the
-same closed loop (as `marc bench` row 2) and groups the samples by the part of the request path
-they fall in, side by side with each server's CPU per request.
+"""Where a request's CPU goes: py-spy samples `marc serve` under a closed loop of 32 single-item
+clients and groups the samples (every thread's) by the part of the request path they fall in, with
+the server's CPU per request. ``--path hot`` (all hits, as `marc bench` row 2) profiles the bare
+endpoint under the same load beside it; ``--path cold`` (fresh texts, as row 1 or 1c) the service
+alone, model runs and tokenising included.
 
-    python -m loadtest.profile_hot --artifact artifacts/default [--route /v1/embed] [--seconds 8]
+    python -m loadtest.profile_path --artifact artifacts/default [--path hot|cold] [--length long|short]
+        [--route /v1/embed] [--seconds 8]
 
 Needs py-spy (the dev extra) and permission to attach to a child process (root, or
 ``kernel.yama.ptrace_scope`` 0). The groups are matched innermost-first on the sampled stacks, so a
@@ -23,9 +26,10 @@ import httpx
 
 from artifact.manifest import read_manifest
 from artifact.names import ArtifactError
-from loadtest.bench import POOL_START, _warm_pool
+from loadtest.bench import COLD_START, POOL_START, _warm_pool
 from loadtest.loadgen import LoadSpec, Workload, body_factory, run_in_subprocess
 from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
+from loadtest.texts import TEXT_LENGTHS
 
 # (group, function-name prefix or "", path fragment) - the first rule a frame matches, innermost
 # frame first, names the sample's group.
@@ -35,7 +39,12 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("service: cache read (keys, near-cache)", "", "service/cache/keys.py"),
     ("service: cache read (keys, near-cache)", "", "service/cache/near.py"),
     ("service: cached answer (decode the values)", "", "service/cache/values.py"),
+    ("service: cache write (Redis client)", "EmbedFlow._set", "service/flow.py"),
     ("service: cached answer (decode the values)", "EmbedFlow.", "service/flow.py"),
+    ("model: ONNX Runtime runs", "OnnxEncoder._run", "service/model/encoder.py"),
+    ("model: tokenise and pad", "", "service/model/encoder.py"),
+    ("service: micro-batcher", "", "service/model/batcher.py"),
+    ("service: cache write (Redis client)", "", "redis/"),
     ("service: response body and headers", "", "service/api/responses.py"),
     ("service: metrics (middleware, counters)", "", "prometheus_client/"),
     (
@@ -115,9 +124,11 @@ def _profile(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m loadtest.profile_hot", description=__doc__.split("\n\n")[0]
+        prog="python -m loadtest.profile_path", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--artifact", type=Path, default=Path("artifacts/default"))
+    parser.add_argument("--path", choices=["hot", "cold"], default="hot", help="(%(default)s)")
+    parser.add_argument("--length", choices=TEXT_LENGTHS, default="long", help="cold texts (%(default)s)")
     parser.add_argument("--route", choices=["/v1/embed", "/v1/embeddings"], default="/v1/embed")
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args(argv)
@@ -127,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     pool = 512
     workload = Workload(route=args.route, kind="pool", start=POOL_START, pool_size=pool)
+    if args.path == "cold":
+        workload = Workload(route=args.route, kind="unique", start=COLD_START, text_length=args.length)
     with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis:
         scratch = Path(scratch_dir)
         service = ServerProcess(
@@ -137,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             env=environment_without_settings(),
         )
         with service:
+            if args.path == "cold":
+                measured = {"marc serve": _profile(service, workload, args.seconds, scratch / "service.txt")}
+                _print(measured, f"Fresh ({args.length}) texts on {args.route}", args.seconds)
+                return 0
             _warm_pool(service.url, POOL_START, pool)
             payload = httpx.post(
                 service.url + args.route,
@@ -155,9 +172,14 @@ def main(argv: list[str] | None = None) -> int:
                     "marc serve": _profile(service, workload, args.seconds, scratch / "service.txt"),
                     "bare endpoint": _profile(bare, bare_workload, args.seconds, scratch / "bare.txt"),
                 }
+    _print(measured, f"All-hits {args.route}", args.seconds)
+    return 0
+
+
+def _print(measured: dict[str, tuple[float, float, str]], what: str, seconds: float) -> None:
     groups = {name: shares(profile) for name, (_, _, profile) in measured.items()}
     names = list(measured)
-    print(f"All-hits {args.route}, 1 item/request, 32 clients, {args.seconds:g} s each, sampled by py-spy\n")
+    print(f"{what}, 1 item/request, 32 clients, {seconds:g} s each, sampled by py-spy (all threads)\n")
     print("| part of the request path | " + " | ".join(names) + " |")
     print("| --- | " + " | ".join("---:" for _ in names) + " |")
     rows = dict.fromkeys(group for g in groups.values() for group in g)
@@ -172,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
         + " | ".join(f"{measured[name][0]:.0f}; {measured[name][1]:.0f} us" for name in names)
         + " |"
     )
-    return 0
 
 
 if __name__ == "__main__":
