@@ -19,8 +19,8 @@ Rows (ratios; absolute numbers on a shared 2-core machine mean little):
  5. memory: Redis bytes per cached item (float16 and float32 values) / a float32 final-layer state;
     artifact size / full model
  6. with ``--peer infinity`` (`loadtest.peer_infinity`): the service / Infinity serving the same
-    truncated backbone with each of its CPU engines, cold (single-item clients, and 32-text
-    requests) and hot (its vector cache against the service's cache), side by side
+    truncated backbone with each of its CPU engines, cold (single-item clients, and requests of
+    ``request_texts`` texts) and hot (its vector cache against the service's cache), side by side
 
 Throughputs are the best of ``rounds`` rounds (interference only ever slows a run down); limits are
 re-measured in every round next to what they limit.
@@ -50,11 +50,12 @@ from loadtest.peer_infinity import (
     ensure_venv,
     peer_versions,
 )
-from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
-from loadtest.raw_ort import RawModel, Throughput, best_throughput, cosine_similarities
+from loadtest.processes import RedisServer, ServerProcess, marc_serve
+from loadtest.raw_ort import ColdLimit, RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import TEXT_LENGTHS, TextLength, item_texts
 from marc.machine import machine_info
 from service.cache.values import ValueCodec
+from service.model.encoder import cpu_variant
 
 log = logging.getLogger("marc.bench")
 
@@ -66,7 +67,7 @@ TEXTS_PER_ROUND = 10_000_000  # > 2 x (MAX_REQUESTS + warm-up): rounds and serve
 MAX_REQUESTS = 1_000_000  # per closed-loop phase; the time limit ends it first
 PEER_START = 100_000_000  # the peer phases' cold texts (and the service's next to them)
 PEER_PHASE_TEXTS = 2_000_000
-PEER_BATCH_SIZE = 32  # Infinity's batch limit (the texts of one request in its batch phase)
+PEER_BATCH_SIZE = 32  # Infinity's --batch-size
 
 
 @dataclass(frozen=True)
@@ -109,20 +110,28 @@ def _best_of(measure: Callable[[], Throughput], times: int = 2) -> Throughput:
     return max((measure() for _ in range(times)), key=lambda t: t.items_per_second)
 
 
-def _closed(server: ServerProcess, workload: Workload, options: BenchOptions, warmup: int) -> LoadResult:
+def closed_loop(
+    server: ServerProcess, workload: Workload, *, seconds: float, concurrency: int, warmup: int
+) -> LoadResult:
     """Closed-loop load on ``server``; the result carries the server's CPU time per request."""
     spec = LoadSpec(
         base_url=server.url,
         workload=workload,
         max_requests=MAX_REQUESTS,
-        max_seconds=options.duration,
-        concurrency=options.concurrency,
+        max_seconds=seconds,
+        concurrency=concurrency,
         warmup_requests=warmup,
     )
     cpu_before = server.cpu_seconds()
     result = run_in_subprocess(spec)
     result.server_cpu_ms_per_request = (server.cpu_seconds() - cpu_before) * 1000 / max(result.requests, 1)
     return result
+
+
+def _closed(server: ServerProcess, workload: Workload, options: BenchOptions, warmup: int) -> LoadResult:
+    return closed_loop(
+        server, workload, seconds=options.duration, concurrency=options.concurrency, warmup=warmup
+    )
 
 
 def _open(url: str, workload: Workload, options: BenchOptions, rate: float) -> LoadResult:
@@ -138,13 +147,27 @@ def _open(url: str, workload: Workload, options: BenchOptions, rate: float) -> L
     return run_in_subprocess(spec)
 
 
-def _warm_pool(url: str, start: int, size: int) -> None:
+def warm_pool(url: str, start: int, size: int) -> None:
     """Put every pool text in the service's cache (so the hot path is all hits)."""
     texts = item_texts(start, size)
     with httpx.Client(base_url=url, timeout=120) as client:
         for i in range(0, size, 64):
             response = client.post("/v1/embed", json={"items": [{"text": t} for t in texts[i : i + 64]]})
             response.raise_for_status()
+
+
+def bare_endpoint(service_url: str, workload: Workload, scratch: Path) -> ServerProcess:
+    """The bare endpoint (not started) answering every request with the service's answer to
+    ``workload``'s first request (kept in ``scratch``/payload.json): the same bytes on the wire."""
+    payload = httpx.post(
+        service_url + workload.route,
+        content=body_factory(workload)(0),
+        headers={"content-type": "application/json"},
+    ).content
+    payload_file = scratch / "payload.json"
+    payload_file.write_bytes(payload)
+    bare_args = ["loadtest.reference_servers", "bare", "--payload", str(payload_file)]
+    return ServerProcess("bare endpoint", bare_args, log_path=scratch / "bare.log")
 
 
 def _full_depth_speed(
@@ -175,17 +198,12 @@ def _int8_model(options: BenchOptions, manifest: Manifest) -> RawModel:
     return RawModel.from_file(options.artifact, path)
 
 
-def served_variant(manifest: Manifest) -> str:
-    """What `marc serve` picks on CPU (variant auto): int8 when the artifact has it, else fp32."""
-    return "int8" if "int8" in manifest.variants else "fp32"
-
-
-def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path) -> dict[str, Any]:
+def measure_raw(options: BenchOptions, manifest: Manifest, checkpoint: Path, variant: str) -> dict[str, Any]:
     """Rows 3 and 4 and the cold limit's batch size: ONNX Runtime alone, before any server runs."""
     texts = item_texts(RAW_TEXTS_START, 512)
     fp32 = RawModel.open(options.artifact, "fp32")
-    served = RawModel.open(options.artifact, served_variant(manifest))
-    log.info("raw ONNX Runtime (%s): batch-size sweep %s", served_variant(manifest), options.batch_sizes)
+    served = RawModel.open(options.artifact, variant)
+    log.info("raw ONNX Runtime (%s): batch-size sweep %s", variant, options.batch_sizes)
     best, sweep = best_throughput(served, texts, options.batch_sizes, options.raw_seconds)
     log.info("  items/s by batch size: %s", {t.batch_size: round(t.items_per_second, 1) for t in sweep})
     short_texts = item_texts(RAW_TEXTS_START, 512, "short")
@@ -232,14 +250,12 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     checkpoint = checkpoint_of(manifest, options.checkpoint)  # fail before anything starts
     options.cache_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    variant = served_variant(manifest)
+    variant = cpu_variant(manifest)  # what `marc serve` picks on CPU (variant auto)
     peer_python = None
     if options.peer is not None:  # before anything is measured: a missing peer fails fast
         peer_python = ensure_venv(options.peer_venv, install=options.install_peer)
-    raw = measure_raw(options, manifest, checkpoint)
-    # The cold limit, both ways raw ORT can run: one run over ORT's default threads, and two
-    # single-threaded runs side by side (what MARC_MODEL_RUNNERS=2 does).
-    limit_models = (RawModel.open(options.artifact, variant), RawModel.open(options.artifact, variant, 1))
+    raw = measure_raw(options, manifest, checkpoint, variant)
+    cold_limit = ColdLimit.open(options.artifact, variant)
     # Per text length: the cold limit's texts and raw ORT's best batch size for them.
     best_batch = {"long": raw["best"].batch_size, "short": raw["best_short"].batch_size}
     limits: dict[TextLength, tuple[list[str], int]] = {
@@ -260,53 +276,33 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     peer: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis_server:
         scratch = Path(scratch_dir)
-        service_env = environment_without_settings()  # the benchmark's settings, not the shell's
-        service_args = [
-            "marc_serve",
-            "serve",
-            "--artifact",
-            str(options.artifact),
-            "--redis-url",
-            redis_server.url,
-            # The served variant (what auto picks on CPU), named: the cold limit runs the same one.
-            "--variant",
-            variant,
-        ]
-        service_args += ["--log-level", "warning"]
-        service = ServerProcess(
-            "marc serve", service_args, log_path=scratch / "serve.log", ready_path="/readyz", env=service_env
-        )
+        # The served variant (what auto picks on CPU), named: the cold limit runs the same one.
+        service_args = ["--variant", variant, "--log-level", "warning"]
+
+        def serve(name: str, log_name: str, *args: str, **settings: str) -> ServerProcess:
+            return marc_serve(
+                name,
+                options.artifact,
+                redis_server.url,
+                scratch / log_name,
+                args=[*service_args, *args],
+                settings=settings,
+            )
+
+        service = serve("marc serve", "serve.log")
         naive_args = ["loadtest.reference_servers", "naive", "--artifact", str(options.artifact)]
         naive = ServerProcess("naive server", naive_args, log_path=scratch / "naive.log")
         workers = None
         if options.workers > 1:
-            workers = ServerProcess(
-                f"marc serve --workers {options.workers}",
-                [*service_args, "--workers", str(options.workers)],
-                log_path=scratch / "serve-workers.log",
-                ready_path="/readyz",
-                env=service_env,
-            )
+            n = str(options.workers)
+            workers = serve(f"marc serve --workers {n}", "serve-workers.log", "--workers", n)
         # The same service without the response memo: the hot path served by the near-cache alone.
-        no_memo = ServerProcess(
-            "marc serve (no response memo)",
-            service_args,
-            log_path=scratch / "serve-no-memo.log",
-            ready_path="/readyz",
-            env={**service_env, "MARC_RESPONSE_MEMO_BYTES": "0"},
-        )
+        no_memo = serve("marc serve (no response memo)", "serve-no-memo.log", MARC_RESPONSE_MEMO_BYTES="0")
         with service, naive, no_memo, workers or contextlib.nullcontext():
             memory_before, keys_before = redis_server.data_memory(), redis_server.key_count()
-            _warm_pool(service.url, POOL_START, options.pool_size)
-            payload = httpx.post(
-                service.url + "/v1/embed",
-                content=body_factory(hot)(0),
-                headers={"content-type": "application/json"},
-            ).content
-            payload_file = scratch / "payload.json"
-            payload_file.write_bytes(payload)
-            bare_args = ["loadtest.reference_servers", "bare", "--payload", str(payload_file)]
-            bare = ServerProcess("bare endpoint", bare_args, log_path=scratch / "bare.log")
+            warm_pool(service.url, POOL_START, options.pool_size)
+            bare = bare_endpoint(service.url, hot, scratch)
+            payload = (scratch / "payload.json").read_bytes()
             with bare:
                 for number in range(options.rounds):
                     log.info("round %d/%d", number + 1, options.rounds)
@@ -321,7 +317,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                             hot_openai,
                             workers,
                             no_memo,
-                            limit_models,
+                            cold_limit,
                             limits,
                         )
                     )
@@ -330,16 +326,9 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             memory_after, keys_after = redis_server.data_memory(), redis_server.key_count()
             memory_usage_sample = redis_server.sampled_key_bytes()
         # The same pool texts cached as float16 values (MARC_CACHE_DTYPE=float16, own key space).
-        half_args = [*service_args, "--cache-dtype", "float16"]
-        with ServerProcess(
-            "marc serve (float16 cache)",
-            half_args,
-            log_path=scratch / "serve-float16.log",
-            ready_path="/readyz",
-            env=service_env,
-        ) as half:
+        with serve("marc serve (float16 cache)", "serve-float16.log", "--cache-dtype", "float16") as half:
             half_before, half_keys_before = redis_server.data_memory(), redis_server.key_count()
-            _warm_pool(half.url, POOL_START, options.pool_size)
+            warm_pool(half.url, POOL_START, options.pool_size)
             half_after, half_keys_after = redis_server.data_memory(), redis_server.key_count()
             half_memory_usage_sample = redis_server.sampled_key_bytes(match="*:f16t:*")
 
@@ -373,7 +362,7 @@ def _round(
     hot_openai: Workload,
     workers: ServerProcess | None,
     no_memo: ServerProcess,
-    limit_models: tuple[RawModel, RawModel],
+    cold_limit: ColdLimit,
     limits: dict[TextLength, tuple[list[str], int]],
 ) -> dict[str, Any]:
     offset = COLD_START + number * TEXTS_PER_ROUND
@@ -388,14 +377,9 @@ def _round(
         suffix = "" if length == "long" else f"_{length}"
         # A short text is never a long one: both lengths can start at the same index.
         workload = Workload(kind="unique", start=offset, text_length=length)
-        one, pair = limit_models
-        phases["limit_one_run" + suffix] = one.throughput(texts, batch, options.raw_seconds)
-        phases["limit_two_runs" + suffix] = pair.side_by_side(texts, batch, options.raw_seconds)
-        phases["limit" + suffix] = max(
-            phases["limit_one_run" + suffix],
-            phases["limit_two_runs" + suffix],
-            key=lambda t: t.items_per_second,
-        )
+        one_run, two_runs = cold_limit.measure(texts, batch, options.raw_seconds)
+        phases["limit_one_run" + suffix], phases["limit_two_runs" + suffix] = one_run, two_runs
+        phases["limit" + suffix] = max(one_run, two_runs, key=lambda t: t.items_per_second)
         phases["service_cold" + suffix] = _closed(service, workload, options, warmup=options.concurrency)
     cold_naive = Workload(kind="unique", start=offset + TEXTS_PER_ROUND // 2)
     naive_cold = _closed(naive, cold_naive, options, warmup=options.concurrency)

@@ -217,7 +217,7 @@ def build_report(
         },
     ]
     if peer:
-        rows += _peer_rows(peer, raw, variant)
+        rows += _peer_rows(peer, raw, variant, options["request_texts"])
     details = {
         "artifact": {
             "name": manifest.name,
@@ -314,7 +314,7 @@ def _workers_rows(
     ]
 
 
-def _peer_rows(peer: dict[str, Any], raw: dict[str, Any], variant: str) -> list[dict[str, Any]]:
+def _peer_rows(peer: dict[str, Any], raw: dict[str, Any], variant: str, texts: int) -> list[dict[str, Any]]:
     versions = peer["versions"]
     engines = peer["engines"]
     best_single = max(engines, key=lambda e: engines[e]["cold"].items_per_second)
@@ -340,7 +340,7 @@ def _peer_rows(peer: dict[str, Any], raw: dict[str, Any], variant: str) -> list[
             "met": _met(single, TARGETS["peer_speedup"]) and cosine_ok,
         },
         {
-            "row": "6b. vs Infinity, cold 32-text requests",
+            "row": f"6b. vs Infinity, cold {texts}-text requests",
             "measured": f"service {peer['service_cold_batch'].items_per_second:.1f} items/s",
             "limit": f"{name} items/s by engine: {per_engine('cold_batch')}",
             "ratio": batch,

@@ -6,11 +6,12 @@ closed loop of single-item clients with fresh texts, against raw ONNX Runtime in
 
 Every setting runs as its own server (started once, all on one private redis-server); each round
 measures the limits (raw ORT at the batch size given, one run at a time over ORT's default threads,
-and ``runners`` single-threaded runs side by side), then each server in turn, so the machine's drift
-hits every setting alike. The table gives each setting's items/s per round and its median ratio to
-the same round's best limit. Settings are the service's environment variables (README,
-"Configuration"); the defaults compare the service's defaults with one runner (the earlier default),
-one runner with pipelined windows, and two runners with smaller windows.
+and two runs side by side on half the CPUs each: `loadtest.raw_ort.ColdLimit`), then each server
+in turn, so the machine's drift hits every setting alike. The table gives each setting's items/s
+per round and its median ratio to the same round's best limit. Settings are the service's
+environment variables (README, "Configuration"); the defaults compare the service's defaults with
+one runner (the earlier default), one runner with pipelined windows, and two runners with smaller
+windows.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from pathlib import Path
 
 from artifact.manifest import read_manifest
 from artifact.names import ArtifactError
-from loadtest.bench import COLD_START, TEXTS_PER_ROUND, served_variant
-from loadtest.loadgen import LoadSpec, Workload, run_in_subprocess
-from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
-from loadtest.raw_ort import RawModel
+from loadtest.bench import COLD_START, RAW_TEXTS_START, TEXTS_PER_ROUND, closed_loop
+from loadtest.loadgen import Workload
+from loadtest.processes import RedisServer, marc_serve
+from loadtest.raw_ort import ColdLimit
 from loadtest.texts import TEXT_LENGTHS, TextLength, item_texts
+from service.model.encoder import cpu_variant
 
 log = logging.getLogger("marc.levers")
 
@@ -56,10 +58,8 @@ class Limit:
     items_per_second: float
 
 
-def raw_limits(artifact_dir: Path, variant: str, texts: list[str], batch: int, seconds: float) -> list[Limit]:
-    """Raw ORT one run at a time (ORT's default threads), and two single-threaded runs side by side."""
-    one = RawModel.open(artifact_dir, variant).throughput(texts, batch, seconds)
-    two = RawModel.open(artifact_dir, variant, intra_threads=1).side_by_side(texts, batch, seconds)
+def raw_limits(cold_limit: ColdLimit, texts: list[str], batch: int, seconds: float) -> list[Limit]:
+    one, two = cold_limit.measure(texts, batch, seconds)
     return [
         Limit(f"raw ORT, batch {batch}, 1 run", one.items_per_second),
         Limit(f"raw ORT, batch {batch}, 2 single-thread runs", two.items_per_second),
@@ -95,38 +95,34 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(args.setting) if args.setting else DEFAULT_SETTINGS
     length: TextLength = args.length
     try:
-        variant = served_variant(read_manifest(args.artifact))
+        variant = cpu_variant(read_manifest(args.artifact))
     except ArtifactError as exc:
         parser.error(str(exc))
-    texts = item_texts(0, 512, length)
+    texts = item_texts(RAW_TEXTS_START, 512, length)
+    cold_limit = ColdLimit.open(args.artifact, variant)
     limits: list[list[Limit]] = []
     measured: dict[str, list[float]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as scratch, RedisServer() as redis, ExitStack() as servers:
         started = {}
         for index, (name, env) in enumerate(settings.items()):
-            started[name] = servers.enter_context(
-                ServerProcess(
-                    name,
-                    ["marc_serve", "serve", "--artifact", str(args.artifact), "--redis-url", redis.url],
-                    log_path=Path(scratch) / f"serve-{index}.log",
-                    ready_path="/readyz",
-                    env={**environment_without_settings(), **env},
-                )
+            server = marc_serve(
+                name, args.artifact, redis.url, Path(scratch) / f"serve-{index}.log", settings=env
             )
+            started[name] = servers.enter_context(server)
         for number in range(args.rounds):
-            limits.append(raw_limits(args.artifact, variant, texts, args.batch, args.duration / 2))
+            limits.append(raw_limits(cold_limit, texts, args.batch, args.duration / 2))
             log.info("round %d: %s", number + 1, [(x.name, round(x.items_per_second, 1)) for x in limits[-1]])
             for index, (name, server) in enumerate(started.items()):
                 start = COLD_START + (number * len(settings) + index) * TEXTS_PER_ROUND
-                spec = LoadSpec(
-                    base_url=server.url,
-                    workload=Workload(kind="unique", start=start, text_length=length),
-                    max_requests=1_000_000,
-                    max_seconds=args.duration,
+                workload = Workload(kind="unique", start=start, text_length=length)
+                result = closed_loop(
+                    server,
+                    workload,
+                    seconds=args.duration,
                     concurrency=args.concurrency,
-                    warmup_requests=args.concurrency,
+                    warmup=args.concurrency,
                 )
-                measured[name].append(run_in_subprocess(spec).items_per_second)
+                measured[name].append(result.items_per_second)
                 log.info("  %s: %.1f items/s", name, measured[name][-1])
     table = _table(settings, measured, limits, variant, length, args)
     print(table)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -161,6 +162,22 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def marc_serve(
+    name: str,
+    artifact: Path,
+    redis_url: str,
+    log_path: Path,
+    *,
+    args: Sequence[str] = (),
+    settings: dict[str, str] | None = None,
+) -> ServerProcess:
+    """`marc serve` on ``artifact`` with ``redis_url``, configured by ``args`` and the MARC_*
+    ``settings`` only (not by the caller's environment); ready when /readyz answers 200."""
+    command = ["marc_serve", "serve", "--artifact", str(artifact), "--redis-url", redis_url, *args]
+    env = {**environment_without_settings(), **(settings or {})}
+    return ServerProcess(name, command, log_path=log_path, ready_path="/readyz", env=env)
 
 
 class RedisServer:

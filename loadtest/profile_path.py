@@ -22,13 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
 from artifact.manifest import read_manifest
 from artifact.names import ArtifactError
-from loadtest.bench import COLD_START, POOL_START, _warm_pool
-from loadtest.loadgen import LoadSpec, Workload, body_factory, run_in_subprocess
-from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
+from loadtest.bench import COLD_START, POOL_START, bare_endpoint, closed_loop, warm_pool
+from loadtest.loadgen import Workload
+from loadtest.processes import RedisServer, ServerProcess, marc_serve
 from loadtest.texts import TEXT_LENGTHS
 
 # (group, function-name prefix or "", path fragment) - the first rule a frame matches, innermost
@@ -104,17 +102,8 @@ def _profile(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    spec = LoadSpec(
-        base_url=server.url,
-        workload=workload,
-        max_requests=10**7,
-        max_seconds=seconds,
-        concurrency=32,
-        warmup_requests=128,
-    )
-    cpu_before = server.cpu_seconds()
-    result = run_in_subprocess(spec)
-    cpu_us = (server.cpu_seconds() - cpu_before) * 1e6 / max(result.requests, 1)
+    result = closed_loop(server, workload, seconds=seconds, concurrency=32, warmup=128)
+    cpu_us = result.server_cpu_ms_per_request * 1000
     if spy.wait(timeout=seconds + 30) != 0 or not out.is_file():
         raise RuntimeError(
             "py-spy could not record (is it installed, and may this user attach to a process?)"
@@ -142,31 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         workload = Workload(route=args.route, kind="unique", start=COLD_START, text_length=args.length)
     with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis:
         scratch = Path(scratch_dir)
-        service = ServerProcess(
-            "marc serve",
-            ["marc_serve", "serve", "--artifact", str(args.artifact), "--redis-url", redis.url],
-            log_path=scratch / "serve.log",
-            ready_path="/readyz",
-            env=environment_without_settings(),
-        )
+        service = marc_serve("marc serve", args.artifact, redis.url, scratch / "serve.log")
         with service:
             if args.path == "cold":
                 measured = {"marc serve": _profile(service, workload, args.seconds, scratch / "service.txt")}
                 _print(measured, f"Fresh ({args.length}) texts on {args.route}", args.seconds)
                 return 0
-            _warm_pool(service.url, POOL_START, pool)
-            payload = httpx.post(
-                service.url + args.route,
-                content=body_factory(workload)(0),
-                headers={"content-type": "application/json"},
-            ).content
-            (scratch / "payload.json").write_bytes(payload)
-            bare = ServerProcess(
-                "bare endpoint",
-                ["loadtest.reference_servers", "bare", "--payload", str(scratch / "payload.json")],
-                log_path=scratch / "bare.log",
-            )
-            with bare:
+            warm_pool(service.url, POOL_START, pool)
+            with bare_endpoint(service.url, workload, scratch) as bare:
                 bare_workload = Workload(kind="pool", start=POOL_START, pool_size=pool)  # it serves /v1/embed
                 measured = {
                     "marc serve": _profile(service, workload, args.seconds, scratch / "service.txt"),

@@ -15,6 +15,7 @@ import onnxruntime
 
 from artifact.loader import LoadedArtifact, load_artifact
 from service.model.onnx_session import open_session, ort_session_options
+from service.settings import available_cpus
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ class RawModel:
         self, texts: Sequence[str], batch_size: int, max_seconds: float, runs: int = 2
     ) -> Throughput:
         """`throughput` with ``runs`` threads calling the session at once, each on its own slice of
-        ``texts`` (open the model with ``intra_threads`` = cores / runs): the service's
-        ``MARC_MODEL_RUNNERS``."""
+        ``texts`` (open the model with ``intra_threads`` = CPUs / runs, as the service's
+        ``MARC_MODEL_RUNNERS`` does)."""
         cpu_began = time.process_time()
         with ThreadPoolExecutor(runs) as pool:
             parts = list(
@@ -101,6 +102,27 @@ class RawModel:
         return Throughput(
             batch_size, sum(part.items for part in parts), seconds, time.process_time() - cpu_began
         )
+
+
+@dataclass(frozen=True)
+class ColdLimit:
+    """Raw ORT both ways the service can run the model: one run at a time over ORT's default threads
+    (MARC_MODEL_RUNNERS=1), and two runs side by side on half the CPUs each (the default 2 runners)."""
+
+    one: RawModel
+    pair: RawModel
+
+    @classmethod
+    def open(cls, directory: Path, variant: str) -> ColdLimit:
+        halves = max(1, available_cpus() // 2)
+        return cls(RawModel.open(directory, variant), RawModel.open(directory, variant, halves))
+
+    def measure(
+        self, texts: Sequence[str], batch_size: int, max_seconds: float
+    ) -> tuple[Throughput, Throughput]:
+        """(one run, two runs side by side) at ``batch_size``."""
+        one = self.one.throughput(texts, batch_size, max_seconds)
+        return one, self.pair.side_by_side(texts, batch_size, max_seconds)
 
 
 def best_throughput(

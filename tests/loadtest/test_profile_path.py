@@ -1,4 +1,5 @@
-"""The hot-path profile's grouping: each sampled stack counts once, in its innermost known part."""
+"""The request-path profile's grouping (hot and cold): each sampled stack counts once, in its
+innermost known part."""
 
 from __future__ import annotations
 
