@@ -172,6 +172,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
     from service.model.sources import ModelConfigError
+    from service.registry import return_freed_memory
     from service.runtime import load_service_encoders
 
     settings = _settings(args, SERVE_FLAGS)
@@ -188,6 +189,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from service.workers import serve_workers
 
         del encoders  # verified; each worker loads its own
+        return_freed_memory()  # the parent only supervises: give the verified models' memory back
         return serve_workers(
             settings.model_dump(), host=settings.host, port=settings.port, workers=settings.workers
         )

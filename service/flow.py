@@ -31,7 +31,7 @@ from service.cache.keys import KeySpace, normalise_text
 from service.cache.near import NearCache
 from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheUnavailable
 from service.cache.values import Embeddings, ValueCodec
-from service.metrics import CACHE_RESULTS, MEMO_TIER, NEAR_TIER, ModelMetrics
+from service.metrics import CACHE_RESULTS, NEAR_TIER, ModelMetrics
 from service.model.batcher import Embedded
 
 log = logging.getLogger(__name__)
@@ -109,11 +109,6 @@ class EmbedFlow:
             result: metrics.cache_requests.labels(tier=tier, result=result) for result in CACHE_RESULTS
         }
         self._near_hits = metrics.cache_requests.labels(tier=NEAR_TIER, result="hit")
-        self._memo_hits = metrics.cache_requests.labels(tier=MEMO_TIER, result="hit")
-
-    def count_memo_hits(self, items: int) -> None:
-        """Count ``items`` lookups settled by a kept answer (`service.api.memo`)."""
-        self._memo_hits.inc(items)
 
     @property
     def near(self) -> NearCache | None:

@@ -14,7 +14,7 @@ from service.cache.near import NearCache
 from service.cache.stores import Cache, build_cache
 from service.flow import EmbedFlow
 from service.lifecycle import Lifecycle
-from service.metrics import SAMPLE_SECONDS, Metrics
+from service.metrics import MEMO_TIER, SAMPLE_SECONDS, Metrics
 from service.model.batcher import MicroBatcher
 from service.model.encoder import OnnxEncoder
 from service.registry import ModelRegistry, load_verified_encoder, read_settings_models
@@ -113,7 +113,10 @@ class ServiceRuntime:
         # that shows in p99 and can push Redis calls past their timeout).
         gc.collect()
         gc.freeze()
-        memo = ResponseMemo(settings.response_memo_bytes) if settings.response_memo_bytes else None
+        memo = None
+        if settings.response_memo_bytes:
+            hits = metrics.cache_requests.labels(tier=MEMO_TIER, result="hit")
+            memo = ResponseMemo(settings.response_memo_bytes, hits)
         runtime = cls(settings, metrics, models, cache, admission, lifecycle, memo)
         if metrics.multiprocess:
             runtime.sampler = asyncio.get_running_loop().create_task(_sample(metrics), name="marc-metrics")

@@ -71,8 +71,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         description="ONNX Runtime intra-op threads per run. 0 = the CPUs this process may use shared out "
-        "among MARC_MODEL_RUNNERS (with 1 runner: ORT's default, one per physical core); `marc "
-        "precompute` (one caller) uses ORT's default.",
+        "among MARC_MODEL_RUNNERS x MARC_WORKERS runs (with one of each: ORT's default, one per "
+        "physical core); `marc precompute` (one caller) uses ORT's default.",
     )
     ort_inter_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = ORT default).")
 
@@ -218,12 +218,13 @@ class Settings(BaseSettings):
 
     @property
     def serving_intra_threads(self) -> int:
-        """Intra-op threads per run in the service: MARC_ORT_INTRA_THREADS, or (0) with several runners
-        the CPUs this process may use shared out among them, so runs side by side never oversubscribe
-        the cores; 0 with one runner = ORT's default."""
-        if self.ort_intra_threads or self.model_runners == 1:
+        """Intra-op threads per run in the service: MARC_ORT_INTRA_THREADS, or (0) the CPUs this
+        process may use shared out among every run that can be in progress at once (runners x
+        workers), so they never oversubscribe the cores; 0 with one of each = ORT's default."""
+        runs = self.model_runners * self.workers
+        if self.ort_intra_threads or runs == 1:
             return self.ort_intra_threads
-        return max(1, available_cpus() // self.model_runners)
+        return max(1, available_cpus() // runs)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:

@@ -96,14 +96,11 @@ def _timing(outcome: EmbedOutcome) -> Headers:
 
 
 def _repeat(runtime: ServiceRuntime, route: str, request_body: bytes) -> tuple[bytes, Headers] | None:
-    """The kept answer to this exact body, counted as it would be answered, or None."""
+    """The kept answer to this exact body (counted by the memo), or None."""
     if runtime.memo is None:
         return None
     answer = runtime.memo.get(route, request_body, runtime.models.generation)
-    if answer is None:
-        return None
-    answer.count_hits()
-    return answer.body, list(answer.headers)
+    return None if answer is None else (answer.body, list(answer.headers))
 
 
 def _answer(
@@ -111,7 +108,6 @@ def _answer(
     route: str,
     request_body: bytes,
     generation: int,
-    served: ServedModel,
     outcome: EmbedOutcome,
     body: bytes,
     keep: bool,
@@ -121,8 +117,7 @@ def _answer(
     the kept answer is stale at once."""
     headers = _timing(outcome)
     if keep and runtime.memo is not None and outcome.all_hits:
-        items, flow = len(outcome.cached), served.flow
-        answer = MemoAnswer(body, tuple(headers), generation, lambda: flow.count_memo_hits(items))
+        answer = MemoAnswer(body, tuple(headers), generation, len(outcome.cached))
         runtime.memo.put(route, request_body, answer)
     return body, headers
 
@@ -144,7 +139,7 @@ async def embed(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tupl
         body = embed_body(served, request.encoding, dim, ids, outcome.rows, outcome.cached)
     # An id's key is read every time (it can be re-pointed to another text): never kept.
     keep = all(item_id is None for item_id in ids)
-    return _answer(runtime, EMBED, request_body, generation, served, outcome, body, keep)
+    return _answer(runtime, EMBED, request_body, generation, outcome, body, keep)
 
 
 async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
@@ -161,7 +156,7 @@ async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Rece
         dim = _served_dim(served.artifact, request.dimensions, 400)
         outcome = await _embedded(served, texts, None, receive, param=lambda i: f"input.{i}", status=400)
         body = openai_body(served, request.encoding_format, dim, outcome.rows)
-    return _answer(runtime, OPENAI, request_body, generation, served, outcome, body, keep=True)
+    return _answer(runtime, OPENAI, request_body, generation, outcome, body, keep=True)
 
 
 async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:

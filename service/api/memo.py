@@ -16,8 +16,9 @@ answer stale: entries remember the registry's generation. Bounded by bytes, leas
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from prometheus_client import Counter
 
 from service.cache.bounded import ByteBoundedLRU
 
@@ -35,8 +36,8 @@ class MemoAnswer:
     headers: tuple[tuple[bytes, bytes], ...]
     generation: int
     """The registry's generation when the request chose its model: another generation = stale."""
-    count_hits: Callable[[], None]
-    """Counts the answer's items as hits again, under tier "memo" (the metrics a repeat must show)."""
+    items: int
+    """Cache lookups the answer stands for: a repeat counts them as hits under tier "memo"."""
 
 
 def _entry_bytes(key: tuple[str, bytes], answer: MemoAnswer) -> int:
@@ -44,10 +45,12 @@ def _entry_bytes(key: tuple[str, bytes], answer: MemoAnswer) -> int:
 
 
 class ResponseMemo:
-    """(route, request body) -> `MemoAnswer`, at most ``max_bytes`` (see `_entry_bytes`)."""
+    """(route, request body) -> `MemoAnswer`, at most ``max_bytes`` (see `_entry_bytes`). An answer
+    holds bytes and counts only, never the model that computed it: a retired model is freed at once."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, hits: Counter) -> None:
         self._answers: ByteBoundedLRU[tuple[str, bytes], MemoAnswer] = ByteBoundedLRU(max_bytes, _entry_bytes)
+        self._hits = hits  # marc_cache_requests_total{tier="memo", result="hit"}
 
     @property
     def max_bytes(self) -> int:
@@ -58,12 +61,15 @@ class ResponseMemo:
         return self._answers.bytes
 
     def get(self, route: str, body: bytes, generation: int) -> MemoAnswer | None:
+        """The kept answer to ``body`` (its items counted as memo hits), or None."""
         if len(body) > MEMO_MAX_BODY_BYTES:  # never kept; and hashing a big body would cost the loop
             return None
         answer = self._answers.get((route, body))
         if answer is not None and answer.generation != generation:  # the served models changed since
             self._answers.pop((route, body))
             return None
+        if answer is not None:
+            self._hits.inc(answer.items)
         return answer
 
     def put(self, route: str, body: bytes, answer: MemoAnswer) -> None:

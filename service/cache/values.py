@@ -73,7 +73,7 @@ class ValueCodec:
 
     def decode(self, values: Sequence[bytes]) -> Embeddings:
         """Rows from equally sized (valid) values."""
-        records = np.frombuffer(values[0] if len(values) == 1 else b"".join(values), self._record)
+        records = np.frombuffer(b"".join(values), self._record)
         return Embeddings(
             records["vector"].astype(np.float32),  # a copy also for float32: the buffer is read-only
             records["tokens"].astype(np.int64),

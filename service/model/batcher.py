@@ -7,13 +7,13 @@
   it then also takes what is already queued (up to ``BACKLOG_RUNS`` runs), so a backlog is sorted by
   length across runs; with several, a backlog becomes one window per run, spread over the runners.
 * Jobs whose every waiting request has gone (cancelled) are dropped before they reach the model.
-* The model runs in ``model_runners`` dedicated worker threads (1 by default: runs never overlap,
-  ORT's intra-op threads use the cores) and the event loop never blocks. With 2 runners and one
-  ORT thread each, two windows run side by side on their own cores without the per-operator
-  synchronisation of one run over two threads. Tokenising and padding a window happen in another
-  thread: up to ``pipeline_windows`` (`PIPELINE_WINDOWS`; at least one per runner) windows are in
-  the batcher at once, so the next window is collected and prepared while the model runs the
-  current one and starts as soon as it ends.
+* The model runs in ``model_runners`` dedicated worker threads, so the event loop never blocks.
+  With 1 runs never overlap and ORT's intra-op threads use the cores; with 2 (the service's
+  default) and half the CPUs each, two windows run side by side without the per-operator
+  synchronisation of one run over all cores. Tokenising and padding a window happen in another
+  thread: up to ``pipeline_windows`` windows (at least one per runner) are in the batcher at once,
+  so the next window is collected and prepared while the model runs and starts as soon as a
+  runner is free.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ from service.model.encoder import EncodedTexts
 log = logging.getLogger(__name__)
 
 BACKLOG_RUNS = 4
-# Windows collected/prepared/running at once (Settings.pipeline_windows for the service).
-PIPELINE_WINDOWS = 1
 RETRY_AFTER_SECONDS = 1
 
 
@@ -101,7 +99,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_ms: float,
         max_queue_items: int,
-        pipeline_windows: int = PIPELINE_WINDOWS,
+        pipeline_windows: int = 1,
         model_runners: int = 1,
     ) -> None:
         self._encoder = encoder
@@ -211,7 +209,8 @@ class MicroBatcher:
             self._windows.release()
 
         while True:
-            # A window is collected only when fewer than pipeline_windows are prepared or running:
+            # A window is collected only when fewer than max(pipeline_windows, model_runners) are
+            # prepared or running:
             # while they are, new items wait in the queue and the next window takes them all.
             await self._windows.acquire()
             jobs, stop = await self._collect()

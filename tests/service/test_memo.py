@@ -4,10 +4,14 @@ the items still counted, and never for requests with ids, misses or truncated te
 
 from __future__ import annotations
 
+import gc
+import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 from service.api.memo import MEMO_MAX_BODY_BYTES, MemoAnswer, ResponseMemo, _entry_bytes
 from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
@@ -18,7 +22,11 @@ KEY = "memo-test-key"
 
 
 def _answer(generation: int = 1, size: int = 100) -> MemoAnswer:
-    return MemoAnswer(b"x" * size, ((b"x-cache-hits", b"1"),), generation, lambda: None)
+    return MemoAnswer(b"x" * size, ((b"x-cache-hits", b"1"),), generation, 1)
+
+
+def _memo(max_bytes: int) -> ResponseMemo:
+    return ResponseMemo(max_bytes, Counter("memo_hits", "test", registry=CollectorRegistry()))
 
 
 def _body(i: int) -> bytes:
@@ -27,7 +35,7 @@ def _body(i: int) -> bytes:
 
 def test_the_memo_keeps_its_byte_bound_past_it_and_drops_the_least_recently_used() -> None:
     per_entry = _entry_bytes(("/v1/embed", _body(0)), _answer())
-    memo = ResponseMemo(10 * per_entry)
+    memo = _memo(10 * per_entry)
     for i in range(10):
         memo.put("/v1/embed", _body(i), _answer())
     assert len(memo) == 10 and memo.bytes == 10 * per_entry
@@ -44,11 +52,11 @@ def test_the_memo_keeps_its_byte_bound_past_it_and_drops_the_least_recently_used
     memo.put("/v1/embed", b"big answer", _answer(size=11 * per_entry))
     assert len(memo) == 10 and memo.get("/v1/embed", b"big answer", 1) is None
     with pytest.raises(ValueError, match="max_bytes"):
-        ResponseMemo(0)
+        _memo(0)
 
 
 def test_an_answer_of_another_generation_is_stale_and_dropped() -> None:
-    memo = ResponseMemo(10_000)
+    memo = _memo(10_000)
     memo.put("/v1/embed", _body(1), _answer(generation=1))
     assert memo.get("/v1/embed", _body(1), 2) is None  # the served models changed
     assert len(memo) == 0 and memo.bytes == 0
@@ -155,9 +163,18 @@ def test_after_a_reload_a_kept_answer_is_never_repeated(
         client.post("/v1/embed", content=body)
         kept = client.post("/v1/embed", content=body)
         assert client.post("/v1/embed", content=body).content == kept.content  # repeated from the memo
+        old_flow = weakref.ref(live.runtime.models.default.flow)
         (models / "shop").unlink()
         (models / "shop").symlink_to(tiny_artifact_other, target_is_directory=True)
         assert client.post("/admin/reload").status_code == 200
+        memo = live.runtime.memo
+        assert memo is not None and len(memo) == 1  # the stale answer is still in the memo ...
+        deadline = time.monotonic() + 10
+        while old_flow() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.05)
+        freed = old_flow() is None  # ... but it holds nothing of the retired model
         after = client.post("/v1/embed", content=body).json()
+    assert freed
     assert after["fingerprint"] == served_fingerprint(tiny_artifact_other) != kept.json()["fingerprint"]
     assert after["data"][0]["cached"] is False  # computed by the new model

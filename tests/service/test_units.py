@@ -16,6 +16,7 @@ from artifact.names import ArtifactError
 from service.cache.keys import KeySpace, normalise_text
 from service.cache.stores import LruCache
 from service.model.encoder import load_encoder
+from service.settings import Settings, available_cpus
 from tests.support.reference import onnx_reference
 
 
@@ -85,3 +86,20 @@ def test_service_never_imports_torch_or_transformers() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "blocked" not in result.stderr, result.stderr
     assert "usage: marc serve" in result.stdout
+
+
+def test_cpus_are_shared_out_among_every_run_in_progress(tmp_path: Path) -> None:
+    cpus = available_cpus()
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # a container limited to 1.5 CPUs
+    assert available_cpus(quota) == min(cpus, 2)
+    quota.write_text("max 100000\n")
+    assert available_cpus(quota) == cpus == available_cpus(tmp_path / "missing")
+
+    def threads(**values: int) -> int:
+        return Settings(artifact=tmp_path, **values).serving_intra_threads
+
+    assert threads(model_runners=1, workers=1) == 0  # ORT's own default
+    assert threads(model_runners=2, workers=1) == max(1, cpus // 2)
+    assert threads(model_runners=2, workers=2) == max(1, cpus // 4)
+    assert threads(model_runners=2, workers=2, ort_intra_threads=3) == 3  # explicit wins

@@ -13,16 +13,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from tests.support.load import post_all
 from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
-from tests.support.servers import ServeProcess, scrape_metrics
+from tests.support.servers import ServeProcess, scrape_metrics, sum_samples
 
 TEXTS = [f"two-worker catalogue item {i}: a ceramic mug" for i in range(20)]
 REQUESTS = 240
-
-
-def _sum(samples: dict, name: str, **labels: str) -> float:
-    return sum(
-        value for sample_labels, value in samples.get(name, []) if labels.items() <= sample_labels.items()
-    )
 
 
 def _embed_requests_per_worker(metrics_dir: Path) -> dict[str, float]:
@@ -97,13 +91,13 @@ def test_two_workers_share_the_port_redis_and_their_metrics(
     assert sum(per_worker.values()) == REQUESTS + 1
     for samples in scrapes:
         # Whichever worker answered, the counts are the sums over both processes.
-        assert _sum(samples, "marc_request_duration_seconds_count", route="/v1/embed") == REQUESTS + 1
-        assert _sum(samples, "marc_items_embedded_total") == len(TEXTS)
-        assert _sum(samples, "marc_cache_requests_total", result="hit") == REQUESTS
-        assert _sum(samples, "marc_cache_requests_total", result="miss") == len(TEXTS)
+        assert sum_samples(samples, "marc_request_duration_seconds_count", route="/v1/embed") == REQUESTS + 1
+        assert sum_samples(samples, "marc_items_embedded_total") == len(TEXTS)
+        assert sum_samples(samples, "marc_cache_requests_total", result="hit") == REQUESTS
+        assert sum_samples(samples, "marc_cache_requests_total", result="miss") == len(TEXTS)
         # The worker that did not warm the cache found the texts in the shared Redis.
-        assert _sum(samples, "marc_cache_requests_total", tier="redis", result="hit") >= 1
+        assert sum_samples(samples, "marc_cache_requests_total", tier="redis", result="hit") >= 1
         assert [value for _, value in samples["marc_model_info"]] == [1.0]  # one series, not one per worker
-        assert _sum(samples, "marc_queue_depth") == 0
+        assert sum_samples(samples, "marc_queue_depth") == 0
     assert exit_status == 0
     assert not (metrics_dir / "counter_999999.db").exists()

@@ -30,6 +30,15 @@ def scrape_metrics(url: str) -> Samples:
     return samples
 
 
+def sum_samples(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        value
+        for sample_labels, value in samples.get(name, [])
+        if all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
 class _ServesMetrics:
     url: str
 
@@ -38,11 +47,7 @@ class _ServesMetrics:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
-        return sum(
-            value
-            for sample_labels, value in self.metrics().get(name, [])
-            if all(sample_labels.get(k) == v for k, v in labels.items())
-        )
+        return sum_samples(self.metrics(), name, **labels)
 
 
 class LiveServer(_ServesMetrics):
