@@ -270,8 +270,7 @@ def evaluate_vectors(
 
 def summarise_runs(runs: list[dict[str, float]]) -> dict[str, Any]:
     """Per-seed results of one vector set -> each metric's mean, ``<metric>_std`` (sample std, ddof=1;
-    NaN for one seed),
-    the seeds and the per-seed ``runs``."""
+    NaN for one seed), the seeds and the per-seed ``runs``."""
     summary: dict[str, Any] = {
         key: runs[0][key] for key in ("dim", "bytes_per_item_fp32", "bytes_per_item_fp16")
     }

@@ -29,6 +29,7 @@ from marc.backbone import load_backbone
 from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset, load_dataset
 from marc.evaluate import CTRConfig, evaluate_vectors, pca_vectors
+from marc.experiments.plan import GENERATED_KINDS
 from marc.features import pooled_states
 from marc.predictions import load_predictions
 from marc.stats import compare_predictions
@@ -78,7 +79,7 @@ def quick_plan(**overrides: Any) -> NestedPlan:
 
 
 def _dataset(plan: NestedPlan, spec: str) -> RecDataset:
-    generated = spec.split(":", 1)[0] in ("synthetic", "entities")
+    generated = spec.split(":", 1)[0] in GENERATED_KINDS
     return load_dataset(spec, seed=plan.seed, **(plan.sizes if generated else {}))
 
 

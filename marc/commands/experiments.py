@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.arguments import HelpFormatter, parse_dataset_specs, parse_seeds
+from marc.commands.arguments import HelpFormatter, parse_dataset_specs, parse_seeds, parse_sizes
 
 # The keys of marc.experiments.plan.ABLATIONS (importing the plan pulls in torch: `marc --help` stays fast).
 ABLATION_NAMES = ("recon", "no_adapter", "no_kl", "linear_adapter")
@@ -21,12 +21,13 @@ paper's claims on the real backbone, on synthetic data and MovieLens-100K with t
 (1) layer sweep - each layer's pooled state, standardised per channel and PCA to k, scored by the
 downstream CTR harness on cold and warm items over 3 seeds; (2) compression table at each k - ids only,
 the text's surface form, final/mid layer full size, final/mid + PCA (raw and standardised), final +
-trained linear compressor, final + C + A, MARC; (3) ablations, MARC cut at other layers, MARC with
-LoRA on the top m layers at the mid and the final layer, the measured full-depth LoRA cost. Every AUC
-gets a 95% bootstrap CI over items and every claim a paired difference with its CI and verdict, from
-the per-row test predictions (--out/predictions). The backbone runs once per dataset (pooled states
-cached under --cache-dir); the rest is fanned out over --workers processes. Writes summary.json
-(everything, incl. the served-layer choice), results.md (tables) and plots to --out.
+trained linear compressor, final + C + A, MARC; (3) MARC cut at other layers (--ablations adds more),
+MARC with LoRA on the top m layers at the mid and the final layer, the measured full-depth LoRA
+cost. Every AUC gets a 95% bootstrap CI over items and every claim a paired difference with its CI
+and verdict, from the per-row test predictions (--out/predictions). The backbone runs once per
+dataset (pooled states cached under --cache-dir); the rest is fanned out over --workers processes.
+Writes summary.json (everything, incl. the served-layer choice), results.md (tables) and plots to
+--out.
 --quick: tiny random backbone, tiny data, one seed, for CI (about a minute).
 """
 
@@ -81,7 +82,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--dims",
-        type=parse_seeds,
+        type=parse_sizes,
         default=None,
         help="comma-separated k values of the compression table (default: 16,64; quick: 8,16)",
     )

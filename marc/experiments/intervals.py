@@ -21,7 +21,7 @@ import numpy as np
 from marc.data import RecDataset
 from marc.experiments.plan import Vectors
 from marc.predictions import Predictions, load_predictions
-from marc.stats import LEVEL, interval, mean_auc_replicates, verdict
+from marc.stats import LEVEL, Interval, interval, mean_auc_replicates, verdict
 
 PARTS = {"auc_cold": "cold", "auc_warm": "warm"}
 """Summary metric -> the test rows it is computed on."""
@@ -68,17 +68,15 @@ class Evidence:
         """a - b on ``metric`` with the paired CI and the verdict for a ('n/a' without a CI)."""
         est_a, rep_a = self.rows[record_key(a)][metric]
         est_b, rep_b = self.rows[record_key(b)][metric]
-        bounds = _bounds(self.groups[metric], est_a - est_b, rep_a - rep_b)
+        difference = _defined_interval(self.groups[metric], est_a - est_b, rep_a - rep_b)
         return {
             "a": _label(a),
             "b": _label(b),
             "metric": metric,
             "difference": round(est_a - est_b, 4),
-            "low": None if bounds is None else bounds[0],
-            "high": None if bounds is None else bounds[1],
-            "verdict": "n/a"
-            if bounds is None
-            else verdict(interval(est_a - est_b, rep_a - rep_b, self.groups[metric])),
+            "low": None if difference is None else round(difference.low, 4),
+            "high": None if difference is None else round(difference.high, 4),
+            "verdict": "n/a" if difference is None else verdict(difference),
         }
 
 
@@ -91,12 +89,16 @@ def _label(record: dict[str, Any]) -> str:
     )
 
 
-def _bounds(groups: int, estimate: float, replicates: np.ndarray) -> list[float] | None:
+def _defined_interval(groups: int, estimate: float, replicates: np.ndarray) -> Interval | None:
     try:
-        value = interval(estimate, replicates, groups)
+        return interval(estimate, replicates, groups)
     except ValueError:  # too few rows of one label for a defined AUC in most replicates
         return None
-    return [round(value.low, 4), round(value.high, 4)]
+
+
+def _bounds(groups: int, estimate: float, replicates: np.ndarray) -> list[float] | None:
+    value = _defined_interval(groups, estimate, replicates)
+    return None if value is None else [round(value.low, 4), round(value.high, 4)]
 
 
 def collect_evidence(

@@ -10,7 +10,7 @@ from typing import Any
 
 from marc.evaluate import CTRConfig
 
-GENERATED_KINDS = ("synthetic",)
+GENERATED_KINDS = ("synthetic", "entities")
 """Dataset specs built by a generator, which take the plan's size options."""
 
 ML100K_DIR = "data/ml-100k"

@@ -13,7 +13,7 @@
 
 The backbone runs once per dataset over all items (pooled states of every probed layer, cached on
 disk by `marc.features`); everything downstream works on those arrays, fanned out over worker
-processes (one thread each), so the whole default run fits in about half an hour on 2 CPU cores.
+processes (one thread each), so the whole default run fits in about 35 minutes on 2 CPU cores.
 Every vector set is scored by the same harness and seeds; all selection uses validation data only.
 """
 
