@@ -166,8 +166,6 @@ def _settings(args: argparse.Namespace, flags: dict[str, str]) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     import signal
 
-    import uvicorn
-
     from artifact.names import ArtifactError
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
@@ -196,16 +194,8 @@ def run_serve(args: argparse.Namespace) -> int:
     lifecycle = Lifecycle()
     app = create_app(settings, lifecycle, encoders)
     del encoders  # the app hands them to the registry: a reload can then unload them
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,  # this process serves; --workers N runs N of them (service.workers)
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",  # per-request lines cost throughput; metrics cover it
-        timeout_graceful_shutdown=30,
-    )
-    DrainingServer(config, lifecycle, settings.drain_seconds).run()
+    # This process serves; --workers N runs N of them (service.workers).
+    DrainingServer.serving(app, settings, lifecycle, host=settings.host, port=settings.port).run()
     return 0
 
 

@@ -12,10 +12,13 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from service.registry import ReloadFailed
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,20 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.lifecycle = lifecycle
         self.drain_seconds = drain_seconds
+
+    @classmethod
+    def serving(cls, app: ASGIApp, settings: Settings, lifecycle: Lifecycle, **bind: Any) -> DrainingServer:
+        """The server `marc serve` runs ``app`` with, in one process or in each of ``--workers``: the
+        service's log level, no access log below debug (per-request lines cost throughput; metrics
+        cover it), 30 s for in-flight requests after the drain; ``bind``: host/port (one process)."""
+        config = uvicorn.Config(
+            app,
+            log_level=settings.log_level,
+            access_log=settings.log_level == "debug",
+            timeout_graceful_shutdown=30,
+            **bind,
+        )
+        return cls(config, lifecycle, settings.drain_seconds)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.lifecycle.draining or self.drain_seconds <= 0:

@@ -52,8 +52,6 @@ def _worker(sock: socket.socket, overrides: dict[str, Any], number: int) -> None
     os.setpgrp()  # terminal signals reach the parent only; it passes them on once
     # A SIGHUP before the app installs its reload handler must not end the worker (the default).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    import uvicorn
-
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
     from service.settings import Settings
@@ -61,13 +59,8 @@ def _worker(sock: socket.socket, overrides: dict[str, Any], number: int) -> None
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper())
     lifecycle = Lifecycle()
-    config = uvicorn.Config(
-        create_app(settings, lifecycle),  # the model is loaded in the lifespan, per worker
-        log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=30,
-    )
-    server = DrainingServer(config, lifecycle, settings.drain_seconds)
+    # The model is loaded in the app's lifespan, per worker.
+    server = DrainingServer.serving(create_app(settings, lifecycle), settings, lifecycle)
     parent = os.getppid()
 
     def watch_parent() -> None:
