@@ -1,5 +1,7 @@
-# The README's commands. Every target sets up .venv itself, so each works on a fresh clone.
+# The commands of the README and docs/. Every target sets up .venv itself, so each works on a fresh clone.
 SHELL := /bin/bash
+# The interpreter .venv is made with: Python >= 3.11 (pyproject's requires-python; the code uses
+# asyncio.timeout and Task.uncancel), e.g. `make install PYTHON=python3.12`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +16,13 @@ EXTRAS ?= cpu,train,dev
 
 install: $(STAMP)
 
+# Checks the venv's interpreter if there is one, else $(PYTHON), before anything is installed.
 $(STAMP): pyproject.toml
+	@python=$(PYTHON); if [ -x $(PY) ]; then python=$(PY); fi; \
+	if ! $$python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+		echo "marc-serve needs Python >= 3.11, but $$python is $$($$python --version 2>/dev/null || echo "not found"):" \
+			"run make with PYTHON=python3.11 (or newer)$(if $(wildcard $(PY)), after rm -rf $(VENV))" >&2; \
+		exit 1; fi
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned, so the CPU wheel on this machine's disk is used (never a CUDA build).

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -115,7 +115,7 @@ def export_checkpoint(
             format_version=FORMAT_VERSION,
             name=name or out_dir.resolve().name,
             fingerprint=fingerprint,
-            created_at=datetime.now(timezone.utc),
+            created_at=datetime.now(UTC),
             backbone=BackboneInfo(
                 source=config.backbone,
                 architecture=checkpoint.architecture,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,7 +247,7 @@ def build_report(
             for each in rounds
         ],
     }
-    finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     return BenchReport(
         machine=machine, options={**options, "finished_at": finished_at}, rows=rows, details=details
     )

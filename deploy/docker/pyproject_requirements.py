@@ -10,9 +10,8 @@ ONNX Runtime).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 
 def requirements(pyproject: Path, extras: list[str]) -> list[str]:

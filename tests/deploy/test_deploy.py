@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,51 @@ def test_dockerfile_marc_variables_are_settings() -> None:
     names = set(MARC_VAR.findall(DOCKERFILE.read_text()))
     assert names, "the Dockerfile sets no MARC_* variable"
     assert not [n for n in names if n[5:].lower() not in fields]
+
+
+# --- Python floor ---------------------------------------------------------------------------------
+
+
+def _python_floor() -> tuple[int, int]:
+    required = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    match = re.fullmatch(r">=(\d+)\.(\d+)", required)
+    assert match, f"requires-python {required!r} is not a plain floor"
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_every_python_the_project_runs_on_meets_requires_python() -> None:
+    """requires-python is the floor the code needs (asyncio.timeout, Task.uncancel: 3.11): ruff targets
+    it, the Makefile checks it, and both images' Pythons (the python base, the gpu venv's) meet it."""
+    floor = _python_floor()
+    assert floor >= (3, 11)
+    ruff = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["ruff"]
+    assert ruff["target-version"] == f"py{floor[0]}{floor[1]}"
+    assert f"sys.version_info < {floor}" in (REPO / "Makefile").read_text()
+    text = DOCKERFILE.read_text()
+    images = re.findall(r"PYTHON_IMAGE=python:(\d+)\.(\d+)", text) + re.findall(
+        r"python(\d+)\.(\d+) -m venv", text
+    )
+    assert len(images) == 2 and all((int(major), int(minor)) >= floor for major, minor in images)
+
+
+def test_make_install_refuses_a_python_below_the_floor(tmp_path: Path) -> None:
+    """`make install PYTHON=<older>` stops before creating .venv, naming the version and the fix. No
+    Python 3.10 is installed here, so the older interpreter is a script that answers like one."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    older = tmp_path / "python3.10"
+    older.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "Python 3.10.14" && exit 0\nexit 1\n')
+    older.chmod(0o755)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(tmp_path), "install", f"PYTHON={older}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    floor = ".".join(map(str, _python_floor()))
+    assert result.returncode != 0
+    assert f"needs Python >= {floor}, but {older} is Python 3.10.14" in result.stderr
+    assert not (tmp_path / ".venv").exists()
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------

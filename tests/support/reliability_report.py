@@ -16,7 +16,7 @@ import json
 import os
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ def record(section: str, **figures: Any) -> None:
     report.setdefault(section, {}).update(figures)
     machine = machine_info()
     report["_run"] = {
-        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{machine['platform']}, {machine['cores']} CPU cores ({machine['cpu']}), "
         f"Python {machine['python']}",
     }
