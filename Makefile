@@ -12,7 +12,7 @@ TORCH_VERSION ?= 2.13.0
 SMOLLM2_VERSION ?= 0.1.2
 EXTRAS ?= cpu,train,dev
 
-.PHONY: install test lint format clean
+.PHONY: install test lint format clean settings-doc
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# docs/settings.md's table from service.settings.Settings (tests/service/test_settings_doc.py checks it).
+settings-doc: install
+	$(PY) -m service.settings_doc docs/settings.md
 
 # ---- Quickstart: `make serve` builds the default artifact once, then serves it -----------------------
 # Default artifact: the real SmolLM2 backbone cut at DEFAULT_LAYER, k=64, trained frozen on the synthetic

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     default_model: str = Field(
         "",
         description="The model of requests that name none; empty = the first of MARC_ARTIFACTS (in "
-        "name order for a directory).",
+        "name order for a directory; a reload keeps the default while it is served).",
     )
     variant: VariantChoice = Field(
         "auto",
@@ -64,15 +64,19 @@ class Settings(BaseSettings):
         "CPU int8 when the artifact's int8 has per-row activation scales, else fp32.",
     )
     provider: ProviderChoice = Field(
-        "auto", description="ONNX Runtime execution provider. auto = CUDA when it really loads, else CPU."
+        "auto",
+        description="ONNX Runtime execution provider. auto = CUDA when it really loads, else CPU; cuda = "
+        "refuse to start without CUDA.",
     )
     cuda_device_id: int = Field(0, ge=0, description="GPU index for the CUDA provider.")
     ort_intra_threads: int = Field(
         0,
         ge=0,
-        description="ONNX Runtime intra-op threads per run. 0 = the CPUs this process may use shared out "
-        "among MARC_MODEL_RUNNERS x MARC_WORKERS runs (with one of each: ORT's default, one per "
-        "physical core); `marc precompute` (one caller) uses ORT's default.",
+        description="ONNX Runtime intra-op threads per run. 0 = the CPUs this process may use (its "
+        "affinity, capped by a cgroup v2 CPU quota) shared out among MARC_MODEL_RUNNERS x MARC_WORKERS "
+        "runs (with one of each: ORT's default, one per physical core); `marc precompute` (one caller) "
+        "uses ORT's default. In Kubernetes, set it so runners x threads = the pod's CPU limit (the base "
+        "manifest: 2 x 1).",
     )
     ort_inter_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0 = ORT default).")
 
@@ -81,8 +85,10 @@ class Settings(BaseSettings):
         "",
         description="redis://, rediss:// (TLS) or redis+cluster:// URL. Empty = in-process LRU cache.",
     )
-    redis_cluster: bool = Field(False, description="Treat redis_url as a Redis Cluster entry point.")
-    cache_ttl_seconds: int = Field(7 * 24 * 3600, ge=0, description="Expiry of cached vectors; 0 = never.")
+    redis_cluster: bool = Field(False, description="Treat MARC_REDIS_URL as a Redis Cluster entry point.")
+    cache_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=0, description="Expiry of cached vectors (7 days); 0 = never."
+    )
     cache_prefix: str = Field("marc", min_length=1, description="First segment of every cache key.")
     cache_timeout_ms: float = Field(
         100.0,
@@ -92,33 +98,36 @@ class Settings(BaseSettings):
     cache_breaker_timeouts: int = Field(
         3,
         ge=1,
-        description="Consecutive Redis timeouts (one per stall) after which Redis is skipped like a "
-        "refused connection.",
+        description="Consecutive Redis timeouts (calls in flight together count once) after which Redis "
+        "is skipped like a refused connection; any success resets the count.",
     )
     cache_retry_seconds: float = Field(
         1.0,
         gt=0,
-        description="After a Redis connection failure (or cache_breaker_timeouts timeouts), skip Redis "
+        description="After a Redis connection failure (or MARC_CACHE_BREAKER_TIMEOUTS timeouts), skip Redis "
         "for this long; then one request probes it (the others keep skipping until it answers).",
     )
     redis_max_connections: int = Field(
         64,
         ge=1,
         description="Redis connections per process. A burst beyond it waits for a free connection "
-        "(within cache_timeout_ms), it is never counted as a Redis failure.",
+        "(within MARC_CACHE_TIMEOUT_MS), it is never counted as a Redis failure.",
     )
     cache_dtype: CacheDtype = Field(
         "float32",
-        description="Cached value type: float32 (exact) or float16 (half the memory; components rounded "
-        "to float16, relative error <= 2^-11, widened to float32 when served). Separate key spaces.",
+        description="Cached value type: float32 (4·k bytes, exact) or float16 (2·k bytes; components "
+        "rounded to float16, relative error <= 2^-11, widened to float32 when served; misses are served "
+        "rounded too, so an answer does not depend on whether it was cached), each plus a 4-byte token "
+        "trailer. Separate key spaces. `marc precompute --cache-dtype` must match.",
     )
     lru_max_items: int = Field(100_000, ge=1, description="Capacity of the in-process LRU cache.")
     near_cache_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="In-process near-cache in front of Redis for text keys (per process), in bytes of "
-        "this process's memory (~530 B per float32 k=64 item: 64 MiB holds ~125k items); the least "
-        "recently used go first. 0 = none. Not used with the in-process LRU (no Redis URL).",
+        description="In-process near-cache in front of Redis for text keys (immutable per model "
+        "fingerprint, so never invalidated), in bytes of this process's memory (~530 B per float32 k=64 "
+        "item, keys and overhead included: 64 MiB holds ~125k items); the least recently used go first; a "
+        "hit costs no Redis round trip. 0 = none. Not used with the in-process LRU (no Redis URL).",
     )
     response_memo_bytes: int = Field(
         8 * 1024 * 1024,
@@ -151,8 +160,9 @@ class Settings(BaseSettings):
     max_queue_items: int = Field(
         2048,
         ge=1,
-        description="Items waiting for the model; beyond this, 503. Keep it at least the largest request "
-        "(max_openai_inputs), or such a request with all texts new is refused every time.",
+        description="Items waiting for the model; beyond this, 503 + Retry-After. Keep it at least the "
+        "largest request (MARC_MAX_OPENAI_INPUTS), or such a request with all texts new is refused every "
+        "time.",
     )
 
     # --- request limits ---------------------------------------------------------------------------
@@ -162,11 +172,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         0,
         ge=0,
-        description="Request body size limit (413 above). 0 = what max_items_per_request texts of "
-        "max_text_chars one-byte characters need, with their JSON (2.1 MiB by default).",
+        description="Request body size limit (413 above). 0 = what MARC_MAX_ITEMS_PER_REQUEST texts of "
+        "MARC_MAX_TEXT_CHARS one-byte characters need, with their JSON (2,251,776 bytes = 2.1 MiB by "
+        "default).",
     )
     body_read_timeout_seconds: float = Field(
-        10.0, gt=0, description="A request body must arrive within this (408 otherwise: slow uploads)."
+        10.0,
+        gt=0,
+        description="A request body must arrive within this (408 otherwise, and the connection is "
+        "closed: slow uploads).",
     )
     max_concurrent_requests: int = Field(
         1024,
@@ -186,11 +200,18 @@ class Settings(BaseSettings):
     )
 
     # --- HTTP ----------------------------------------------------------------------------------
-    api_key: str = Field("", description="Bearer token required on /v1/* when set.")
+    api_key: str = Field(
+        "",
+        description="Bearer token required on /v1/* and /admin/reload when set; empty = no auth on "
+        "/v1/*, and the admin route is off (403).",
+    )
     protect_metrics_and_docs: bool = Field(
         False, description="Also require the API key on /metrics and the docs (/docs, /redoc, /openapi.json)."
     )
-    host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 to listen on all interfaces).")
+    host: str = Field(
+        "127.0.0.1",
+        description="Bind address: local only by default; 0.0.0.0 listens on all interfaces (containers).",
+    )
     port: int = Field(8000, ge=0, le=65535, description="Bind port.")
     workers: int = Field(
         1,
@@ -202,7 +223,9 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         0.0, ge=0, description="On SIGTERM, report not-ready this long while still serving, then stop."
     )
-    log_level: LogLevel = Field("info", description="Log level of the service and uvicorn.")
+    log_level: LogLevel = Field(
+        "info", description="Log level of the service and uvicorn; debug adds uvicorn's access log."
+    )
 
     @property
     def body_limit_bytes(self) -> int:
