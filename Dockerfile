@@ -10,13 +10,13 @@
 #
 # Without a bundled artifact, mount one at /models/current (read-only is enough), or point MARC_ARTIFACT
 # elsewhere. The images hold the serving extra only (`.[cpu]` or `.[gpu]`): no torch, no transformers,
-# no compiler. Every setting is a MARC_* environment variable (see README "Settings").
+# no compiler. Every setting is a MARC_* environment variable (docs/settings.md).
 #
 # Layer order: dependencies are installed from pyproject.toml alone, then the project's own wheel is
 # installed on top with --no-deps, so a code change rebuilds a few hundred kilobytes, not the venv.
 #
 # `make test` builds and runs cpu and cpu-bundled with podman on a local stand-in for the Python base
-# (--build-arg PYTHON_IMAGE=..., made by deploy/docker/python-standin.sh): see README "Image check".
+# (--build-arg PYTHON_IMAGE=..., made by deploy/docker/python-standin.sh): see docs/operations.md, "Image check".
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04

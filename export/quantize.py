@@ -4,13 +4,13 @@ measured-sensitive nodes kept in fp32.
 Activations: ONNX Runtime's dynamic quantisation gives each MatMul input ONE scale per run, set by the
 largest value in the whole batch - padding rows and the other texts included. A text's vector then
 depends on its batch-mates (on SmolLM2 L8, a text alone vs the same text in a batch differed by up to
-0.43 per component: the README's int8 table), and which of those vectors the cache keeps is chance.
+0.43 per component: the int8 table of docs/export.md), and which of those vectors the cache keeps is chance.
 So every ``DynamicQuantizeLinear`` that ``quantize_dynamic`` writes is replaced by a per-row quantisation:
 scale = max|x| / 127 of each row (token), zero point 128 (symmetric, uint8 for the fast u8 x s8 VNNI
 kernel). Rows no longer share anything, so a text gets the same vector in any batch (up to float
 rounding, as fp32), and the precision is better (a token with a large value no longer coarsens the
 others). Per-tensor scales fixed at export (static, calibrated on these texts) are deterministic too
-but were less precise when tried, at the same speed. The README's int8 table has the measurements.
+but were less precise when tried, at the same speed. The int8 table of docs/export.md has the measurements.
 
 Weights and the fp32 selection: dynamic quantisation of mid-layer LLM MatMuls can wipe out most of an
 input, and which MatMuls suffer is measured, not guessed, on calibration texts against the fp32 model:
@@ -55,7 +55,7 @@ from artifact.names import INPUT_NAMES
 log = logging.getLogger(__name__)
 
 # Above the parity threshold (0.99) with margin: the synthetic catalogue's items lose a little more
-# cosine than these texts (SmolLM2 L8: calibration 0.9975, 512 catalogue items 0.9966; README).
+# cosine than these texts (SmolLM2 L8: calibration 0.9975, 512 catalogue items 0.9966; docs/export.md).
 TARGET_MEAN_COSINE = 0.997
 # A role whose drop alone exceeds this share of the budget is measured node by node.
 REFINE_SHARE = 0.25

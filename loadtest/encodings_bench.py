@@ -42,7 +42,7 @@ class EncodingRow:
 
 
 def decode(encoding: str, embedding: object, scale: object, dim: int) -> np.ndarray:
-    """A body's vector back to float32 (the README's decoders)."""
+    """A body's vector back to float32 (the decoders of docs/api.md)."""
     if encoding == "float":
         return np.asarray(embedding, np.float32)
     raw = base64.b64decode(str(embedding))

@@ -9,7 +9,7 @@ measures the limits (raw ORT at the batch size given, one run at a time over ORT
 and two runs side by side on half the CPUs each: `loadtest.raw_ort.ColdLimit`), then each server
 in turn, so the machine's drift hits every setting alike. The table gives each setting's items/s
 per round and its median ratio to the same round's best limit. Settings are the service's
-environment variables (README, "Configuration"); the defaults compare the service's defaults with
+environment variables (docs/settings.md); the defaults compare the service's defaults with
 one runner (the earlier default), one runner with pipelined windows, and two runners with smaller
 windows.
 """

@@ -1,6 +1,6 @@
 """Bit-reproducible CPU builds: the same `make artifact` should give the same weights, hence the same
 fingerprint, on x86-64 machines with AVX2 whatever their CPU generation or thread count (what was
-checked, and what stays machine-dependent: README "Reproducible artifacts").
+checked, and what stays machine-dependent: docs/operations.md, "Reproducible artifacts").
 
 torch chooses its CPU kernels by what the processor offers, and each choice rounds differently:
 ATen's own vectorised kernels (AVX-512 or AVX2: RMSNorm, softmax, pooling), MKL's GEMM code path

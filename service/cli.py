@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the embedding service (FastAPI + uvicorn; --workers N processes)",
         description="Serve an artifact over HTTP. Every option also reads its MARC_* environment "
         "variable (e.g. MARC_ARTIFACT, MARC_REDIS_URL); flags win. Without a Redis URL the service "
-        "uses an in-process LRU cache. See the README's settings table for all variables.",
+        "uses an in-process LRU cache. All variables: docs/settings.md.",
     )
     serve.add_argument("--artifact", type=Path, help="artifact directory from `marc export` (MARC_ARTIFACT)")
     serve.add_argument(

@@ -1,7 +1,7 @@
-"""The repository's prose points only at what the repository holds: every file path, markdown link,
-test (``file.py::test_name``) and dotted module name that a document, comment or docstring names
-exists; no text cites an outside design document; and docs/ARCHITECTURE.md names every package,
-route and metric the code has."""
+"""The repository's prose points only at what the repository holds: every file path, markdown link
+(and its ``#anchor``: a heading of the linked document), test (``file.py::test_name``) and dotted
+module name that a document, comment or docstring names exists; no text cites an outside design
+document; and docs/ARCHITECTURE.md names every package, route and metric the code has."""
 
 from __future__ import annotations
 
@@ -32,6 +32,25 @@ BACKTICKED = re.compile(r"`+([^`\n]+)`+")
 DOTTED = re.compile(r"^(?:" + "|".join(PACKAGES) + r")(?:\.[A-Za-z_]\w*)+")
 # The design notes the project started from are not in the repository, so nothing may cite them.
 OUTSIDE_DOCUMENT = re.compile("DES" + r"IGN(?:\.md\b|\s*§)")
+HEADING = re.compile(r"^#{1,6} +(.+?) *#*$")
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The ``#anchor`` of every heading outside code fences, as GitHub makes them: lower case, markup
+    and punctuation dropped, spaces to hyphens, ``-1``, ``-2`` ... for repeats."""
+    anchors: set[str] = set()
+    in_fence = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_fence = not in_fence
+        elif not in_fence and (heading := HEADING.match(line)):
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+            anchor, repeat = slug, 0
+            while anchor in anchors:
+                repeat += 1
+                anchor = f"{slug}-{repeat}"
+            anchors.add(anchor)
+    return anchors
 
 
 def _tracked_text_files() -> list[Path]:
@@ -96,6 +115,10 @@ def dotted_name_exists(dotted: str) -> bool:
     return True
 
 
+def _anchors_of(document: Path) -> set[str]:
+    return heading_anchors(document.read_text()) if document.suffix == ".md" else set()
+
+
 def missing_references(text: str, where: Path) -> Iterator[str]:
     """Every path, link, test or dotted name in ``text`` (found in ``where``) that does not exist."""
     for match in PATH.finditer(text):
@@ -107,7 +130,11 @@ def missing_references(text: str, where: Path) -> Iterator[str]:
             yield f"{path}::{test}"
     if where.suffix == ".md":
         for target in LINK.findall(text):
-            if not re.match(r"[a-z]+:|#", target) and not (where.parent / target.split("#")[0]).exists():
+            if re.match(r"[a-z]+:", target):
+                continue  # a URL
+            file, _, anchor = target.partition("#")
+            linked = where.parent / file if file else where
+            if not linked.exists() or (anchor and anchor not in _anchors_of(linked)):
                 yield target
     for span in BACKTICKED.findall(text):
         dotted = DOTTED.match(span.strip())
@@ -117,19 +144,38 @@ def missing_references(text: str, where: Path) -> Iterator[str]:
 
 def test_the_reference_checks_find_what_is_missing() -> None:
     text = (
-        "See [the notes](docs/NOWHERE.md), `marc/nothing.py`, tests/marc/test_data.py::test_nope, "
+        "See [the notes](docs/NOWHERE.md), [no such part](docs/api.md#no-such-heading), "
+        "[a part](docs/api.md#wire-encodings), [not a heading](#the-reference-checks), "
+        "`marc/nothing.py`, tests/marc/test_data.py::test_nope, "
         "`marc.train.loop.no_such_function`, `service.gone` and tests/marc/test_data.py; "
         "`marc.train.loop.train_marc` and `artifact.manifest.Manifest.model_validate` exist."
     )
     missing = set(missing_references(text, REPO / "README.md"))
     assert missing == {
         "docs/NOWHERE.md",
+        "docs/api.md#no-such-heading",
+        "#the-reference-checks",
         "marc/nothing.py",
         "tests/marc/test_data.py::test_nope",
         "marc.train.loop.no_such_function",
         "service.gone",
     }
     assert OUTSIDE_DOCUMENT.search("as " + "DES" + "IGN §4 says") is not None
+
+
+def test_heading_anchors_are_githubs() -> None:
+    markdown = (
+        "# Cache housekeeping: `marc cache stats` and `marc cache purge`\n"
+        "## Image check: the Dockerfile built and run ##\n"
+        "```bash\n# a comment, not a heading\n```\n"
+        "### Notes\n### Notes\n"
+    )
+    assert heading_anchors(markdown) == {
+        "cache-housekeeping-marc-cache-stats-and-marc-cache-purge",
+        "image-check-the-dockerfile-built-and-run",
+        "notes",
+        "notes-1",
+    }
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(REPO)))

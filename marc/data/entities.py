@@ -6,7 +6,7 @@ pre-training what kind of thing each name is. Users like latent categories; clic
 category (plus a small per-item effect), drawn from a known logistic model stored in `meta`.
 
 Its cold test split holds only 30 entities, and "is this a person" alone explains much of the
-signal; the README's "Surface check" measures both and proposes `movielens100k:<dir>?text=title`
+signal; docs/training.md, "Surface check", measures both and proposes `movielens100k:<dir>?text=title`
 as the knowledge test instead.
 """
 

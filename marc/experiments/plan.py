@@ -24,7 +24,7 @@ DEFAULT_DATASETS = (
 """The generated data and the real ratings with both item texts: "Title (Year)" (the genre must come
 from what the LLM knows) and the KAR-style text with the genres. The `entities` generator is retired
 from the experiments: 30 cold test items are too few to tell a win from noise, and its names' form
-leaks the category (README, "Surface check")."""
+leaks the category (docs/training.md, "Surface check")."""
 
 
 @dataclass(frozen=True)

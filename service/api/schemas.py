@@ -29,7 +29,7 @@ ENCODING_DESCRIPTION = (
     "`base64_fp16`) = base64 of little-endian float16 bytes (half the size, ~3 significant digits); "
     "`int8` = base64 of int8 values q with a float32 `scale` next to the embedding (vector = q · "
     "scale, dim + 4 bytes); `binary` = base64 of the sign bits (1 = positive), packed most significant "
-    "bit first (dim/8 bytes). The README has a numpy decoder for each."
+    "bit first (dim/8 bytes). docs/api.md has a numpy decoder for each."
 )
 DIMENSIONS_DESCRIPTION = (
     "Size of the returned vectors: one of the served model's nested prefix sizes (`/v1/models` lists "

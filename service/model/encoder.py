@@ -153,7 +153,7 @@ def _try_cuda(
 def cpu_variant(manifest: Manifest) -> Variant:
     """What ``MARC_VARIANT=auto`` serves on CPU: int8 when the artifact has it with per-row activation
     scales (the same vector for a text in any batch; ~2x the items/s of fp32 at a catalogue cosine of
-    ~0.998 to it: see the README), else fp32. Older int8 variants scaled activations per batch, so a
+    ~0.998 to it: see docs/export.md), else fp32. Older int8 variants scaled activations per batch, so a
     text's vector depended on its batch-mates: auto never serves those."""
     int8 = manifest.export.get("int8") or {}
     return "int8" if "int8" in manifest.variants and int8.get("activations") == "per-row" else "fp32"

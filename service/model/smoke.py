@@ -17,7 +17,7 @@ PROBE_TEXTS = (
     "A quiet drama about two sisters and a farm in winter, 1998",
     "stainless steel kitchen knife set with wooden block and sharpener, eight pieces",
 )
-# Alone vs in a padded batch: the per-row int8 and fp32 variants agree to ~1e-6 (README); fp16 ~1e-3.
+# Alone vs in a padded batch: the per-row int8 and fp32 variants agree to ~1e-6 (docs/export.md); fp16 ~1e-3.
 MIN_COSINE = 0.999
 
 

@@ -1,4 +1,4 @@
-"""A new model without a cold start, as README "Operations" runs it, on real processes and a real Redis:
+"""A new model without a cold start, as docs/operations.md runs it, on real processes and a real Redis:
 the old artifact serves (`marc serve`); the new artifact's catalogue is precomputed into the same Redis
 by three `marc precompute --shard i/3` processes (the Indexed Job of deploy/k8s/precompute) while the
 old one serves; a replica on the new artifact starts, becomes ready, and the old one is stopped with

