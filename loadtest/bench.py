@@ -10,14 +10,18 @@ Rows (ratios; absolute numbers on a shared 2-core machine mean little):
     batch size, the better of one run over all cores and two single-threaded runs side by side, both
     on the served variant (int8 when the artifact has it), for long (~26-token) and short (~11-token)
     texts; the naive server on the long ones
- 2. hot path: service requests/s (all hits) / bare FastAPI endpoint, latency percentiles of both, and
-    p99 at half the peak rate (open loop); /v1/embeddings / /v1/embed; ``--workers`` processes / one
-    (`marc serve --workers N` on the same Redis); the service without its response memo / the bare
-    endpoint
+ 2. hot path: service requests/s (all hits, the README's request: items with ids) / bare FastAPI
+    endpoint, latency percentiles of both, and p99 at half the peak rate (open loop); /v1/embeddings /
+    /v1/embed; ``--workers`` processes / one (`marc serve --workers N` on the same Redis); the service
+    without its response memo / the bare endpoint; items without ids (a shape recommender services
+    rarely send, labelled as such) / the bare endpoint
  3. truncation: raw ORT items/s at the cut layer L / the same checkpoint at full depth N
  4. precision: raw ORT int8 / fp32 items/s, cosine similarity between their vectors
  5. memory: Redis bytes per cached item (float16 and float32 values) / a float32 final-layer state;
     artifact size / full model
+ 7. around the model (`loadtest.around_model`): the service's CPU per new item outside the model's
+    runs, on the artifact's near-free twin, for 1-item and 32-item /v1/embed requests with ids and
+    32-input /v1/embeddings requests, in bare-endpoint requests measured beside it
  6. with ``--peer infinity`` (`loadtest.peer_infinity`): the service / Infinity serving the same
     truncated backbone with each of its CPU engines, cold (single-item clients, and requests of
     ``request_texts`` texts) and hot (its vector cache against the service's cache), side by side
@@ -39,9 +43,10 @@ from typing import Any
 import httpx
 
 from artifact.manifest import Manifest, read_manifest
+from loadtest.around_model import measure as measure_around
 from loadtest.bench_report import BenchReport, build_report
 from loadtest.depth_variant import checkpoint_of, full_depth_artifact
-from loadtest.loadgen import LoadResult, LoadSpec, Workload, body_factory, run_in_subprocess
+from loadtest.loadgen import LoadResult, LoadSpec, Workload, run_in_subprocess
 from loadtest.peer_infinity import (
     ENGINES,
     PEER_MODEL_NAME,
@@ -50,6 +55,7 @@ from loadtest.peer_infinity import (
     ensure_venv,
     peer_versions,
 )
+from loadtest.phases import bare_endpoint, closed_loop, warm_pool
 from loadtest.processes import RedisServer, ServerProcess, marc_serve
 from loadtest.raw_ort import ColdLimit, RawModel, Throughput, best_throughput, cosine_similarities
 from loadtest.texts import TEXT_LENGTHS, TextLength, item_texts
@@ -64,7 +70,6 @@ RAW_TEXTS_START = 0
 POOL_START = 10_000_000
 COLD_START = 20_000_000
 TEXTS_PER_ROUND = 10_000_000  # > 2 x (MAX_REQUESTS + warm-up): rounds and servers never share texts
-MAX_REQUESTS = 1_000_000  # per closed-loop phase; the time limit ends it first
 PEER_START = 100_000_000  # the peer phases' cold texts (and the service's next to them)
 PEER_PHASE_TEXTS = 2_000_000
 PEER_BATCH_SIZE = 32  # Infinity's --batch-size
@@ -110,24 +115,6 @@ def _best_of(measure: Callable[[], Throughput], times: int = 2) -> Throughput:
     return max((measure() for _ in range(times)), key=lambda t: t.items_per_second)
 
 
-def closed_loop(
-    server: ServerProcess, workload: Workload, *, seconds: float, concurrency: int, warmup: int
-) -> LoadResult:
-    """Closed-loop load on ``server``; the result carries the server's CPU time per request."""
-    spec = LoadSpec(
-        base_url=server.url,
-        workload=workload,
-        max_requests=MAX_REQUESTS,
-        max_seconds=seconds,
-        concurrency=concurrency,
-        warmup_requests=warmup,
-    )
-    cpu_before = server.cpu_seconds()
-    result = run_in_subprocess(spec)
-    result.server_cpu_ms_per_request = (server.cpu_seconds() - cpu_before) * 1000 / max(result.requests, 1)
-    return result
-
-
 def _closed(server: ServerProcess, workload: Workload, options: BenchOptions, warmup: int) -> LoadResult:
     return closed_loop(
         server, workload, seconds=options.duration, concurrency=options.concurrency, warmup=warmup
@@ -145,29 +132,6 @@ def _open(url: str, workload: Workload, options: BenchOptions, rate: float) -> L
         concurrency=options.concurrency,
     )
     return run_in_subprocess(spec)
-
-
-def warm_pool(url: str, start: int, size: int) -> None:
-    """Put every pool text in the service's cache (so the hot path is all hits)."""
-    texts = item_texts(start, size)
-    with httpx.Client(base_url=url, timeout=120) as client:
-        for i in range(0, size, 64):
-            response = client.post("/v1/embed", json={"items": [{"text": t} for t in texts[i : i + 64]]})
-            response.raise_for_status()
-
-
-def bare_endpoint(service_url: str, workload: Workload, scratch: Path) -> ServerProcess:
-    """The bare endpoint (not started) answering every request with the service's answer to
-    ``workload``'s first request (kept in ``scratch``/payload.json): the same bytes on the wire."""
-    payload = httpx.post(
-        service_url + workload.route,
-        content=body_factory(workload)(0),
-        headers={"content-type": "application/json"},
-    ).content
-    payload_file = scratch / "payload.json"
-    payload_file.write_bytes(payload)
-    bare_args = ["loadtest.reference_servers", "bare", "--payload", str(payload_file)]
-    return ServerProcess("bare endpoint", bare_args, log_path=scratch / "bare.log")
 
 
 def _full_depth_speed(
@@ -262,9 +226,15 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         length: (item_texts(RAW_TEXTS_START, 512, length), best_batch[length]) for length in TEXT_LENGTHS
     }
 
+    # The README's request: items with ids, as recommender services send them.
     hot = Workload(
-        kind="pool", start=POOL_START, pool_size=options.pool_size, items_per_request=options.hot_items
+        kind="pool",
+        start=POOL_START,
+        pool_size=options.pool_size,
+        items_per_request=options.hot_items,
+        ids=True,
     )
+    hot_no_ids = Workload(**{**asdict(hot), "ids": False})
     hot_openai = Workload(
         route="/v1/embeddings",
         kind="pool",
@@ -300,7 +270,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         no_memo = serve("marc serve (no response memo)", "serve-no-memo.log", MARC_RESPONSE_MEMO_BYTES="0")
         with service, naive, no_memo, workers or contextlib.nullcontext():
             memory_before, keys_before = redis_server.data_memory(), redis_server.key_count()
-            warm_pool(service.url, POOL_START, options.pool_size)
+            warm_pool(service.url, POOL_START, options.pool_size, ids=True)
             bare = bare_endpoint(service.url, hot, scratch)
             payload = (scratch / "payload.json").read_bytes()
             with bare:
@@ -314,6 +284,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
                             naive,
                             bare,
                             hot,
+                            hot_no_ids,
                             hot_openai,
                             workers,
                             no_memo,
@@ -331,6 +302,10 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
             warm_pool(half.url, POOL_START, options.pool_size)
             half_after, half_keys_after = redis_server.data_memory(), redis_server.key_count()
             half_memory_usage_sample = redis_server.sampled_key_bytes(match="*:f16t:*")
+        log.info("around the model: the near-free twin, %d round(s)", options.rounds)
+        around = measure_around(
+            options.artifact, options.cache_dir, redis_server.url, scratch, options.duration, options.rounds
+        )
 
     cached_items = keys_after - keys_before
     half_items = half_keys_after - half_keys_before
@@ -348,7 +323,16 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
         },
     }
     return build_report(
-        options.to_dict(), manifest, machine, raw, rounds, memory, len(payload), variant=variant, peer=peer
+        options.to_dict(),
+        manifest,
+        machine,
+        raw,
+        rounds,
+        memory,
+        len(payload),
+        variant=variant,
+        peer=peer,
+        around=around,
     )
 
 
@@ -359,6 +343,7 @@ def _round(
     naive: ServerProcess,
     bare: ServerProcess,
     hot: Workload,
+    hot_no_ids: Workload,
     hot_openai: Workload,
     workers: ServerProcess | None,
     no_memo: ServerProcess,
@@ -398,6 +383,7 @@ def _round(
         "bare_half": bare_half,
     }
     phases["no_memo_hot"] = _closed(no_memo, hot, options, warmup=options.concurrency * 4)
+    phases["service_hot_no_ids"] = _closed(service, hot_no_ids, options, warmup=options.concurrency * 4)
     if workers is not None:
         log.info("  hot path: marc serve --workers %d", options.workers)
         phases["workers_hot"] = _closed(workers, hot, options, warmup=options.concurrency * 4)

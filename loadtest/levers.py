@@ -27,8 +27,9 @@ from pathlib import Path
 
 from artifact.manifest import read_manifest
 from artifact.names import ArtifactError
-from loadtest.bench import COLD_START, RAW_TEXTS_START, TEXTS_PER_ROUND, closed_loop
+from loadtest.bench import COLD_START, RAW_TEXTS_START, TEXTS_PER_ROUND
 from loadtest.loadgen import Workload
+from loadtest.phases import closed_loop
 from loadtest.processes import RedisServer, marc_serve
 from loadtest.raw_ort import ColdLimit
 from loadtest.texts import TEXT_LENGTHS, TextLength, item_texts

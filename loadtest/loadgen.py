@@ -41,7 +41,9 @@ class Workload:
     """What each request carries. ``unique``: texts never sent before (from index ``start`` on);
     ``pool``: texts drawn at random from ``pool_size`` texts starting at ``start``. A route ending in
     ``/embeddings`` (the service's OpenAI route, or a peer's) gets OpenAI bodies naming ``model``.
-    ``text_length``: `loadtest.texts` long (~26 tokens) or short (~11 tokens) texts."""
+    ``text_length``: `loadtest.texts` long (~26 tokens) or short (~11 tokens) texts. ``ids``: each
+    `/v1/embed` item also carries an id, ``sku-<text index>``, as recommender services send them (the
+    README's request); OpenAI bodies have no ids."""
 
     route: str = "/v1/embed"
     model: str = "marc"
@@ -51,6 +53,7 @@ class Workload:
     pool_size: int = 0
     seed: int = 0
     text_length: TextLength = "long"
+    ids: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,25 +92,27 @@ class LoadResult:
         return self.items_ok / self.seconds if self.seconds else 0.0
 
 
-def _embed_body(workload: Workload, texts: list[str]) -> bytes:
+def embed_body(workload: Workload, indexes: list[int]) -> bytes:
+    """The request body for the texts of ``indexes``, in ``workload``'s route's shape."""
+    texts = [item_text(index, workload.text_length) for index in indexes]
     if workload.route.endswith("/embeddings"):
         return orjson.dumps({"input": texts, "model": workload.model, "encoding_format": "base64"})
+    if workload.ids:
+        items = [{"id": f"sku-{index}", "text": text} for index, text in zip(indexes, texts, strict=True)]
+        return orjson.dumps({"items": items})
     return orjson.dumps({"items": [{"text": text} for text in texts]})
 
 
 def body_factory(workload: Workload) -> Callable[[int], bytes]:
     """Request number -> request body."""
-    k, length, start = workload.items_per_request, workload.text_length, workload.start
+    k, start = workload.items_per_request, workload.start
     if workload.kind == "unique":
-        return lambda i: _embed_body(workload, [item_text(start + i * k + j, length) for j in range(k)])
+        return lambda i: embed_body(workload, [start + i * k + j for j in range(k)])
     if workload.pool_size < 1:
         raise ValueError("a pool workload needs pool_size >= 1")
     rng = random.Random(workload.seed)
     bodies = [
-        _embed_body(
-            workload,
-            [item_text(start + rng.randrange(workload.pool_size), length) for _ in range(k)],
-        )
+        embed_body(workload, [start + rng.randrange(workload.pool_size) for _ in range(k)])
         for _ in range(BODY_VARIANTS)
     ]
     return lambda i: bodies[i % len(bodies)]

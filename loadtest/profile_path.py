@@ -24,8 +24,10 @@ from pathlib import Path
 
 from artifact.manifest import read_manifest
 from artifact.names import ArtifactError
-from loadtest.bench import COLD_START, POOL_START, bare_endpoint, closed_loop, warm_pool
+from loadtest.bench import COLD_START, POOL_START
 from loadtest.loadgen import Workload
+from loadtest.near_free import near_free_artifact
+from loadtest.phases import bare_endpoint, closed_loop, warm_pool
 from loadtest.processes import RedisServer, ServerProcess, marc_serve
 from loadtest.texts import TEXT_LENGTHS
 
@@ -79,13 +81,19 @@ def shares(raw_profile: str) -> dict[str, float]:
     return {group: count / total for group, count in counts.most_common()}
 
 
+def py_spy() -> str:
+    """py-spy beside this Python (the venv's bin/, also when the venv is not on PATH), else on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.is_file() else shutil.which("py-spy") or "py-spy"
+
+
 def _profile(
     server: ServerProcess, workload: Workload, seconds: float, out: Path
 ) -> tuple[float, float, str]:
     """(req/s, server CPU us/request, raw py-spy profile) of one closed-loop phase."""
     spy = subprocess.Popen(
         [
-            shutil.which("py-spy") or "py-spy",
+            py_spy(),
             "record",
             "-p",
             str(server.pid),
@@ -119,39 +127,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", choices=["hot", "cold"], default="hot", help="(%(default)s)")
     parser.add_argument("--length", choices=TEXT_LENGTHS, default="long", help="cold texts (%(default)s)")
     parser.add_argument("--route", choices=["/v1/embed", "/v1/embeddings"], default="/v1/embed")
+    parser.add_argument("--items", type=int, default=1, help="items per request (%(default)s)")
+    parser.add_argument("--ids", action="store_true", help="every /v1/embed item carries an id, sku-N")
+    parser.add_argument(
+        "--near-free",
+        action="store_true",
+        help="profile the artifact's near-free twin (loadtest.near_free): the service's own work alone",
+    )
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/bench"), help="(%(default)s)")
     args = parser.parse_args(argv)
     try:
         read_manifest(args.artifact)
     except ArtifactError as exc:
         parser.error(str(exc))
+    artifact = args.artifact
+    if args.near_free:
+        args.cache_dir.mkdir(parents=True, exist_ok=True)
+        artifact = near_free_artifact(args.artifact, args.cache_dir)
     pool = 512
-    workload = Workload(route=args.route, kind="pool", start=POOL_START, pool_size=pool)
+    shape = {"route": args.route, "items_per_request": args.items, "ids": args.ids}
+    workload = Workload(kind="pool", start=POOL_START, pool_size=pool, **shape)
     if args.path == "cold":
-        workload = Workload(route=args.route, kind="unique", start=COLD_START, text_length=args.length)
+        workload = Workload(kind="unique", start=COLD_START, text_length=args.length, **shape)
     with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis:
         scratch = Path(scratch_dir)
-        service = marc_serve("marc serve", args.artifact, redis.url, scratch / "serve.log")
+        service = marc_serve("marc serve", artifact, redis.url, scratch / "serve.log")
         with service:
             if args.path == "cold":
                 measured = {"marc serve": _profile(service, workload, args.seconds, scratch / "service.txt")}
-                _print(measured, f"Fresh ({args.length}) texts on {args.route}", args.seconds)
+                _print(measured, f"Fresh ({args.length}) texts on {args.route}, {_shape(args)}", args.seconds)
                 return 0
-            warm_pool(service.url, POOL_START, pool)
+            warm_pool(service.url, POOL_START, pool, ids=args.ids)
             with bare_endpoint(service.url, workload, scratch) as bare:
-                bare_workload = Workload(kind="pool", start=POOL_START, pool_size=pool)  # it serves /v1/embed
+                # It answers on /v1/embed whatever the route: the same bytes as the service's answer.
+                bare_workload = Workload(
+                    kind="pool", start=POOL_START, pool_size=pool, **{**shape, "route": "/v1/embed"}
+                )
                 measured = {
                     "marc serve": _profile(service, workload, args.seconds, scratch / "service.txt"),
                     "bare endpoint": _profile(bare, bare_workload, args.seconds, scratch / "bare.txt"),
                 }
-    _print(measured, f"All-hits {args.route}", args.seconds)
+    _print(measured, f"All-hits {args.route}, {_shape(args)}", args.seconds)
     return 0
+
+
+def _shape(args: argparse.Namespace) -> str:
+    ids = " with ids" if args.ids and args.route == "/v1/embed" else ""
+    twin = ", near-free twin" if args.near_free else ""
+    return f"{args.items} item(s)/request{ids}{twin}"
 
 
 def _print(measured: dict[str, tuple[float, float, str]], what: str, seconds: float) -> None:
     groups = {name: shares(profile) for name, (_, _, profile) in measured.items()}
     names = list(measured)
-    print(f"{what}, 1 item/request, 32 clients, {seconds:g} s each, sampled by py-spy (all threads)\n")
+    print(f"{what}, 32 clients, {seconds:g} s each, sampled by py-spy (all threads)\n")
     print("| part of the request path | " + " | ".join(names) + " |")
     print("| --- | " + " | ".join("---:" for _ in names) + " |")
     rows = dict.fromkeys(group for g in groups.values() for group in g)

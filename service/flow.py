@@ -1,17 +1,23 @@
-"""The embed flow every entry shares - `POST /v1/embed` (all hits or not), `/v1/embeddings`,
-`/v1/items/lookup` and `marc precompute` - after the request was admitted (`service.api.admission`):
+"""The embed flow every entry shares - `POST /v1/embed`, `/v1/embeddings`, `/v1/items/lookup` and
+`marc precompute` - after the request was admitted (`service.api.admission`). `EmbedFlow.embed` is one
+linear pass:
 
-    read the cache  -> the near-cache (in-process, text keys), then one round trip to the shared
-                       cache for the texts' keys it missed and the ids' keys (`read`)
+    keys            -> each text normalised and hashed to its text key; each id to its id key
+    read the cache  -> text keys from the near-cache (in-process), ids from the confirmed ids
+                       (`service.cache.confirmed`); what is left in one read of the shared cache
+                       (in the service one MGET shared with the other requests of the moment:
+                       `service.cache.batched`)
     compute missing -> each new text once (the micro-batcher in the service, big encoder batches in
-                       precompute), rounded as the cache will hold it (`complete`)
-    write back      -> one pipelined call for new text keys and changed id keys (`complete`)
+                       precompute), rounded as the cache will hold it
+    write back      -> new text keys and changed id keys, queued for the next pipelined write (the
+                       service; the answer does not wait) or written before returning (precompute)
 
-A read that found everything is answered by `cached_outcome` without computing anything.
+A request whose texts and ids are all known in-process costs no Redis round trip at all.
 
 Every key looked up is counted once in `marc_cache_requests_total`, under the tier that settled it:
 ``tier="near"`` for a near-cache hit, else the shared cache's tier (``redis``, or ``memory`` for the
-in-process LRU) with its result - so the lookups of the shared tier are the near-cache's misses.
+in-process LRU) with its result - so the lookups of the shared tier are the near-cache's misses. Id
+keys are not counted (they are not vectors a request asked for).
 
 In the service a cache that fails never fails the request: its keys are counted (error, skipped or
 busy) and every item is computed by the model. `marc precompute` asks for ``cache_failures="raise"``
@@ -22,21 +28,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
 
 import numpy as np
 
+from service.cache.confirmed import ConfirmedIds
 from service.cache.keys import KeySpace, normalise_text
 from service.cache.near import NearCache
 from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheUnavailable
-from service.cache.values import Embeddings, ValueCodec
+from service.cache.values import ValueCodec
+from service.embeddings import Embeddings
 from service.metrics import CACHE_RESULTS, NEAR_TIER, ModelMetrics
 from service.model.batcher import Embedded
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Compute = Callable[[list[str]], Awaitable[Embedded]]
+# Wraps the wait for the model (the HTTP edge: cancel it when the client hangs up).
+Guard = Callable[[Awaitable[T]], Awaitable[T]]
 
 
 class TruncatedTexts(Exception):
@@ -51,8 +62,10 @@ class TruncatedTexts(Exception):
 class EmbedOutcome:
     rows: Embeddings  # request order
     cached: list[bool]
-    queue_seconds: float
-    inference_seconds: float
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+    id_keys: tuple[tuple[str, str], ...] = field(default=())
+    """(id key, text key) of every item with an id: all confirmed by this request."""
 
     @property
     def cache_hits(self) -> int:
@@ -61,25 +74,12 @@ class EmbedOutcome:
     @property
     def all_hits(self) -> bool:
         """Everything came from the cache and no text was truncated: the answer is the same for
-        every repeat of the request (`service.api.memo`)."""
+        every repeat of the request while its ids stay confirmed (`service.api.memo`)."""
         return all(self.cached) and not self.rows.truncated.any()
 
 
-@dataclass(frozen=True)
-class CacheRead:
-    """What the request's one cache read found: a value (or None) per text, and per item id."""
-
-    normalised: list[str]
-    text_keys: list[str]
-    text_values: list[bytes | None]
-    with_id: list[tuple[int, str]]  # (row, id) of the items that carry an id
-    id_keys: list[str]
-    id_values: list[bytes | None]
-
-    @property
-    def missing(self) -> list[int]:
-        """Rows the model has to compute."""
-        return [row for row, value in enumerate(self.text_values) if value is None]
+async def _unguarded(work: Awaitable[T]) -> T:
+    return await work
 
 
 class EmbedFlow:
@@ -94,10 +94,12 @@ class EmbedFlow:
         cache_failures: Literal["serve", "raise"] = "serve",
         reject_truncated: bool = False,
         near: NearCache | None = None,
+        confirmed: ConfirmedIds | None = None,
     ) -> None:
         self._keys = keys
         self._cache = cache
         self._near = near
+        self._confirmed = confirmed
         self._compute = compute
         self._codec = codec
         self._metrics = metrics
@@ -115,84 +117,111 @@ class EmbedFlow:
         """The near-cache in front of the shared cache, if any."""
         return self._near
 
-    async def embed(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> EmbedOutcome:
-        """Vectors for ``texts``; items with an id are also stored under it (id key space)."""
-        read = await self.read(texts, ids)
-        return self.cached_outcome(read) or await self.complete(read)
-
-    async def read(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> CacheRead:
-        """One round trip for the texts' keys and the ids' keys (the id values tell which id keys
-        need (re)writing). Counts hits and misses; an unavailable cache reads as all misses."""
+    async def embed(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str | None] | None = None,
+        *,
+        guard: Guard[Embedded] = _unguarded,
+    ) -> EmbedOutcome:
+        """Vectors for ``texts`` in order; items with an id are also stored under it (id key space).
+        ``guard`` wraps the wait for the model, if there is one."""
         normalised = [normalise_text(text) for text in texts]
         text_keys = [self._keys.text_key(text) for text in normalised]
-        with_id = [(i, item_id) for i, item_id in enumerate(ids or ()) if item_id is not None]
-        id_keys = [self._keys.id_key(item_id) for _, item_id in with_id]
+        with_id = [(row, self._keys.id_key(item_id)) for row, item_id in enumerate(ids or ()) if item_id]
+        values = self._near_values(text_keys)
+        # Id keys to read: those not confirmed in-process to point at their text already.
+        unsure = [(row, key) for row, key in with_id if not self._is_confirmed(key, text_keys[row])]
+        asked = [row for row, value in enumerate(values) if value is None]
+        id_values: list[bytes | None] = []
+        if asked or unsure:
+            found = await self._get(
+                [text_keys[row] for row in asked] + [key for _, key in unsure], len(asked)
+            )
+            for row, value in zip(asked, found, strict=False):  # found also holds the id keys' values
+                if value is not None:
+                    values[row] = value
+                    if self._near is not None:
+                        self._near.put(text_keys[row], value)
+            id_values = found[len(asked) :]
+        cached = [value is not None for value in values]
+        rows, queue_seconds, inference_seconds, writes = await self._fill(
+            values, normalised, text_keys, guard
+        )
+        # An id key is (re)written when it holds another value than its text's now.
+        stale: list[tuple[int, str]] = []
+        for (row, key), stored in zip(unsure, id_values or [None] * len(unsure), strict=True):
+            if stored is not None and stored == values[row]:
+                self._confirm(key, text_keys[row])
+            else:
+                stale.append((row, key))
+                writes.append((key, values[row]))  # type: ignore[arg-type]  # every row has a value now
+        outcome = self._served(
+            EmbedOutcome(
+                rows,
+                cached,
+                queue_seconds,
+                inference_seconds,
+                tuple((key, text_keys[row]) for row, key in with_id),
+            )
+        )
+        await self._set(writes)
+        for row, key in stale:
+            self._confirm(key, text_keys[row])
+        return outcome
+
+    def _near_values(self, text_keys: list[str]) -> list[bytes | None]:
         near = self._near
         if near is None:
-            values = await self._get(text_keys + id_keys, counted=len(text_keys))
-            split = len(text_keys)
-            return CacheRead(normalised, text_keys, values[:split], with_id, id_keys, values[split:])
-        text_values = [near.get(key) for key in text_keys]
-        asked = [row for row, value in enumerate(text_values) if value is None]
-        if len(asked) < len(text_keys):
-            self._near_hits.inc(len(text_keys) - len(asked))
-        if not asked and not id_keys:
-            return CacheRead(normalised, text_keys, text_values, with_id, id_keys, [])
-        values = await self._get([text_keys[row] for row in asked] + id_keys, counted=len(asked))
-        for row, value in zip(asked, values, strict=False):  # values also holds the id keys' values
-            if value is not None:
-                text_values[row] = value
-                near.put(text_keys[row], value)
-        return CacheRead(normalised, text_keys, text_values, with_id, id_keys, values[len(asked) :])
-
-    def cached_outcome(self, read: CacheRead) -> EmbedOutcome | None:
-        """The answer when the cache holds everything (every text hit, every id key up to date),
-        else None: then `complete` computes and writes."""
-        if any(value is None for value in read.text_values):
-            return None
-        id_rows = [row for row, _ in read.with_id]
-        if any(read.text_values[row] != stored for row, stored in zip(id_rows, read.id_values, strict=True)):
-            return None
-        rows = self._codec.decode(read.text_values)  # type: ignore[arg-type]  # no None: checked
-        return self._served(EmbedOutcome(rows, [True] * len(read.text_values), 0.0, 0.0))
-
-    async def complete(self, read: CacheRead) -> EmbedOutcome:
-        """Compute what ``read`` missed (each new text once), write it back in one pipelined call."""
-        rows = Embeddings.empty(len(read.text_values), self._codec.dim)
-        values = list(read.text_values)
-        cached = [value is not None for value in values]
-        hits = [row for row, hit in enumerate(cached) if hit]
+            return [None] * len(text_keys)
+        values = [near.get(key) for key in text_keys]
+        hits = len(values) - values.count(None)
         if hits:
-            rows.put(hits, self._codec.decode([values[row] for row in hits]))  # type: ignore[misc]
-        missing = read.missing
-        queue_seconds = inference_seconds = 0.0
-        writes: list[tuple[str, bytes]] = []
-        if missing:
-            first_row: dict[str, int] = {}  # each new text once, and where it first appears
-            for row in missing:
-                first_row.setdefault(read.normalised[row], row)
-            computed = await self._compute(list(first_row))
-            queue_seconds, inference_seconds = computed.queue_seconds, computed.inference_seconds
-            # Served as the cache will serve it later: the same answer, cached or not.
-            new = Embeddings(
-                self._codec.round_trip(computed.rows.vectors), computed.rows.tokens, computed.rows.truncated
-            )
-            new_values = self._codec.encode(new)
-            position = {text: index for index, text in enumerate(first_row)}
-            rows.put(missing, new.take([position[read.normalised[row]] for row in missing]))
-            for row in missing:
-                values[row] = new_values[position[read.normalised[row]]]
-            writes += [(read.text_keys[row], values[row]) for row in first_row.values()]  # type: ignore[misc]
-            if self._near is not None:
-                # The model's answer for this fingerprint and text: keep it whether Redis takes it or not.
-                for key, value in writes:
-                    self._near.put(key, value)
-        outcome = self._served(EmbedOutcome(rows, cached, queue_seconds, inference_seconds))
-        for (row, _), key, stored in zip(read.with_id, read.id_keys, read.id_values, strict=True):
-            if values[row] != stored:
-                writes.append((key, values[row]))  # type: ignore[arg-type]  # every row has a value now
-        await self._set(writes)
-        return outcome
+            self._near_hits.inc(hits)
+        return values
+
+    def _is_confirmed(self, id_key: str, text_key: str) -> bool:
+        return self._confirmed is not None and self._confirmed.points_at(id_key, text_key)
+
+    def _confirm(self, id_key: str, text_key: str) -> None:
+        if self._confirmed is not None:
+            self._confirmed.confirm(id_key, text_key)
+
+    async def _fill(
+        self,
+        values: list[bytes | None],
+        normalised: list[str],
+        text_keys: list[str],
+        guard: Guard[Embedded],
+    ) -> tuple[Embeddings, float, float, list[tuple[str, bytes]]]:
+        """Rows for every value, the missing ones computed (each new text once) and put in
+        ``values``; the new text keys' entries to write."""
+        missing = [row for row, value in enumerate(values) if value is None]
+        if not missing:
+            return self._codec.decode(values), 0.0, 0.0, []  # type: ignore[arg-type]  # no None
+        first_row: dict[str, int] = {}  # each new text once, and where it first appears
+        for row in missing:
+            first_row.setdefault(normalised[row], row)
+        computed = await guard(self._compute(list(first_row)))
+        # Served as the cache will serve it later: the same answer, cached or not.
+        new = Embeddings(
+            self._codec.round_trip(computed.rows.vectors), computed.rows.tokens, computed.rows.truncated
+        )
+        new_values = self._codec.encode(new)
+        entries = [(text_keys[row], value) for row, value in zip(first_row.values(), new_values, strict=True)]
+        if self._near is not None:
+            # The model's answer for this fingerprint and text: keep it whether Redis takes it or not.
+            for key, value in entries:
+                self._near.put(key, value)
+        if len(missing) == len(values) and len(first_row) == len(values):
+            for row, value in zip(missing, new_values, strict=True):
+                values[row] = value
+            return new, computed.queue_seconds, computed.inference_seconds, entries
+        position = {text: index for index, text in enumerate(first_row)}
+        for row in missing:
+            values[row] = new_values[position[normalised[row]]]
+        rows = self._codec.decode(values)  # type: ignore[arg-type]  # every row has a value now
+        return rows, computed.queue_seconds, computed.inference_seconds, entries
 
     async def lookup(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Vectors stored under ``ids`` (unknown ids are absent). Raises CacheUnavailable: without
@@ -221,7 +250,8 @@ class EmbedFlow:
         return outcome
 
     async def _get(self, keys: list[str], counted: int) -> list[bytes | None]:
-        """Cache values (None = miss or unusable); an unavailable cache reads as all misses."""
+        """Cache values (None = miss or unusable); an unavailable cache reads as all misses. The
+        first ``counted`` keys are text keys: counted as lookups."""
         if self._cache is None:
             return [None] * len(keys)
         try:
@@ -232,31 +262,31 @@ class EmbedFlow:
             if self._raise_cache_failures:
                 raise
             return [None] * len(keys)
-        self._count(hits=sum(value is not None for value in values[:counted]), total=counted)
+        self._count(hits=counted - values[:counted].count(None), total=counted)
         return values
 
     async def _set(self, entries: list[tuple[str, bytes]]) -> None:
+        """Write ``entries`` (in the service: queued, `service.cache.batched`, which counts them)."""
         if not entries or self._cache is None:
             return
         try:
             await self._cache.set_many(entries)
         except CacheUnavailable as exc:
             log.debug("cache write failed: %s", exc)
-            self._metrics.cache_writes.labels(result="error").inc()
             if self._raise_cache_failures:
                 raise
-        else:
-            self._metrics.cache_writes.labels(result="ok").inc()
 
     def _valid(self, values: Sequence[bytes | None]) -> list[bytes | None]:
         # A value of the wrong size (another writer, a corrupted key) is a miss, never served.
-        return [value if self._codec.valid(value) else None for value in values]
+        size = self._codec.value_bytes
+        return [value if value is not None and len(value) == size else None for value in values]
 
     def _count_unavailable(self, exc: CacheUnavailable, keys: int) -> None:
         result = "error"
         if isinstance(exc, CacheSkipped | CacheBusy):
             result = "skipped" if isinstance(exc, CacheSkipped) else "busy"
-        self._lookups[result].inc(keys)
+        if keys:
+            self._lookups[result].inc(keys)
 
     def _count(self, *, hits: int, total: int) -> None:
         if hits:

@@ -45,6 +45,7 @@ class ModelMetrics:
     builds a key on every call), plus the shared cache counters its flow updates."""
 
     inference_duration: Histogram
+    inference_cpu: Counter
     batch_size: Histogram
     queue_depth: Gauge
     items_embedded: Counter
@@ -77,6 +78,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.inference_cpu = Counter(
+            "marc_inference_cpu_seconds",
+            "CPU time of the model's runs, in the threads that called ONNX Runtime (with "
+            "MARC_ORT_INTRA_THREADS=1 all of it; ORT's own intra-op threads are not counted): beside the "
+            "process's CPU time it tells how much of it the service spends around the model.",
+            ["model"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "marc_batch_size", "Items per ONNX Runtime run.", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
@@ -99,7 +108,17 @@ class Metrics:
             registry=r,
         )
         self.cache_writes = Counter(
-            "marc_cache_writes_total", "Cache write round trips, by result.", ["result"], registry=r
+            "marc_cache_writes_total",
+            "Redis write round trips (one pipelined call carries every write queued since the last), "
+            "by result: ok, error (its entries are lost, as the requests that made them did not wait).",
+            ["result"],
+            registry=r,
+        )
+        self.cache_writes_dropped = Counter(
+            "marc_cache_writes_dropped_total",
+            "Cache entries dropped unwritten because MARC_CACHE_WRITE_QUEUE_ITEMS were already waiting "
+            "(Redis slower than the writes coming in).",
+            registry=r,
         )
         self.items_embedded = Counter(
             "marc_items_embedded_total", "Items run through the model.", ["model"], registry=r
@@ -159,6 +178,7 @@ class Metrics:
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(
             inference_duration=self.inference_duration.labels(model=model),
+            inference_cpu=self.inference_cpu.labels(model=model),
             batch_size=self.batch_size.labels(model=model),
             queue_depth=self.queue_depth.labels(model=model),
             items_embedded=self.items_embedded.labels(model=model),
@@ -175,6 +195,7 @@ class Metrics:
         """Remove ``model``'s series (it is no longer served): the label stays bounded."""
         per_model = (
             self.inference_duration,
+            self.inference_cpu,
             self.batch_size,
             self.queue_depth,
             self.items_embedded,

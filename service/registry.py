@@ -35,6 +35,7 @@ from typing import Literal
 
 from artifact.loader import LoadedArtifact
 from artifact.names import ArtifactError
+from service.cache.confirmed import ConfirmedIds
 from service.cache.keys import KeySpace
 from service.cache.near import NearCache
 from service.cache.stores import Cache
@@ -165,12 +166,19 @@ class ReloadFailed(Exception):
 
 class ModelRegistry:
     def __init__(
-        self, settings: Settings, metrics: Metrics, cache: Cache, near: NearCache | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        cache: Cache,
+        near: NearCache | None = None,
+        confirmed: ConfirmedIds | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._cache = cache
         self._near = near
+        self.confirmed = confirmed
+        """The ids this process has confirmed (`service.cache.confirmed`), shared by every model."""
         self._models: dict[str, ServedModel] = {}  # replaced whole, never changed in place
         self._default = ""
         self._single = True
@@ -245,6 +253,7 @@ class ModelRegistry:
             metrics,
             reject_truncated=settings.reject_truncated,
             near=self._near,
+            confirmed=self.confirmed,
         )
         labels = {
             "model": source.name,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from service.api.admission import Admission
 from service.api.memo import ResponseMemo
 from service.api.token_ids import load_token_decoder
+from service.cache.batched import BatchedCache, LostReason
+from service.cache.confirmed import ConfirmedIds
 from service.cache.near import NearCache
 from service.cache.stores import Cache, build_cache
 from service.flow import EmbedFlow
@@ -84,6 +86,11 @@ class ServiceRuntime:
             max_connections=settings.redis_max_connections,
             lru_max_items=settings.lru_max_items,
         )
+        confirmed = None
+        if cache.backend == "redis" and settings.confirmed_ids_seconds and settings.confirmed_ids_bytes:
+            confirmed = ConfirmedIds(settings.confirmed_ids_bytes, settings.confirmed_ids_seconds)
+        if cache.backend == "redis":
+            cache = _batched(cache, settings, metrics, confirmed)
         metrics.sample(metrics.cache_skipped, lambda: float(cache.status() == "skipped"))
         if not await cache.ping():
             log.warning(
@@ -96,7 +103,7 @@ class ServiceRuntime:
             if settings.near_cache_bytes and cache.backend == "redis"
             else None
         )
-        models = ModelRegistry(settings, metrics, cache, near)
+        models = ModelRegistry(settings, metrics, cache, near, confirmed)
         await models.start(encoders)
         log.info(
             "serving %d model(s) (default %s) with %s cache (%s values)",
@@ -116,7 +123,7 @@ class ServiceRuntime:
         memo = None
         if settings.response_memo_bytes:
             hits = metrics.cache_requests.labels(tier=MEMO_TIER, result="hit")
-            memo = ResponseMemo(settings.response_memo_bytes, hits)
+            memo = ResponseMemo(settings.response_memo_bytes, hits, confirmed)
         runtime = cls(settings, metrics, models, cache, admission, lifecycle, memo)
         if metrics.multiprocess:
             runtime.sampler = asyncio.get_running_loop().create_task(_sample(metrics), name="marc-metrics")
@@ -129,6 +136,25 @@ class ServiceRuntime:
         self.admission.close()
         await self.models.stop()
         await self.cache.close()
+
+
+def _batched(cache: Cache, settings: Settings, metrics: Metrics, confirmed: ConfirmedIds | None) -> Cache:
+    """``cache`` (Redis) behind one read per loop turn and queued writes (`service.cache.batched`),
+    counted; an id whose write is lost is no longer trusted to be in Redis."""
+    writes = {result: metrics.cache_writes.labels(result=result) for result in ("ok", "error")}
+
+    def lost(keys: list[str], reason: LostReason) -> None:
+        if reason == "dropped":
+            metrics.cache_writes_dropped.inc(len(keys))
+        if confirmed is not None:
+            confirmed.forget(keys)
+
+    return BatchedCache(
+        cache,
+        max_pending=settings.cache_write_queue_items,
+        on_write=lambda result: writes[result].inc(),
+        on_lost=lost,
+    )
 
 
 async def _sample(metrics: Metrics) -> None:

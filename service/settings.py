@@ -129,6 +129,27 @@ class Settings(BaseSettings):
         "item, keys and overhead included: 64 MiB holds ~125k items); the least recently used go first; a "
         "hit costs no Redis round trip. 0 = none. Not used with the in-process LRU (no Redis URL).",
     )
+    confirmed_ids_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long this process trusts that an item id's key still points at the text it last "
+        "read or wrote there: a request whose ids are all confirmed and whose texts are in the near-cache "
+        "costs no Redis round trip. Another process re-pointing the id, or `marc cache purge`, is seen "
+        "here only after this long. Kept below MARC_CACHE_TTL_SECONDS. 0 = read every id's key from Redis.",
+    )
+    confirmed_ids_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="Bound of the confirmed ids (MARC_CONFIRMED_IDS_SECONDS) in bytes of this process's "
+        "memory (~330 B per id); the least recently used go first. 0 = none.",
+    )
+    cache_write_queue_items: int = Field(
+        65_536,
+        ge=1,
+        description="Cache writes waiting to be sent: requests do not wait for their writes, which go to "
+        "Redis as one pipelined call per flush. Past this the oldest are dropped and counted in "
+        "marc_cache_writes_dropped_total (Redis slower than the writes coming in).",
+    )
     response_memo_bytes: int = Field(
         8 * 1024 * 1024,
         ge=0,
@@ -261,4 +282,9 @@ class Settings(BaseSettings):
             raise ValueError("MARC_REDIS_CLUSTER needs MARC_REDIS_URL")
         if 0 < self.max_body_bytes < MIN_BODY_BYTES:
             raise ValueError(f"MARC_MAX_BODY_BYTES must be 0 (derived) or at least {MIN_BODY_BYTES}")
+        if self.cache_ttl_seconds and self.confirmed_ids_seconds >= self.cache_ttl_seconds:
+            raise ValueError(
+                "MARC_CONFIRMED_IDS_SECONDS must be below MARC_CACHE_TTL_SECONDS (an id key that expired "
+                "in Redis must be read, and rewritten, before its confirmation could hide it)"
+            )
         return self

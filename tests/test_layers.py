@@ -137,3 +137,19 @@ def test_every_package_is_installed_and_shipped() -> None:
     assert {pattern.rstrip("*") for pattern in include} == set(LAYERS)
     copied = set(re.findall(r"^COPY (\w+) \./\1$", (REPO / "Dockerfile").read_text(), flags=re.M))
     assert copied == set(LAYERS)
+
+
+# Inside service/: the model side (ONNX Runtime, tokenising, the micro-batcher) is below the caches and
+# the HTTP edge; the value type they share lives in service/embeddings.py.
+SERVICE_MODEL_MAY_NOT_IMPORT = ("service.cache", "service.api", "service.flow", "service.registry")
+
+
+def test_the_model_side_of_the_service_imports_neither_the_caches_nor_the_http_edge() -> None:
+    wrong = [
+        f"{SOURCES[module].relative_to(REPO)}:{line} imports {target}"
+        for module, imports in IMPORTS.items()
+        if module.startswith("service.model")
+        for line, target in imports
+        if target.startswith(SERVICE_MODEL_MAY_NOT_IMPORT)
+    ]
+    assert not wrong, "\n".join(wrong)

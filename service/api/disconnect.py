@@ -4,12 +4,15 @@ which releases its queued items (the batcher drops items nobody waits for)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from starlette.types import Receive
 
 T = TypeVar("T")
+
+# A request still waiting for the model after this long starts watching for its client to go.
+WATCH_AFTER_SECONDS = 0.02
 
 
 class ClientDisconnected(Exception):
@@ -22,19 +25,37 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
-async def cancel_on_disconnect(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
-    """The result of ``work``; ClientDisconnected (and ``work`` cancelled) if the client goes first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+async def cancel_on_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """The result of ``work``, awaited in the calling task; ClientDisconnected (and ``work``
+    cancelled) if the client goes first. The watch starts only once the work has taken
+    `WATCH_AFTER_SECONDS`: most requests are answered sooner, and a watcher task for each would cost
+    more than answering them. The watcher cancels the caller when the connection closes."""
+    loop = asyncio.get_running_loop()
+    caller = asyncio.current_task()
+    assert caller is not None
+    state = {"waiting": True, "gone": False}
+    watcher: asyncio.Task[None] | None = None
+
+    async def watch() -> None:
+        await _wait_for_disconnect(receive)
+        if state["waiting"]:  # the caller is suspended in `await work`: no other place to cancel it
+            state["gone"] = True
+            caller.cancel()
+
+    def start_watching() -> None:
+        nonlocal watcher
+        if state["waiting"]:
+            watcher = loop.create_task(watch(), name="marc-disconnect")
+
+    timer = loop.call_later(WATCH_AFTER_SECONDS, start_watching)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        if state["gone"] and caller.uncancel() == 0:  # ours, not a shutdown's
+            raise ClientDisconnected() from None
         raise
     finally:
-        watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    raise ClientDisconnected()
+        state["waiting"] = False
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

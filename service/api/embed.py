@@ -15,14 +15,16 @@ shape and codes of `service.api.errors`. Their OpenAPI entries are built from `E
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from artifact.loader import LoadedArtifact
+from service.api.admission import Admission
 from service.api.disconnect import cancel_on_disconnect
+from service.api.encodings import VectorEncoding
 from service.api.errors import ApiError, api_error_response, as_api_error
 from service.api.memo import MemoAnswer
 from service.api.responses import embed_body, json_headers, lookup_body, openai_body, timing_headers
@@ -34,7 +36,7 @@ from service.api.schemas import (
     OpenAIEmbeddingsRequest,
     OpenAIEmbeddingsResponse,
 )
-from service.flow import EmbedFlow, EmbedOutcome, TruncatedTexts
+from service.flow import EmbedOutcome, TruncatedTexts
 from service.registry import ServedModel
 from service.runtime import ServiceRuntime
 
@@ -43,33 +45,52 @@ EMBED, OPENAI = "/v1/embed", "/v1/embeddings"
 Handler = Callable[[ServiceRuntime, Scope, Receive], Awaitable[tuple[bytes, Headers]]]
 
 
-async def _embedded(
-    served: ServedModel,
-    texts: Sequence[str],
-    ids: Sequence[str | None] | None,
-    receive: Receive,
-    *,
-    param: Callable[[int], str],
-    status: int,
-) -> EmbedOutcome:
-    flow: EmbedFlow = served.flow
-    try:
-        read = await flow.read(texts, ids)
-        outcome = flow.cached_outcome(read)
-        if outcome is None:
-            work = flow.complete(read)
-            # Only work that waits for the model needs watching for a client that hangs up.
-            outcome = await (cancel_on_disconnect(receive, work) if read.missing else work)
-    except TruncatedTexts as exc:
-        where = param(exc.rows[0])
-        raise ApiError(
-            status,
-            f"{where}: longer than the model's {served.max_length} tokens "
-            "(MARC_REJECT_TRUNCATED is set: the server embeds no truncated text)",
-            code="context_length_exceeded",
-            param=where,
-        ) from None
-    return outcome
+@dataclass(frozen=True)
+class EmbedCall:
+    """What an admitted request to either embed route asks for."""
+
+    texts: list[str]
+    ids: list[str | None] | None  # /v1/embed's item ids; OpenAI bodies have none
+    model: str | None
+    dimensions: int | None
+    encoding: VectorEncoding
+    any_model: bool  # the single-model service answers any `model` (/v1/embeddings, for OpenAI clients)
+    param: Callable[[int], str]  # names a text in an error
+    status: int  # of invalid input: 422, or 400 (OpenAI's) on /v1/embeddings
+    render: Callable[[ServedModel, int, EmbedOutcome], bytes]  # the answer's body
+
+
+async def _admit_embed(admission: Admission, scope: Scope, receive: Receive, body: bytes) -> EmbedCall:
+    request = await admission.embed(scope, receive, body)
+    ids = [item.id for item in request.items]
+    return EmbedCall(
+        [item.text for item in request.items],
+        ids,
+        request.model,
+        request.dimensions,
+        request.encoding,
+        False,
+        lambda i: f"items.{i}.text",
+        422,
+        lambda served, dim, outcome: embed_body(
+            served, request.encoding, dim, ids, outcome.rows, outcome.cached
+        ),
+    )
+
+
+async def _admit_openai(admission: Admission, scope: Scope, receive: Receive, body: bytes) -> EmbedCall:
+    request, texts = await admission.openai(scope, receive, body)
+    return EmbedCall(
+        texts,
+        None,
+        request.model,
+        request.dimensions,
+        request.encoding_format,
+        True,
+        lambda i: f"input.{i}",
+        400,
+        lambda served, dim, outcome: openai_body(served, request.encoding_format, dim, outcome.rows),
+    )
 
 
 def _served_dim(artifact: LoadedArtifact, requested: int | None, status: int) -> int:
@@ -87,76 +108,65 @@ def _served_dim(artifact: LoadedArtifact, requested: int | None, status: int) ->
     return requested
 
 
-def _timing(outcome: EmbedOutcome) -> Headers:
-    return timing_headers(
+async def _serve_embed(
+    runtime: ServiceRuntime,
+    scope: Scope,
+    receive: Receive,
+    route: str,
+    admit: Callable[[Admission, Scope, Receive, bytes], Awaitable[EmbedCall]],
+) -> tuple[bytes, Headers]:
+    """Both embed routes: read the body; a body whose all-hits answer is kept is answered with it;
+    else admit, lease the model, run its flow (the wait for the model is cancelled if the client
+    hangs up) and render the answer, kept when it can be repeated."""
+    request_body = await runtime.admission.read(scope, receive)
+    memo = runtime.memo
+    if memo is not None:
+        kept = memo.get(route, request_body, runtime.models.generation)
+        if kept is not None:
+            return kept.body, list(kept.headers)
+    call = await admit(runtime.admission, scope, receive, request_body)
+    generation = runtime.models.generation  # before the model is chosen: a reload after it = stale
+    with runtime.models.lease(call.model, any_name=call.any_model) as served:
+        dim = _served_dim(served.artifact, call.dimensions, call.status)
+        try:
+            outcome = await served.flow.embed(
+                call.texts, call.ids, guard=lambda work: cancel_on_disconnect(receive, work)
+            )
+        except TruncatedTexts as exc:
+            where = call.param(exc.rows[0])
+            raise ApiError(
+                call.status,
+                f"{where}: longer than the model's {served.max_length} tokens "
+                "(MARC_REJECT_TRUNCATED is set: the server embeds no truncated text)",
+                code="context_length_exceeded",
+                param=where,
+            ) from None
+        body = call.render(served, dim, outcome)
+    headers = timing_headers(
         queue_seconds=outcome.queue_seconds,
         inference_seconds=outcome.inference_seconds,
         cache_hits=outcome.cache_hits,
     )
-
-
-def _repeat(runtime: ServiceRuntime, route: str, request_body: bytes) -> tuple[bytes, Headers] | None:
-    """The kept answer to this exact body (counted by the memo), or None."""
-    if runtime.memo is None:
-        return None
-    answer = runtime.memo.get(route, request_body, runtime.models.generation)
-    return None if answer is None else (answer.body, list(answer.headers))
-
-
-def _answer(
-    runtime: ServiceRuntime,
-    route: str,
-    request_body: bytes,
-    generation: int,
-    outcome: EmbedOutcome,
-    body: bytes,
-    keep: bool,
-) -> tuple[bytes, Headers]:
-    """``body`` with its headers; an all-hits answer (no ids, nothing truncated) is kept for repeats,
-    under the registry ``generation`` read before the model was chosen: if a reload came in between,
-    the kept answer is stale at once."""
-    headers = _timing(outcome)
-    if keep and runtime.memo is not None and outcome.all_hits:
-        answer = MemoAnswer(body, tuple(headers), generation, len(outcome.cached))
-        runtime.memo.put(route, request_body, answer)
+    if memo is not None and outcome.all_hits:
+        memo.put(
+            route,
+            request_body,
+            MemoAnswer(body, tuple(headers), generation, len(outcome.cached), outcome.id_keys),
+        )
     return body, headers
 
 
 async def embed(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
     """Embed item texts. Cached vectors are served from the cache; the rest are computed in
     micro-batches. Items with an `id` are also stored under it for `/v1/items/lookup`."""
-    request_body = await runtime.admission.read(scope, receive)
-    repeated = _repeat(runtime, EMBED, request_body)
-    if repeated is not None:
-        return repeated
-    request = await runtime.admission.embed(scope, receive, request_body)
-    ids = [item.id for item in request.items]
-    texts = [item.text for item in request.items]
-    generation = runtime.models.generation
-    with runtime.models.lease(request.model) as served:
-        dim = _served_dim(served.artifact, request.dimensions, 422)
-        outcome = await _embedded(served, texts, ids, receive, param=lambda i: f"items.{i}.text", status=422)
-        body = embed_body(served, request.encoding, dim, ids, outcome.rows, outcome.cached)
-    # An id's key is read every time (it can be re-pointed to another text): never kept.
-    keep = all(item_id is None for item_id in ids)
-    return _answer(runtime, EMBED, request_body, generation, outcome, body, keep)
+    return await _serve_embed(runtime, scope, receive, EMBED, _admit_embed)
 
 
 async def create_embeddings(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:
     """OpenAI-compatible embeddings. `model` picks a served model (the single-model service answers
     whatever it names); `dimensions`, if given, must be one that model serves. Invalid input is a
     400, as with OpenAI."""
-    request_body = await runtime.admission.read(scope, receive)
-    repeated = _repeat(runtime, OPENAI, request_body)
-    if repeated is not None:
-        return repeated
-    request, texts = await runtime.admission.openai(scope, receive, request_body)
-    generation = runtime.models.generation
-    with runtime.models.lease(request.model, any_name=True) as served:
-        dim = _served_dim(served.artifact, request.dimensions, 400)
-        outcome = await _embedded(served, texts, None, receive, param=lambda i: f"input.{i}", status=400)
-        body = openai_body(served, request.encoding_format, dim, outcome.rows)
-    return _answer(runtime, OPENAI, request_body, generation, outcome, body, keep=True)
+    return await _serve_embed(runtime, scope, receive, OPENAI, _admit_openai)
 
 
 async def lookup_items(runtime: ServiceRuntime, scope: Scope, receive: Receive) -> tuple[bytes, Headers]:

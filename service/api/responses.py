@@ -12,7 +12,7 @@ import orjson
 from fastapi.responses import JSONResponse
 
 from service.api.encodings import VectorEncoding, encode_vector
-from service.cache.values import Embeddings
+from service.embeddings import Embeddings
 
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 

@@ -15,37 +15,16 @@ cache or from the model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from service.embeddings import Embeddings
 
 CacheDtype = Literal["float32", "float16"]
 VALUE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 TRUNCATED = 1  # bit of the flags field
 TRAILER_BYTES = 4
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    """Rows of embedded texts: float32 vectors [n, dim], tokens the model embedded per text, and
-    whether each text was longer than the model's max_length (embedded truncated)."""
-
-    vectors: np.ndarray
-    tokens: np.ndarray  # int [n]
-    truncated: np.ndarray  # bool [n]
-
-    @classmethod
-    def empty(cls, rows: int, dim: int) -> Embeddings:
-        return cls(np.empty((rows, dim), np.float32), np.zeros(rows, np.int64), np.zeros(rows, bool))
-
-    def put(self, rows: Sequence[int], other: Embeddings) -> None:
-        self.vectors[rows] = other.vectors
-        self.tokens[rows] = other.tokens
-        self.truncated[rows] = other.truncated
-
-    def take(self, rows: Sequence[int]) -> Embeddings:
-        return Embeddings(self.vectors[rows], self.tokens[rows], self.truncated[rows])
 
 
 class ValueCodec:

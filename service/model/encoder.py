@@ -8,6 +8,7 @@ at load time: CUDA only when ONNX Runtime lists it *and* a session really comes 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,15 +17,20 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
 from artifact.loader import LoadedArtifact, load_artifact
 from artifact.manifest import Manifest, read_manifest
 from artifact.names import INPUT_NAMES, ArtifactError, Variant
-from service.cache.values import Embeddings
+from service.embeddings import Embeddings
 from service.model.onnx_session import open_session, ort_session_options
 
 log = logging.getLogger(__name__)
+
+# The service tokenises each window in one thread of its own (the micro-batcher's); the tokenizers
+# library's own thread pool would split a window of a few dozen texts over the cores, and on the
+# service's small batches its hand-offs cost more CPU than the tokenising (an explicit setting wins).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -38,6 +44,7 @@ class RunStats:
     items: int
     padded_length: int
     seconds: float
+    cpu_seconds: float  # of the thread that ran it (ORT's own intra-op threads, if any, not counted)
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class PreparedTexts:
 
     tokens: np.ndarray  # int [n], per text in input order
     truncated: np.ndarray  # bool [n]
-    runs: list[tuple[list[int], np.ndarray, np.ndarray]]  # (rows, input_ids, attention_mask)
+    runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (rows, input_ids, attention_mask)
 
 
 @dataclass(frozen=True)
@@ -66,33 +73,44 @@ class OnnxEncoder:
         self.artifact = artifact
         self.provider = provider
         self._session = session
-        # Our own copy without padding: each run is padded to its own longest row after sorting.
+        # Our own copy, padding a batch to its longest text (not to max_length): runs are cut from it.
         self._tokenizer = Tokenizer.from_str(artifact.tokenizer.to_str())
-        self._tokenizer.no_padding()
-        self._pad_id = int((artifact.tokenizer.padding or {}).get("pad_id", 0))
+        padding = artifact.tokenizer.padding or {}
+        self._tokenizer.enable_padding(
+            direction="right",
+            pad_id=int(padding.get("pad_id", 0)),
+            pad_token=padding.get("pad_token", "[PAD]"),
+        )
         self._output = artifact.manifest.output
 
     @property
     def dim(self) -> int:
         return self.artifact.dim
 
-    def embed(self, texts: Sequence[str], max_batch_size: int) -> EncodedTexts:
-        """Vectors for ``texts`` in order, computed in runs of at most ``max_batch_size`` rows of
-        similar length (less padding). Blocking: call it from a worker thread."""
-        return self.run(self.prepare(texts, max_batch_size))
+    def embed(self, texts: Sequence[str], max_batch_size: int, max_batch_tokens: int = 0) -> EncodedTexts:
+        """Vectors for ``texts`` in order, computed in runs of similar length (less padding), each of
+        at most ``max_batch_size`` rows and, if given, ``max_batch_tokens`` padded tokens. Blocking:
+        call it from a worker thread."""
+        return self.run(self.prepare(texts, max_batch_size, max_batch_tokens))
 
-    def prepare(self, texts: Sequence[str], max_batch_size: int) -> PreparedTexts:
+    def prepare(self, texts: Sequence[str], max_batch_size: int, max_batch_tokens: int = 0) -> PreparedTexts:
         """Everything before the model (tokenise, sort by length, pad per run): the micro-batcher
-        does this for the next window while the model runs the current one."""
-        encodings = self._tokenizer.encode_batch(list(texts))
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
-        runs = []
-        for start in range(0, len(order), max_batch_size):
-            rows = order[start : start + max_batch_size]
-            runs.append((rows, *self._pad([encodings[i] for i in rows])))
-        tokens = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+        does this for the next window while the model runs the current one. The batch is tokenised
+        and padded to its longest text in one call; each run is then a slice of it, cut to its own
+        longest row (right padding: the columns cut are padding in every row of the run)."""
+        # encode_batch_fast: no character offsets, which nothing here reads.
+        encodings = self._tokenizer.encode_batch_fast(list(texts))
+        input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        tokens = attention_mask.sum(axis=1)
         # The tokenizer truncates at max_length and keeps the rest as overflowing encodings.
         truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
+        order = np.argsort(tokens, kind="stable")
+        runs = []
+        for rows in run_rows(tokens[order], max_batch_size, max_batch_tokens):
+            chosen = order[rows]
+            longest = int(tokens[chosen[-1]])
+            runs.append((chosen, input_ids[chosen, :longest], attention_mask[chosen, :longest]))
         return PreparedTexts(tokens, truncated, runs)
 
     def run(self, prepared: PreparedTexts) -> EncodedTexts:
@@ -100,25 +118,33 @@ class OnnxEncoder:
         vectors = np.empty((len(prepared.tokens), self.dim), dtype=np.float32)
         stats: list[RunStats] = []
         for rows, input_ids, attention_mask in prepared.runs:
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.thread_time()
             vectors[rows] = self._run(input_ids, attention_mask)
-            stats.append(RunStats(len(rows), input_ids.shape[1], time.perf_counter() - began))
+            seconds, cpu_seconds = time.perf_counter() - began, time.thread_time() - began_cpu
+            stats.append(RunStats(len(rows), input_ids.shape[1], seconds, cpu_seconds))
         return EncodedTexts(Embeddings(vectors, prepared.tokens, prepared.truncated), stats)
-
-    def _pad(self, encodings: Sequence[Encoding]) -> tuple[np.ndarray, np.ndarray]:
-        """Right padding (the artifact's convention) to the longest row of this run."""
-        longest = max(len(e.ids) for e in encodings)
-        input_ids = np.full((len(encodings), longest), self._pad_id, dtype=np.int64)
-        attention_mask = np.zeros((len(encodings), longest), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            input_ids[row, : len(encoding.ids)] = encoding.ids
-            attention_mask[row, : len(encoding.ids)] = 1
-        return input_ids, attention_mask
 
     def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention_mask}
         (embedding,) = self._session.run([self._output], feed)
         return np.asarray(embedding, dtype=np.float32)
+
+
+def run_rows(lengths: np.ndarray, max_rows: int, max_tokens: int = 0) -> list[slice]:
+    """Consecutive runs over ``lengths`` (ascending: each run's last row is its longest), each of at
+    most ``max_rows`` rows and, if ``max_tokens``, at most that many padded tokens (rows x its
+    longest row); a row longer than ``max_tokens`` alone is a run of its own."""
+    runs = []
+    start, total = 0, len(lengths)
+    while start < total:
+        end = min(start + max_rows, total)
+        if max_tokens:
+            # The longest prefix of [start, end) whose padded size fits: (rows) x (its last length).
+            fits = np.flatnonzero((np.arange(1, end - start + 1) * lengths[start:end]) <= max_tokens)
+            end = start + max(1, int(fits[-1]) + 1 if len(fits) else 1)
+        runs.append(slice(start, end))
+        start = end
+    return runs
 
 
 def cuda_provider_options(device_id: int) -> dict[str, Any]:

@@ -22,10 +22,14 @@ ROWS = [
     "2c. hot path, /v1/embeddings",
     "2d. hot path, 2 workers",
     "2e. hot path, no response memo",
+    "2f. hot path, items without ids",
     "3. truncation",
     "4. precision",
     "5. memory per cached item",
     "5b. artifact size",
+    "7a. around the model, /v1/embed x 1 with ids",
+    "7b. around the model, /v1/embed x 32 with ids",
+    "7c. around the model, /v1/embeddings x 32",
 ]
 
 
@@ -68,7 +72,7 @@ def test_quick_bench_produces_every_row(
     # The cold path really missed the cache and the hot path really hit it, on every item.
     for cold in ("service_cold", "service_cold_short"):
         assert round_[cold]["cache_hit_ratio"] == 0, cold
-    for hot in ("service_hot", "service_hot_openai", "workers_hot", "no_memo_hot"):
+    for hot in ("service_hot", "service_hot_openai", "workers_hot", "no_memo_hot", "service_hot_no_ids"):
         assert round_[hot]["cache_hit_ratio"] == 1, hot
     for name, result in round_.items():
         if not name.startswith("limit"):
@@ -84,6 +88,24 @@ def test_quick_bench_produces_every_row(
     # The full-depth twin kept all 4 layers of the tiny backbone, with the same compressor shape.
     full = json.loads((Path(report["details"]["full_depth_artifact"]) / "manifest.json").read_text())
     assert (full["backbone"]["layer"], full["backbone"]["total_layers"], full["dim"]) == (4, 4, 16)
+    # Around the model: the near-free twin has the artifact's tokenizer, k and max_length and one block
+    # of width 8; its runs were counted, and what is left outside them is less than the whole.
+    (twin,) = (tmp_path / "cache").glob("near-free-*/manifest.json")
+    twin_manifest, manifest = (
+        json.loads(twin.read_text()),
+        json.loads((tiny_artifact / "manifest.json").read_text()),
+    )
+    assert (twin_manifest["backbone"]["layer"], twin_manifest["backbone"]["hidden_size"]) == (1, 8)
+    assert twin_manifest["dim"] == manifest["dim"] and twin_manifest["max_length"] == manifest["max_length"]
+    assert twin_manifest["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
+    around = report["details"]["around_the_model"]
+    assert [a["phase"] for a in around] == ["embed_1", "embed_32", "openai_32"]
+    for phase in around:
+        assert 0 < phase["model_us_per_item"] < phase["server_cpu_us_per_item"], phase
+        assert phase["outside_us_per_item"] == pytest.approx(
+            phase["server_cpu_us_per_item"] - phase["model_us_per_item"]
+        )
+        assert phase["bare_cpu_us_per_request"] > 0
 
 
 def test_bench_without_checkpoint_names_the_option(tmp_path: Path, tiny_artifact: Path) -> None:

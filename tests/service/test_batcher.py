@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from service.cache.values import Embeddings
+from service.embeddings import Embeddings
 from service.metrics import Metrics
 from service.model.batcher import InferenceFailed, MicroBatcher, Overloaded, ShuttingDown
 from service.model.encoder import EncodedTexts, RunStats
@@ -27,7 +27,9 @@ class FakeEncoder:
         self.gate = threading.Event()
         self.gate.set()
 
-    def prepare(self, texts: Sequence[str], max_batch_size: int) -> tuple[list[str], int]:
+    def prepare(
+        self, texts: Sequence[str], max_batch_size: int, max_batch_tokens: int = 0
+    ) -> tuple[list[str], int]:
         self.prepared.append(list(texts))
         return list(texts), max_batch_size
 
@@ -42,7 +44,7 @@ class FakeEncoder:
         vectors = np.array([[len(t), len(t.split())] for t in texts], dtype=np.float32)
         tokens = np.array([len(t.split()) for t in texts])
         rows = Embeddings(vectors, tokens, tokens > 3)
-        return EncodedTexts(rows, [RunStats(len(texts), int(tokens.max()), 0.001)])
+        return EncodedTexts(rows, [RunStats(len(texts), int(tokens.max()), 0.001, 0.001)])
 
 
 def _batcher(encoder: FakeEncoder, metrics: Metrics, **limits: float) -> MicroBatcher:
@@ -111,7 +113,7 @@ def test_the_next_window_is_prepared_while_the_model_runs_and_no_more() -> None:
         third = asyncio.ensure_future(batcher.embed(["c1"]))
         await asyncio.sleep(0.2)
         prepared, calls = [list(p) for p in encoder.prepared], [list(c) for c in encoder.calls]
-        waiting, queue_only = batcher.queued_items, batcher._queue.qsize()
+        waiting, queue_only = batcher.queued_items, len(batcher._pending)
         encoder.gate.set()
         await asyncio.gather(first, second, third)
         await batcher.stop()
@@ -207,3 +209,21 @@ def test_stop_finishes_queued_work_then_refuses_new_work() -> None:
     done, refusal = asyncio.run(scenario())
     assert done.rows.vectors.shape == (1, 2)  # type: ignore[attr-defined]
     assert "shutting down" in refusal
+
+
+def test_a_partial_window_always_runs_once_max_wait_has_passed_on_uvloop() -> None:
+    """The service's loop (uvloop) may run a timer while its clock still reads a hair before the
+    timer's deadline: a window that is not full must still go to the model when its wait is over,
+    also when no other request comes (the last request of a burst)."""
+    import uvloop
+
+    async def scenario() -> int:
+        batcher = _batcher(FakeEncoder(), Metrics(), max_wait_ms=1.0)
+        answered = 0
+        for i in range(1000):  # one request at a time: every window is partial and ends on its timer
+            await asyncio.wait_for(batcher.embed([f"alone {i}"]), timeout=5)
+            answered += 1
+        await batcher.stop()
+        return answered
+
+    assert uvloop.run(scenario()) == 1000

@@ -12,7 +12,8 @@ import pytest
 
 from service.cache.keys import KeySpace
 from service.cache.stores import CacheUnavailable, LruCache
-from service.cache.values import Embeddings, ValueCodec
+from service.cache.values import ValueCodec
+from service.embeddings import Embeddings
 from service.flow import EmbedFlow, TruncatedTexts
 from service.metrics import Metrics
 from service.model.batcher import Embedded
@@ -65,8 +66,7 @@ def test_new_texts_are_computed_once_written_back_and_then_served_from_the_cache
         model, cache = FakeModel(), LruCache(100, 0)
         flow, metrics = _flow(cache, model)
         first = await flow.embed(["oak desk", "  oak desk ", "linen shirt"], ["sku-1", None, "sku-2"])
-        read = await flow.read(["oak desk", "linen shirt"], ["sku-1", "sku-2"])
-        again = flow.cached_outcome(read)
+        again = await flow.embed(["oak desk", "linen shirt"], ["sku-1", "sku-2"])
         found = await flow.lookup(["sku-2", "sku-9"])
         return {
             "first": first,
@@ -84,7 +84,7 @@ def test_new_texts_are_computed_once_written_back_and_then_served_from_the_cache
     np.testing.assert_array_equal(first.rows.vectors[0], first.rows.vectors[1])  # type: ignore[attr-defined]
     assert first.queue_seconds == 0.002 and first.inference_seconds == 0.001  # type: ignore[attr-defined]
     assert seen["keys"] == 4  # two text keys, two id keys
-    assert again is not None and again.cached == [True, True] and again.cache_hits == 2
+    assert again.cached == [True, True] and again.cache_hits == 2 and again.all_hits
     np.testing.assert_array_equal(again.rows.vectors, first.rows.vectors[[0, 2]])  # type: ignore[attr-defined]
     assert list(seen["found"]) == ["sku-2"] and seen["hits"] == 2 + 1  # type: ignore[arg-type]
 
@@ -94,14 +94,12 @@ def test_an_id_given_a_new_text_is_not_all_hits_and_is_rewritten() -> None:
         model = FakeModel()
         flow, _ = _flow(LruCache(100, 0), model)
         await flow.embed(["oak desk", "walnut shelf"], ["sku-1", None])
-        read = await flow.read(["walnut shelf"], ["sku-1"])  # text cached, id points elsewhere
-        stale = flow.cached_outcome(read)
-        moved = await flow.complete(read)
+        moved = await flow.embed(["walnut shelf"], ["sku-1"])  # text cached, id points elsewhere
         found = await flow.lookup(["sku-1"])
-        return stale, (moved, found), model.calls
+        return moved, found, model.calls
 
-    stale, (moved, found), calls = asyncio.run(scenario())
-    assert stale is None and calls == [["oak desk", "walnut shelf"]]  # nothing recomputed
+    moved, found, calls = asyncio.run(scenario())
+    assert moved.cached == [True] and calls == [["oak desk", "walnut shelf"]]  # nothing recomputed
     np.testing.assert_array_equal(found["sku-1"], moved.rows.vectors[0])  # type: ignore[index, attr-defined]
 
 

@@ -1,6 +1,7 @@
 """Answers kept by request body (service/api/memo.py): bounded by bytes past its limit, stale after a
 reload, and in the service byte-identical to the answers it stands for, with the key still checked,
-the items still counted, and never for requests with ids, misses or truncated texts."""
+the items still counted, and never for misses or truncated texts (answers with ids:
+tests/service/test_confirmed_ids.py)."""
 
 from __future__ import annotations
 
@@ -104,22 +105,14 @@ def test_a_repeated_all_hits_body_gets_the_same_bytes_counted_and_checked(
     assert openai[1].content == openai[2].content and openai[1].json()["usage"]["prompt_tokens"] > 0
 
 
-@pytest.mark.parametrize(
-    ("items", "why"),
-    [
-        ([{"id": "sku-1", "text": "an item with an id"}], "ids are read every time"),
-        ([{"text": "word " * 200}], "a truncated text (max_length 32) is counted per request"),
-    ],
-)
-def test_answers_with_ids_or_truncated_texts_are_never_kept(
-    tiny_artifact: Path, prefix: str, items: list[dict[str, str]], why: str
-) -> None:
+def test_answers_with_truncated_texts_are_never_kept(tiny_artifact: Path, prefix: str) -> None:
+    items = [{"text": "word " * 200}]  # max_length 32: truncated, counted per request
     with (
         LiveServer(artifact=tiny_artifact, redis_url=SHARED_REDIS_URL, cache_prefix=prefix) as live,
         live.client() as client,
     ):
         answers = [client.post("/v1/embed", json={"items": items}) for _ in range(4)]
-        assert live.runtime.memo is not None and len(live.runtime.memo) == 0, why
+        assert live.runtime.memo is not None and len(live.runtime.memo) == 0
         assert _memo_hits(live) == 0
     assert [a.json()["data"][0]["cached"] for a in answers] == [False, True, True, True]
     assert answers[1].content == answers[3].content

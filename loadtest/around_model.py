@@ -1,0 +1,216 @@
+"""The cold path around the model: what the service itself costs per new item, with the model's cost
+taken out, in units of the bare endpoint's CPU per request measured in the same run.
+
+On a GPU the model costs microseconds per item, so the service's own work decides throughput. This
+measures that work where a CPU machine can: `marc serve` on the artifact's near-free twin
+(`loadtest.near_free`: the same tokenizer, max_length and k, one random block of width 8), with a
+private Redis, under closed loops of fresh texts in the shapes users send:
+
+* ``embed_1``: single-item `/v1/embed` requests with an id (the README's request);
+* ``embed_32``: 32-item `/v1/embed` requests, every item with an id;
+* ``openai_32``: 32-input `/v1/embeddings` requests (OpenAI bodies carry no ids).
+
+For each: the server's CPU per new item (all its threads, from /proc) less the CPU of the model's
+runs (``marc_inference_cpu_seconds_total``: the runner threads' CPU while in ONNX Runtime; the
+service's default on CPU runs each on one thread, so that is all of it), divided by the bare
+endpoint's CPU per 1-item request (``loadtest.reference_servers bare`` under the same load). Targets:
+<= 2.0 per single-item request, <= 0.25 per item of a 32-item request.
+
+    python -m loadtest.around_model --artifact artifacts/default [--seconds 10] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtest.loadgen import LoadResult, Workload
+from loadtest.near_free import near_free_artifact
+from loadtest.phases import bare_endpoint, closed_loop
+from loadtest.processes import RedisServer, ServerProcess, marc_serve
+
+log = logging.getLogger("marc.bench")
+
+AROUND_START = 300_000_000  # fresh text indexes, far from every other phase's
+PHASE_TEXTS = 10_000_000
+BATCH_ITEMS = 32
+TARGETS = {"embed_1": 2.0, "embed_32": 0.25, "openai_32": 0.25}
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    route: str
+    items: int
+    concurrency: int
+
+    @property
+    def ids(self) -> bool:
+        return self.route == "/v1/embed"
+
+
+PHASES = (
+    Phase("embed_1", "/v1/embed", 1, 32),
+    Phase("embed_32", "/v1/embed", BATCH_ITEMS, 4),
+    Phase("openai_32", "/v1/embeddings", BATCH_ITEMS, 4),
+)
+
+
+@dataclass
+class AroundResult:
+    phase: str
+    route: str
+    items_per_request: int
+    items_per_second: float
+    server_cpu_us_per_item: float
+    model_us_per_item: float
+    outside_us_per_item: float
+    bare_cpu_us_per_request: float
+    target: float
+
+    @property
+    def units(self) -> float:
+        """Outside CPU per request (1 item) or per item (batches), in bare-endpoint requests."""
+        return self.outside_us_per_item / self.bare_cpu_us_per_request
+
+    @property
+    def met(self) -> bool:
+        return self.units <= self.target
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "units": self.units, "met": self.met}
+
+
+def model_seconds(url: str) -> float:
+    """CPU seconds of every model run so far (``marc_inference_cpu_seconds_total``, all models)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "marc_inference_cpu_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def measure_phase(
+    service: ServerProcess, phase: Phase, start: int, seconds: float, bare_cpu_us: float
+) -> tuple[AroundResult, LoadResult]:
+    workload = Workload(
+        route=phase.route, kind="unique", start=start, items_per_request=phase.items, ids=phase.ids
+    )
+    warm = max(4, 64 // phase.items)
+    # The warm-up's runs are outside the CPU window too: read the model's time after it, just before.
+    model_before = model_seconds(service.url)
+    result = closed_loop(service, workload, seconds=seconds, concurrency=phase.concurrency, warmup=warm)
+    model_after = model_seconds(service.url)
+    if result.ok == 0:
+        raise RuntimeError(f"{phase.name}: no successful request (statuses {result.statuses})")
+    # closed_loop's CPU window covers the warm-up requests too: count their items.
+    items = result.items_ok + warm * phase.items
+    cpu_us = result.server_cpu_ms_per_request * result.requests * 1000 / items
+    model_us = (model_after - model_before) * 1e6 / items
+    around = AroundResult(
+        phase.name,
+        phase.route,
+        phase.items,
+        result.items_per_second,
+        cpu_us,
+        model_us,
+        cpu_us - model_us,
+        bare_cpu_us,
+        TARGETS[phase.name],
+    )
+    return around, result
+
+
+def measure(
+    artifact: Path, cache_dir: Path, redis_url: str, scratch: Path, seconds: float, rounds: int
+) -> list[AroundResult]:
+    """Every phase ``rounds`` times, each beside the bare endpoint; the best round per phase."""
+    twin = near_free_artifact(artifact, cache_dir)
+    service = marc_serve(
+        "marc serve (near-free twin)",
+        twin,
+        redis_url,
+        scratch / "serve-near-free.log",
+        args=["--log-level", "warning"],
+    )
+    best: dict[str, AroundResult] = {}
+    with service:
+        bare_workload = Workload(kind="unique", start=AROUND_START - PHASE_TEXTS, ids=True)
+        with bare_endpoint(service.url, bare_workload, scratch) as bare:
+            for number in range(rounds):
+                bare_result = closed_loop(bare, bare_workload, seconds=seconds, concurrency=32, warmup=64)
+                bare_cpu_us = bare_result.server_cpu_ms_per_request * 1000
+                log.info(
+                    "around the model, round %d: bare endpoint %.0f us CPU/request", number + 1, bare_cpu_us
+                )
+                for index, phase in enumerate(PHASES):
+                    start = AROUND_START + (number * len(PHASES) + index) * PHASE_TEXTS
+                    around, _ = measure_phase(service, phase, start, seconds, bare_cpu_us)
+                    log.info(
+                        "  %s: %.0f us CPU/item, %.0f outside the model = %.2f bare requests",
+                        phase.name,
+                        around.server_cpu_us_per_item,
+                        around.outside_us_per_item,
+                        around.units,
+                    )
+                    if phase.name not in best or around.units < best[phase.name].units:
+                        best[phase.name] = around
+    return [best[phase.name] for phase in PHASES]
+
+
+def table(results: list[AroundResult], machine: str) -> str:
+    lines = [
+        f"Cold path around the model (near-free twin, real Redis, fresh texts with ids), {machine}",
+        "",
+        "| requests | items/s | server CPU us/item | model runs us/item | outside the model us/item "
+        "| bare endpoint us/request | outside / bare | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        what = f"{r.route} x {r.items_per_request}" + (" with ids" if r.route == "/v1/embed" else "")
+        lines.append(
+            f"| {what} | {r.items_per_second:,.0f} | {r.server_cpu_us_per_item:,.0f} "
+            f"| {r.model_us_per_item:,.0f} | {r.outside_us_per_item:,.0f} "
+            f"| {r.bare_cpu_us_per_request:,.0f} | {r.units:.2f} "
+            f"| <= {r.target:g} | {'yes' if r.met else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from artifact.manifest import read_manifest
+    from artifact.names import ArtifactError
+    from marc.machine import machine_info
+
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.around_model", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--artifact", type=Path, default=Path("artifacts/default"), help="(%(default)s)")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/bench"), help="(%(default)s)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per phase (%(default)s)")
+    parser.add_argument("--rounds", type=int, default=2, help="best of (%(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        read_manifest(args.artifact)
+    except ArtifactError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch, RedisServer() as redis:
+        results = measure(args.artifact, args.cache_dir, redis.url, Path(scratch), args.seconds, args.rounds)
+    print(table(results, machine_info()["cpu"]))
+    return 0 if all(r.met for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
