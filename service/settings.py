@@ -154,8 +154,9 @@ class Settings(BaseSettings):
         8 * 1024 * 1024,
         ge=0,
         description="Answers to all-hits requests kept whole by their exact request body (bodies up to "
-        "2 KiB without item ids), so a repeat is answered with the same bytes; bytes per process, least "
-        "recently used go first; stale after any model reload. 0 = none.",
+        "2 KiB; with item ids only while every id is confirmed, MARC_CONFIRMED_IDS_SECONDS), so a repeat "
+        "is answered with the same bytes; bytes per process, least recently used go first; stale after "
+        "any model reload. 0 = none.",
     )
 
     # --- batching -----------------------------------------------------------------------------
