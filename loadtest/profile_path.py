@@ -35,16 +35,18 @@ from loadtest.texts import TEXT_LENGTHS
 # frame first, names the sample's group.
 RULES: tuple[tuple[str, str, str], ...] = (
     ("service: admission (auth, shape scan, one parse)", "Admission.", "service/api/admission.py"),
-    ("service: cache read (keys, near-cache)", "EmbedFlow.read", "service/flow.py"),
-    ("service: cache read (keys, near-cache)", "", "service/cache/keys.py"),
-    ("service: cache read (keys, near-cache)", "", "service/cache/near.py"),
-    ("service: cached answer (decode the values)", "", "service/cache/values.py"),
-    ("service: cache write (Redis client)", "EmbedFlow._set", "service/flow.py"),
-    ("service: cached answer (decode the values)", "EmbedFlow.", "service/flow.py"),
+    ("service: cache keys, near-cache, confirmed ids", "", "service/cache/keys.py"),
+    ("service: cache keys, near-cache, confirmed ids", "", "service/cache/near.py"),
+    ("service: cache keys, near-cache, confirmed ids", "", "service/cache/confirmed.py"),
+    ("service: cache keys, near-cache, confirmed ids", "", "service/cache/bounded.py"),
+    ("service: cache values (encode, decode)", "", "service/cache/values.py"),
+    ("service: Redis reads and writes (client)", "", "service/cache/batched.py"),
+    ("service: Redis reads and writes (client)", "", "service/cache/stores.py"),
+    ("service: the embed flow", "EmbedFlow.", "service/flow.py"),
     ("model: ONNX Runtime runs", "OnnxEncoder._run", "service/model/encoder.py"),
     ("model: tokenise and pad", "", "service/model/encoder.py"),
     ("service: micro-batcher", "", "service/model/batcher.py"),
-    ("service: cache write (Redis client)", "", "redis/"),
+    ("service: Redis reads and writes (client)", "", "redis/"),
     ("service: response body and headers", "", "service/api/responses.py"),
     ("service: metrics (middleware, counters)", "", "prometheus_client/"),
     (
@@ -58,6 +60,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("framework: FastAPI/Starlette (bare endpoint)", "", "fastapi/"),
     ("service: routing and the rest of the handler", "", "service/"),
     ("event loop, sockets, native code (uvloop)", "Runner.run", "asyncio/runners.py"),
+    ("thread pools (idle waits and hand-offs)", "", "concurrent/futures/thread.py"),
 )
 
 

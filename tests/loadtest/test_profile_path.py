@@ -20,9 +20,14 @@ EMBED = "embed (service/api/embed.py:97)"
             "Admission._parse (service/api/admission.py:180)",
             "service: admission (auth, shape scan, one parse)",
         ),
-        ("EmbedFlow.read (service/flow.py:134)", "service: cache read (keys, near-cache)"),
-        ("ValueCodec.decode (service/cache/values.py:80)", "service: cached answer (decode the values)"),
-        ("KeySpace.text_key (service/cache/keys.py:45)", "service: cache read (keys, near-cache)"),
+        ("EmbedFlow.embed (service/flow.py:134)", "service: the embed flow"),
+        ("ValueCodec.decode (service/cache/values.py:80)", "service: cache values (encode, decode)"),
+        ("KeySpace.text_key (service/cache/keys.py:45)", "service: cache keys, near-cache, confirmed ids"),
+        (
+            "ConfirmedIds.points_at (service/cache/confirmed.py:50)",
+            "service: cache keys, near-cache, confirmed ids",
+        ),
+        ("BatchedCache.get_many (service/cache/batched.py:70)", "service: Redis reads and writes (client)"),
         ("ModelRegistry.lease (service/registry.py:90)", "service: routing and the rest of the handler"),
         ("embed_body (service/api/responses.py:79)", "service: response body and headers"),
         ("MutexValue.inc (prometheus_client/values.py:29)", "service: metrics (middleware, counters)"),
@@ -32,7 +37,7 @@ EMBED = "embed (service/api/embed.py:97)"
         ),
         ("OnnxEncoder._run (service/model/encoder.py:131)", "model: ONNX Runtime runs"),
         ("OnnxEncoder._pad (service/model/encoder.py:120)", "model: tokenise and pad"),
-        ("Redis.execute_command (redis/asyncio/client.py:600)", "service: cache write (Redis client)"),
+        ("Redis.execute_command (redis/asyncio/client.py:600)", "service: Redis reads and writes (client)"),
     ],
 )
 def test_a_sample_counts_in_its_innermost_known_part(leaf: str, group: str) -> None:
@@ -51,7 +56,7 @@ def test_shares_add_up_and_weigh_by_sample_count() -> None:
     raw = "\n".join(
         [
             f"{LOOP} 30",
-            f"{LOOP};{CYCLE};{METRICS};{EMBED};EmbedFlow.read (service/flow.py:134) 10",
+            f"{LOOP};{CYCLE};{METRICS};{EMBED};EmbedFlow.embed (service/flow.py:134) 10",
             f"{LOOP};{CYCLE} 60",
             "garbage line",
         ]
@@ -61,6 +66,6 @@ def test_shares_add_up_and_weigh_by_sample_count() -> None:
         {
             "HTTP: request parsing (uvicorn/httptools)": 0.6,
             "event loop, sockets, native code (uvloop)": 0.3,
-            "service: cache read (keys, near-cache)": 0.1,
+            "service: the embed flow": 0.1,
         }
     )
