@@ -34,7 +34,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from service.cache.confirmed import ConfirmedIds
-from service.cache.keys import KeySpace, normalise_text
+from service.cache.keys import ID_KIND, KeySpace, normalise_text
 from service.cache.near import NearCache
 from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheUnavailable
 from service.cache.values import ValueCodec
@@ -127,11 +127,17 @@ class EmbedFlow:
         """Vectors for ``texts`` in order; items with an id are also stored under it (id key space).
         ``guard`` wraps the wait for the model, if there is one."""
         normalised = [normalise_text(text) for text in texts]
-        text_keys = [self._keys.text_key(text) for text in normalised]
-        with_id = [(row, self._keys.id_key(item_id)) for row, item_id in enumerate(ids or ()) if item_id]
+        text_keys = self._keys.text_keys(normalised)
+        id_start = f"{self._keys.namespace}:{ID_KIND}:"
+        with_id = [(row, id_start + item_id) for row, item_id in enumerate(ids or ()) if item_id]
         values = self._near_values(text_keys)
         # Id keys to read: those not confirmed in-process to point at their text already.
-        unsure = [(row, key) for row, key in with_id if not self._is_confirmed(key, text_keys[row])]
+        confirmed = self._confirmed
+        unsure = (
+            [(row, key) for row, key in with_id if not confirmed.points_at(key, text_keys[row])]
+            if confirmed is not None
+            else with_id
+        )
         asked = [row for row, value in enumerate(values) if value is None]
         id_values: list[bytes | None] = []
         if asked or unsure:
@@ -179,9 +185,6 @@ class EmbedFlow:
         if hits:
             self._near_hits.inc(hits)
         return values
-
-    def _is_confirmed(self, id_key: str, text_key: str) -> bool:
-        return self._confirmed is not None and self._confirmed.points_at(id_key, text_key)
 
     def _confirm(self, id_key: str, text_key: str) -> None:
         if self._confirmed is not None:

@@ -19,30 +19,36 @@ class ByteBoundedLRU(Generic[K, V]):
         self.max_bytes = max_bytes
         self.bytes = 0
         self._size = size
-        self._entries: OrderedDict[K, V] = OrderedDict()
+        # Each entry keeps the size it was counted with: computed once, when it is put.
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
 
     def get(self, key: K) -> V | None:
-        value = self._entries.get(key)
-        if value is not None:
-            self._entries.move_to_end(key)
-        return value
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
 
     def put(self, key: K, value: V) -> None:
         size = self._size(key, value)
         if size > self.max_bytes:
             return
-        self.pop(key)
-        self._entries[key] = value
+        entries = self._entries
+        previous = entries.pop(key, None)
+        if previous is not None:
+            self.bytes -= previous[1]
+        entries[key] = (value, size)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            evicted_key, evicted = self._entries.popitem(last=False)
-            self.bytes -= self._size(evicted_key, evicted)
+            _, (_, evicted) = entries.popitem(last=False)
+            self.bytes -= evicted
 
     def pop(self, key: K) -> V | None:
-        value = self._entries.pop(key, None)
-        if value is not None:
-            self.bytes -= self._size(key, value)
-        return value
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return None
+        self.bytes -= entry[1]
+        return entry[0]
 
     def __len__(self) -> int:
         return len(self._entries)

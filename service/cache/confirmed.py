@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import NamedTuple
 
 from service.cache.bounded import ByteBoundedLRU
 
-# The entry's tuple and the OrderedDict slot and node (see service.cache.near.ENTRY_OVERHEAD_BYTES).
-ENTRY_OVERHEAD_BYTES = 104 + 64
+# The two tuples of an entry, its float, and the OrderedDict slot and node (see
+# service.cache.near.ENTRY_OVERHEAD_BYTES).
+ENTRY_OVERHEAD_BYTES = 104 + 64 + 56 + 24
 
-
-class Confirmation(NamedTuple):
-    text_key: str
-    until: float  # time.monotonic() after which it is no longer trusted
+# (text key, time.monotonic() after which it is no longer trusted)
+Confirmation = tuple[str, float]
 
 
 def _entry_bytes(id_key: str, confirmation: Confirmation) -> int:
-    return sys.getsizeof(id_key) + sys.getsizeof(confirmation.text_key) + ENTRY_OVERHEAD_BYTES
+    # The text key's string is shared with the caller's; it is counted all the same.
+    return sys.getsizeof(id_key) + sys.getsizeof(confirmation[0]) + ENTRY_OVERHEAD_BYTES
 
 
 class ConfirmedIds:
@@ -44,15 +43,11 @@ class ConfirmedIds:
     def points_at(self, id_key: str, text_key: str) -> bool:
         """Whether ``id_key`` was confirmed to point at ``text_key`` less than ``seconds`` ago."""
         confirmation = self._entries.get(id_key)
-        return (
-            confirmation is not None
-            and confirmation.text_key == text_key
-            and confirmation.until > time.monotonic()
-        )
+        return confirmation is not None and confirmation[0] == text_key and confirmation[1] > time.monotonic()
 
     def confirm(self, id_key: str, text_key: str) -> None:
         """``id_key`` was just read or written pointing at ``text_key``."""
-        self._entries.put(id_key, Confirmation(text_key, time.monotonic() + self.seconds))
+        self._entries.put(id_key, (text_key, time.monotonic() + self.seconds))
 
     def forget(self, keys: list[str]) -> None:
         """These keys' writes failed or were dropped: read them again next time (other keys in

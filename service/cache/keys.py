@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 
 FINGERPRINT_CHARS = 16
 VALUE_FORMATS = {"float32": "f32t", "float16": "f16t"}
@@ -38,13 +39,18 @@ class KeySpace:
     fingerprint: str
     value_dtype: str = "float32"
 
-    @property
+    @cached_property
     def namespace(self) -> str:
         return f"{self.prefix}:{self.fingerprint[:FINGERPRINT_CHARS]}:{VALUE_FORMATS[self.value_dtype]}"
 
     def text_key(self, normalised_text: str) -> str:
         digest = hashlib.sha256(normalised_text.encode("utf-8")).hexdigest()
         return f"{self.namespace}:{TEXT_KIND}:{digest}"
+
+    def text_keys(self, normalised_texts: list[str]) -> list[str]:
+        """`text_key` of each text (one call per request, not per item)."""
+        start, sha256 = f"{self.namespace}:{TEXT_KIND}:", hashlib.sha256
+        return [start + sha256(text.encode("utf-8")).hexdigest() for text in normalised_texts]
 
     def id_key(self, item_id: str) -> str:
         return f"{self.namespace}:{ID_KIND}:{item_id}"
