@@ -153,3 +153,30 @@ def test_a_dead_redis_fails_every_caller_of_a_shared_read_and_counts_lost_writes
     answers, recorder = asyncio.run(scenario())
     assert all(isinstance(answer, CacheUnavailable) for answer in answers)
     assert recorder.writes == ["error"] and recorder.lost == [("error", ["a", "b"])]
+
+
+def test_after_a_redis_restart_writes_land_again_and_the_script_is_loaded_anew(
+    redis_process: RedisProcess,
+) -> None:
+    """A restarted Redis has forgotten the write script (NOSCRIPT) and closed every pooled connection:
+    the calls right after it fail and are counted, then a probe finds it back and writes land."""
+
+    async def scenario() -> Recorder:
+        cache, recorder = _batched(redis_process, timeout=1.0)
+        try:
+            await cache.set_many([("before", b"1")])
+            await cache.drain()
+            redis_process.stop()
+            redis_process.start()  # same port, empty: no keys, no scripts
+            deadline = time.monotonic() + 10
+            while redis_process.client.get("after") is None and time.monotonic() < deadline:
+                await cache.set_many([("after", b"2")])
+                await cache.drain()
+                await asyncio.sleep(0.2)
+            return recorder
+        finally:
+            await cache.close()
+
+    recorder = asyncio.run(scenario())
+    assert redis_process.client.get("after") == b"2" and redis_process.client.get("before") is None
+    assert recorder.writes[0] == "ok" and recorder.writes[-1] == "ok"
