@@ -14,6 +14,7 @@ cache or from the model.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Literal
 
@@ -25,6 +26,8 @@ CacheDtype = Literal["float32", "float16"]
 VALUE_DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 TRUNCATED = 1  # bit of the flags field
 TRAILER_BYTES = 4
+TRAILER = struct.Struct("<HH")  # tokens, flags: the same bytes as the record's trailer fields
+FEW_ROWS = 4  # up to this many rows are encoded one by one (cheaper than building a record array)
 
 
 class ValueCodec:
@@ -42,6 +45,14 @@ class ValueCodec:
 
     def encode(self, rows: Embeddings) -> list[bytes]:
         """One value per row."""
+        if len(rows.vectors) <= FEW_ROWS:  # single items: bytes and a packed trailer, no record array
+            vectors = rows.vectors.astype(self.dtype, copy=False)
+            return [
+                vector.tobytes() + TRAILER.pack(tokens, TRUNCATED if truncated else 0)
+                for vector, tokens, truncated in zip(
+                    vectors, rows.tokens.tolist(), rows.truncated.tolist(), strict=True
+                )
+            ]
         records = np.empty(len(rows.vectors), self._record)
         records["vector"] = rows.vectors
         records["tokens"] = rows.tokens

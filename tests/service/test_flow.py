@@ -166,3 +166,25 @@ def test_values_carry_the_token_trailer_and_reject_other_lengths() -> None:
     np.testing.assert_array_equal(decoded.vectors, rows.vectors)
     assert decoded.tokens.tolist() == [7, 64] and decoded.truncated.tolist() == [False, True]
     assert not codec.valid(values[0][:-4]) and not codec.valid(None) and codec.valid(values[1])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_few_rows_are_encoded_to_the_same_bytes_as_many(dtype: str) -> None:
+    """Up to FEW_ROWS rows skip the record array: the values must be the bytes of the documented layout
+    all the same (vector, then tokens and flags as little-endian uint16)."""
+    from service.cache.values import FEW_ROWS
+
+    codec = ValueCodec(dtype, DIM)  # type: ignore[arg-type]
+    rows = Embeddings(
+        np.arange(2 * FEW_ROWS * DIM, dtype=np.float32).reshape(2 * FEW_ROWS, DIM) / 7,
+        np.arange(2 * FEW_ROWS) + 300,
+        np.arange(2 * FEW_ROWS) % 3 == 0,
+    )
+    many = codec.encode(rows)  # more than FEW_ROWS: the record array
+    few = [
+        value
+        for start in range(0, len(many), FEW_ROWS)
+        for value in codec.encode(rows.take(list(range(start, start + FEW_ROWS))))
+    ]
+    assert few == many
+    assert many[0][-4:] == (300).to_bytes(2, "little") + (1).to_bytes(2, "little")  # tokens, truncated flag
