@@ -72,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--variant",
         choices=["auto", "fp32", "int8", "fp16"],
-        help="model variant (MARC_VARIANT; auto = fp16 on CUDA if exported; on CPU int8 with per-row "
-        "scales if exported, else fp32)",
+        help="model variant (MARC_VARIANT; auto = fp16 on CUDA if exported; on CPU int8 or fp32, "
+        "whichever is measured faster at load)",
     )
     serve.add_argument(
         "--provider", choices=["auto", "cpu", "cuda"], help="execution provider (MARC_PROVIDER, default auto)"
@@ -90,7 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="in-process near-cache in front of Redis, bytes per process (MARC_NEAR_CACHE_BYTES, "
         "64 MiB; 0 = none)",
     )
-    serve.add_argument("--max-batch-size", type=int, help="items per ONNX run (MARC_MAX_BATCH_SIZE, 16)")
+    serve.add_argument(
+        "--max-batch-size", type=int, help="items per ONNX run (MARC_MAX_BATCH_SIZE; auto: CPU 16, CUDA 256)"
+    )
     serve.add_argument("--max-wait-ms", type=float, help="batch fill wait (MARC_MAX_WAIT_MS, 2)")
     serve.add_argument("--max-queue-items", type=int, help="queue limit before 503 (MARC_MAX_QUEUE_ITEMS)")
     serve.add_argument(
@@ -99,8 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--workers",
         type=int,
-        help="server processes sharing the port, each with its own models (MARC_WORKERS, 1); metrics "
-        "are aggregated across them",
+        help="server processes sharing the port, each with its own models (MARC_WORKERS; auto: 1 on "
+        "CPU, several on CUDA); metrics are aggregated across them",
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="MARC_LOG_LEVEL")
     serve.set_defaults(handler=run_serve)
@@ -183,13 +185,23 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ArtifactError, ModelConfigError) as exc:
         print(f"marc serve: refusing to start: {exc}", file=sys.stderr)
         return 2
-    if settings.workers > 1:
+    # MARC_WORKERS=auto depends on the provider the models came up on (several per GPU).
+    device = "cuda" if any(encoder.device == "cuda" for encoder in encoders.values()) else "cpu"
+    workers = settings.serving_plan(device).workers
+    if settings.workers == "auto":
+        log.info("workers: %d (auto on %s)", workers, device)
+    if workers > 1:
+        from service.model.variant_choice import remembered
         from service.workers import serve_workers
 
         del encoders  # verified; each worker loads its own
         return_freed_memory()  # the parent only supervises: give the verified models' memory back
         return serve_workers(
-            settings.model_dump(), host=settings.host, port=settings.port, workers=settings.workers
+            {**settings.model_dump(), "workers": workers},
+            host=settings.host,
+            port=settings.port,
+            workers=workers,
+            variant_choices=remembered(),  # every worker serves the variants measured here
         )
     lifecycle = Lifecycle()
     app = create_app(settings, lifecycle, encoders)
@@ -249,9 +261,11 @@ def run_precompute(args: argparse.Namespace) -> int:
             provider=settings.provider,
             intra_threads=settings.ort_intra_threads,
             inter_threads=settings.ort_inter_threads,
+            int8_min_speedup=settings.int8_min_speedup,
         )
     except (ArtifactError, ValueError) as exc:
         return refuse(PRECOMPUTE_ARTIFACT, str(exc))
+    encoder.io_binding = settings.serving_plan(encoder.device).io_binding  # as the service would run
     try:
         writer = open_vector_writer(args.out, encoder.dim) if args.out else None
     except ValueError as exc:
@@ -297,7 +311,8 @@ def run_precompute(args: argparse.Namespace) -> int:
         f"shard {shard}: {count.catalogue} items in the catalogue, {count.in_shard} in this shard: "
         f"{report.reused} already cached, {report.computed} computed, {report.failed} failed "
         f"({count.in_shard - report.items} not reached) in {report.seconds:.1f} s; model "
-        f"{encoder.artifact.name} fingerprint {encoder.artifact.fingerprint[:16]}"
+        f"{encoder.artifact.name} variant {encoder.artifact.variant} ({encoder.variant_choice.why}) "
+        f"fingerprint {encoder.artifact.fingerprint[:16]}"
         + (f"; wrote {', '.join(str(p) for p in written)}" if written else "")
     )
     if report.cache_error is not None:

@@ -46,7 +46,7 @@ from service.model.batcher import MicroBatcher
 from service.model.encoder import OnnxEncoder, load_encoder
 from service.model.smoke import smoke_check
 from service.model.sources import ModelConfig, ModelConfigError, ModelSource, UnknownModel, read_model_config
-from service.settings import Settings
+from service.settings import ServingPlan, Settings
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def load_verified_encoder(directory: Path, settings: Settings) -> OnnxEncoder:
         cuda_device_id=settings.cuda_device_id,
         intra_threads=settings.serving_intra_threads,
         inter_threads=settings.ort_inter_threads,
+        int8_min_speedup=settings.int8_min_speedup,
     )
     smoke_check(encoder)
     return encoder
@@ -92,6 +93,7 @@ class ServedModel:
     batcher: MicroBatcher
     flow: EmbedFlow
     info_labels: dict[str, str]
+    plan: ServingPlan  # the batching settings, resolved for the provider the session came up on
     leases: int = 0
     _returned: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -234,14 +236,17 @@ class ModelRegistry:
         if encoder is None:
             encoder = await asyncio.to_thread(load_verified_encoder, source.directory, settings)
         metrics = self._metrics.for_model(source.name)
+        plan = settings.serving_plan(encoder.device)
+        encoder.io_binding = plan.io_binding
         batcher = MicroBatcher(
             encoder,
             metrics,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=plan.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue_items=settings.max_queue_items,
             pipeline_windows=settings.pipeline_windows,
-            model_runners=settings.model_runners,
+            model_runners=plan.model_runners,
+            max_batch_tokens=plan.max_batch_tokens,
         )
         batcher.start()
         artifact = encoder.artifact
@@ -264,7 +269,7 @@ class ModelRegistry:
             "provider": encoder.provider,
             "variant": artifact.variant,
         }
-        return ServedModel(source.name, source, encoder, batcher, flow, labels)
+        return ServedModel(source.name, source, encoder, batcher, flow, labels, plan)
 
     async def start(self, preloaded: dict[str, OnnxEncoder] | None = None) -> None:
         """Load the configured models (``preloaded``: encoders already loaded and checked, by name)."""
@@ -285,13 +290,16 @@ class ModelRegistry:
         self._metrics.model_info.labels(**served.info_labels).set(1)
         artifact = served.artifact
         log.info(
-            "serving model %s: %s (variant %s, dim %d, fingerprint %s) from %s",
+            "serving model %s: %s (variant %s: %s; dim %d, fingerprint %s) from %s on %s: %s",
             served.name,
             artifact.name,
             artifact.variant,
+            served.encoder.variant_choice.why,
             artifact.dim,
             artifact.fingerprint[:16],
             served.source.directory,
+            served.encoder.provider,
+            served.plan.describe(),
         )
 
     # --- reloading ----------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,9 @@ from service.cache.values import CacheDtype
 
 VariantChoice = Literal["auto", "fp32", "int8", "fp16"]
 ProviderChoice = Literal["auto", "cpu", "cuda"]
+Device = Literal["cpu", "cuda"]
+Auto = Literal["auto"]
+AtLeastOne = Annotated[int, Field(ge=1)]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 # The JSON around one item (keys, quotes, an id of up to 512 characters) and around the whole request.
 ITEM_JSON_BYTES = 600
@@ -36,6 +40,62 @@ def available_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int
     except (OSError, ValueError):
         pass  # no cgroup v2 quota here
     return cpus
+
+
+@dataclass(frozen=True)
+class ProviderDefaults:
+    """What the ``auto`` batching and process settings mean on one execution provider."""
+
+    max_batch_size: int
+    max_batch_tokens: int
+    model_runners: int
+    max_workers: int  # workers: the CPUs this process may use, halved, capped at this (CPU: 1)
+    io_binding: bool
+
+
+# CPU: the values measured best on 2-8 cores (BENCHMARKS.md, cold-path levers; IO binding side by side).
+# CUDA: by construction, checked by `make gpu-check`: a GPU is fed by big runs (it computes a run of 256
+# in about the time of one row), one run at a time per session (runs of one session share its CUDA
+# stream), several server processes per GPU (the work around the model is CPU-bound: docs/gpu.md).
+PROVIDER_DEFAULTS: dict[Device, ProviderDefaults] = {
+    "cpu": ProviderDefaults(
+        max_batch_size=16, max_batch_tokens=1024, model_runners=2, max_workers=1, io_binding=False
+    ),
+    "cuda": ProviderDefaults(
+        max_batch_size=256, max_batch_tokens=16384, model_runners=1, max_workers=8, io_binding=True
+    ),
+}
+
+
+def _per_provider(name: str) -> str:
+    cpu, cuda = (getattr(PROVIDER_DEFAULTS[d], name) for d in ("cpu", "cuda"))
+    return f"auto = {cpu} on CPU, {cuda} on CUDA"
+
+
+# The settings whose "auto" depends on the execution provider.
+PLAN_SETTINGS = ("max_batch_size", "max_batch_tokens", "model_runners", "workers", "io_binding")
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """The batching and process settings one model is served with, resolved for the execution provider
+    its session came up on (`Settings.serving_plan`): logged at load and shown in /v1/models."""
+
+    device: Device
+    max_batch_size: int
+    max_batch_tokens: int
+    model_runners: int
+    workers: int
+    io_binding: bool
+    auto: tuple[str, ...]  # the settings left at "auto", resolved here for ``device``
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "auto": list(self.auto)}
+
+    def describe(self) -> str:
+        values = ", ".join(f"{name} {getattr(self, name)}" for name in PLAN_SETTINGS)
+        resolved = f" ({', '.join(self.auto)} auto for {self.device})" if self.auto else ""
+        return values + resolved
 
 
 class Settings(BaseSettings):
@@ -60,8 +120,17 @@ class Settings(BaseSettings):
     )
     variant: VariantChoice = Field(
         "auto",
-        description="Model file to serve. auto = fp16 when CUDA is usable and the artifact has it; on "
-        "CPU int8 when the artifact's int8 has per-row activation scales, else fp32.",
+        description="Model file to serve. auto = on CUDA fp16 (fp32 when the artifact has no fp16); on "
+        "CPU int8 or fp32, whichever a short measurement at load finds faster on this machine (int8 "
+        "only with per-row activation scales, and only from MARC_INT8_MIN_SPEEDUP); the choice and its "
+        "figures are logged and shown in /v1/models.",
+    )
+    int8_min_speedup: float = Field(
+        1.10,
+        ge=0,
+        description="MARC_VARIANT=auto on CPU serves int8 only when it is measured at least this many "
+        "times as fast as fp32 at load (int8 costs a catalogue cosine of ~0.997 to fp32). 0 = int8 "
+        "wherever the artifact has it, without measuring (the same variant on every machine and run).",
     )
     provider: ProviderChoice = Field(
         "auto",
@@ -160,8 +229,19 @@ class Settings(BaseSettings):
     )
 
     # --- batching -----------------------------------------------------------------------------
-    max_batch_size: int = Field(
-        16, ge=1, description="Items per ONNX Runtime run (and per window when several runners share work)."
+    max_batch_size: AtLeastOne | Auto = Field(
+        "auto",
+        description="Items per ONNX Runtime run (and per window when several runners share work); "
+        + _per_provider("max_batch_size")
+        + ".",
+    )
+    max_batch_tokens: AtLeastOne | Auto = Field(
+        "auto",
+        description="Tokens per ONNX Runtime run, counted as the model computes them: rows x the run's "
+        "longest row (padding included); a run ends before it would pass this (a single longer row "
+        "runs alone). Bounds a run's time and memory when texts are long; "
+        + _per_provider("max_batch_tokens")
+        + " (max_batch_size rows of 64 tokens, the default artifact's max_length).",
     )
     max_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits to fill before it runs.")
     pipeline_windows: int = Field(
@@ -171,13 +251,20 @@ class Settings(BaseSettings):
         description="Windows in the micro-batcher at once (collected, tokenised, waiting or running; at "
         "least MARC_MODEL_RUNNERS): one more than the runners, so the next window is ready when a run ends.",
     )
-    model_runners: int = Field(
-        2,
-        ge=1,
-        le=8,
-        description="ONNX Runtime runs at once, each on its share of the CPUs (MARC_ORT_INTRA_THREADS). "
-        "2: two runs side by side, which on 2 cores beat one run over both (BENCHMARKS.md, cold-path "
-        "levers); 1 = one run at a time over all intra-op threads.",
+    model_runners: Annotated[int, Field(ge=1, le=8)] | Auto = Field(
+        "auto",
+        description="ONNX Runtime runs at once per model and process, each on its share of the CPUs "
+        "(MARC_ORT_INTRA_THREADS); "
+        + _per_provider("model_runners")
+        + ". CPU: two runs side by side beat one run over both cores (BENCHMARKS.md, cold-path levers); "
+        "CUDA: runs of one session share its CUDA stream, so a second runner only adds waiting.",
+    )
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Run the model with ONNX Runtime's IO binding: inputs bound from host memory, the "
+        "output written straight into the answer's buffer (no per-run output allocation and copy); "
+        + _per_provider("io_binding").replace("True", "on").replace("False", "off")
+        + " (on CPU it measured no faster than a plain run: docs/gpu.md).",
     )
     max_queue_items: int = Field(
         2048,
@@ -235,12 +322,13 @@ class Settings(BaseSettings):
         description="Bind address: local only by default; 0.0.0.0 listens on all interfaces (containers).",
     )
     port: int = Field(8000, ge=0, le=65535, description="Bind port.")
-    workers: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Server processes on the one port, each with its own model, batcher and near-cache "
-        "(Redis shared); /metrics of any of them covers all (prometheus-client multiprocess mode).",
+    workers: Annotated[int, Field(ge=1, le=64)] | Auto = Field(
+        "auto",
+        description="Server processes on the one port, each with its own model (one ONNX Runtime "
+        "session), batcher and near-cache (Redis shared); /metrics of any of them covers all "
+        "(prometheus-client multiprocess mode). auto = 1 on CPU; on CUDA half the CPUs this process "
+        f"may use, at most {PROVIDER_DEFAULTS['cuda'].max_workers}, all sharing the one GPU (the work "
+        "around the model is CPU-bound).",
     )
     drain_seconds: float = Field(
         0.0, ge=0, description="On SIGTERM, report not-ready this long while still serving, then stop."
@@ -261,12 +349,35 @@ class Settings(BaseSettings):
     def _lowercase_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    def serving_plan(self, device: Device) -> ServingPlan:
+        """The batching and process settings on ``device``: each one as set, or (auto) the provider's
+        default (`PROVIDER_DEFAULTS`)."""
+        defaults = PROVIDER_DEFAULTS[device]
+        auto = tuple(name for name in PLAN_SETTINGS if getattr(self, name) == "auto")
+
+        def pick(name: str, default: int) -> int:
+            value = getattr(self, name)
+            return default if value == "auto" else value
+
+        return ServingPlan(
+            device=device,
+            max_batch_size=pick("max_batch_size", defaults.max_batch_size),
+            max_batch_tokens=pick("max_batch_tokens", defaults.max_batch_tokens),
+            model_runners=pick("model_runners", defaults.model_runners),
+            workers=pick("workers", max(1, min(defaults.max_workers, available_cpus() // 2))),
+            io_binding=defaults.io_binding if self.io_binding == "auto" else self.io_binding == "on",
+            auto=auto,
+        )
+
     @property
     def serving_intra_threads(self) -> int:
         """Intra-op threads per run in the service: MARC_ORT_INTRA_THREADS, or (0) the CPUs this
         process may use shared out among every run that can be in progress at once (runners x
-        workers), so they never oversubscribe the cores; 0 with one of each = ORT's default."""
-        runs = self.model_runners * self.workers
+        workers, as on CPU: the threads are set before the provider is known, and on CUDA they only
+        run the few nodes left on the CPU), so they never oversubscribe the cores; 0 with one of
+        each = ORT's default."""
+        plan = self.serving_plan("cpu")
+        runs = plan.model_runners * plan.workers
         if self.ort_intra_threads or runs == 1:
             return self.ort_intra_threads
         return max(1, available_cpus() // runs)

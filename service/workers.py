@@ -26,11 +26,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import multiprocess
 
 from service.metrics import MULTIPROC_DIR_VARIABLE, multiprocess_dir
+
+if TYPE_CHECKING:
+    from service.model.variant_choice import MemoKey, VariantChoice
+
+    VariantChoices = dict[MemoKey, VariantChoice]
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +52,19 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(sock: socket.socket, overrides: dict[str, Any], number: int) -> None:
+def _worker(
+    sock: socket.socket, overrides: dict[str, Any], number: int, variant_choices: VariantChoices
+) -> None:
     """One worker: the same app and graceful shutdown as a single-process `marc serve`."""
     os.setpgrp()  # terminal signals reach the parent only; it passes them on once
     # A SIGHUP before the app installs its reload handler must not end the worker (the default).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
+    from service.model.variant_choice import remember
     from service.settings import Settings
 
+    remember(variant_choices)  # the parent's measured variants: every worker serves the same ones
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper())
     lifecycle = Lifecycle()
@@ -74,8 +83,16 @@ def _worker(sock: socket.socket, overrides: dict[str, Any], number: int) -> None
     server.run(sockets=[sock])
 
 
-def serve_workers(overrides: dict[str, Any], *, host: str, port: int, workers: int) -> int:
-    """Run ``workers`` server processes on ``host``:``port`` until a signal; the exit status."""
+def serve_workers(
+    overrides: dict[str, Any],
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    variant_choices: VariantChoices | None = None,
+) -> int:
+    """Run ``workers`` server processes on ``host``:``port`` until a signal; the exit status.
+    ``variant_choices``: the parent's measured variants (`service.model.variant_choice.remembered`)."""
     given = multiprocess_dir()
     if given:
         metrics_dir = given
@@ -88,7 +105,11 @@ def serve_workers(overrides: dict[str, Any], *, host: str, port: int, workers: i
     sock = _bind(host, port)
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker, args=(sock, overrides, number), name=f"marc-worker-{number}")
+        context.Process(
+            target=_worker,
+            args=(sock, overrides, number, variant_choices or {}),
+            name=f"marc-worker-{number}",
+        )
         for number in range(workers)
     ]
     stopping = threading.Event()

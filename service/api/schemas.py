@@ -268,7 +268,16 @@ class ModelCard(BaseModel):
     owned_by: str = "marc-serve"
     fingerprint: str = Field(description="Fingerprint of the served variant's vectors.")
     variant: str = Field(description="Served precision variant: fp32, int8 or fp16.")
+    variant_choice: dict[str, Any] = Field(
+        description="Why this variant: `rule` (set = MARC_VARIANT, provider = auto on CUDA, no-int8 = "
+        "the artifact has no per-row int8, measured = auto on CPU), `why` in words; a measured choice "
+        "also has the median fp32 and int8 run times at load (`fp32_ms`, `int8_ms`, `int8_speedup`)."
+    )
     provider: str = Field(description="ONNX Runtime execution provider in use.")
+    serving: dict[str, Any] = Field(
+        description="The batching settings resolved for the provider: max_batch_size, max_batch_tokens, "
+        "model_runners, workers, io_binding, and `auto` (the ones left at auto)."
+    )
     dim: int = Field(description="Vector size k.")
     dimensions: list[int] = Field(
         description="The sizes `dimensions` may ask for: the nested prefixes the model was trained "

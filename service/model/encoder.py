@@ -1,8 +1,11 @@
 """Texts -> vectors: tokenise (one batch call) -> sort by length -> pad per run -> ONNX Runtime. Each
 text's token count and whether it was cut at the model's max_length come along with its vector.
 
-`OnnxEncoder._run` is the only place that calls the model. The execution provider is decided once,
-at load time: CUDA only when ONNX Runtime lists it *and* a session really comes up on it; else CPU.
+`OnnxEncoder._run` is the only place that calls the model (a plain run, or with IO binding: the output
+written straight into the answer's buffer). The execution provider and the variant are decided once,
+at load time (`load_encoder`): CUDA only when ONNX Runtime lists it *and* a session really comes up on
+it, else CPU; the variant as set, or (auto) fp16 on CUDA and on CPU whichever of int8 and fp32 is
+measured faster here (`service.model.variant_choice`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime
@@ -24,6 +27,12 @@ from artifact.manifest import Manifest, read_manifest
 from artifact.names import INPUT_NAMES, ArtifactError, Variant
 from service.embeddings import Embeddings
 from service.model.onnx_session import open_session, ort_session_options
+from service.model.variant_choice import (
+    INT8_MIN_SPEEDUP,
+    VariantChoice,
+    choose_cpu_variant,
+    has_per_row_int8,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +77,18 @@ class EncodedTexts:
 
 class OnnxEncoder:
     def __init__(
-        self, artifact: LoadedArtifact, session: onnxruntime.InferenceSession, provider: str
+        self,
+        artifact: LoadedArtifact,
+        session: onnxruntime.InferenceSession,
+        provider: str,
+        variant_choice: VariantChoice | None = None,
     ) -> None:
         self.artifact = artifact
         self.provider = provider
+        self.variant_choice = variant_choice or VariantChoice(artifact.variant, "set", "given")
         self._session = session
+        # Set from the serving plan once the provider is known (`Settings.serving_plan`): off = plain runs.
+        self.io_binding = False
         # Our own copy, padding a batch to its longest text (not to max_length): runs are cut from it.
         self._tokenizer = Tokenizer.from_str(artifact.tokenizer.to_str())
         padding = artifact.tokenizer.padding or {}
@@ -86,6 +102,10 @@ class OnnxEncoder:
     @property
     def dim(self) -> int:
         return self.artifact.dim
+
+    @property
+    def device(self) -> Literal["cpu", "cuda"]:
+        return "cuda" if self.provider == CUDA else "cpu"
 
     def embed(self, texts: Sequence[str], max_batch_size: int, max_batch_tokens: int = 0) -> EncodedTexts:
         """Vectors for ``texts`` in order, computed in runs of similar length (less padding), each of
@@ -125,9 +145,23 @@ class OnnxEncoder:
         return EncodedTexts(Embeddings(vectors, prepared.tokens, prepared.truncated), stats)
 
     def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self.io_binding:
+            return self._run_bound(input_ids, attention_mask)
         feed = {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention_mask}
         (embedding,) = self._session.run([self._output], feed)
         return np.asarray(embedding, dtype=np.float32)
+
+    def _run_bound(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The same run with IO binding: ONNX Runtime copies the inputs from host memory itself and
+        writes the output into a buffer of ours (on CUDA: one device-to-host copy into it, no output
+        tensor allocated per run). One binding per run: runner threads share the session."""
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(INPUT_NAMES[0], input_ids)
+        binding.bind_cpu_input(INPUT_NAMES[1], attention_mask)
+        out = np.empty((input_ids.shape[0], self.dim), dtype=np.float32)
+        binding.bind_output(self._output, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        self._session.run_with_iobinding(binding)
+        return out
 
 
 def run_rows(lengths: np.ndarray, max_rows: int, max_tokens: int = 0) -> list[slice]:
@@ -177,12 +211,10 @@ def _try_cuda(
 
 
 def cpu_variant(manifest: Manifest) -> Variant:
-    """What ``MARC_VARIANT=auto`` serves on CPU: int8 when the artifact has it with per-row activation
-    scales (the same vector for a text in any batch; ~2x the items/s of fp32 at a catalogue cosine of
-    ~0.998 to it: see docs/export.md), else fp32. Older int8 variants scaled activations per batch, so a
-    text's vector depended on its batch-mates: auto never serves those."""
-    int8 = manifest.export.get("int8") or {}
-    return "int8" if "int8" in manifest.variants and int8.get("activations") == "per-row" else "fp32"
+    """The variant this artifact offers for CPUs: int8 when it has one with per-row activation scales
+    (`service.model.variant_choice.has_per_row_int8`), else fp32. ``MARC_VARIANT=auto`` serves it
+    where int8 is measured faster (`service.model.variant_choice`); the load tools pin it."""
+    return "int8" if has_per_row_int8(manifest) else "fp32"
 
 
 def load_encoder(
@@ -193,11 +225,14 @@ def load_encoder(
     cuda_device_id: int = 0,
     intra_threads: int = 0,
     inter_threads: int = 0,
+    int8_min_speedup: float = INT8_MIN_SPEEDUP,
 ) -> OnnxEncoder:
     """Verify the artifact, pick provider and variant once, and build the encoder.
 
-    variant "auto" serves fp16 on CUDA when the artifact has it, else `cpu_variant` (int8 or fp32).
-    provider "cuda" fails loudly when CUDA cannot be used; "auto" falls back to CPU.
+    variant "auto" serves fp16 on CUDA (fp32 when the artifact has none); on CPU int8 or fp32,
+    whichever runs faster here (measured: `service.model.variant_choice`; int8 only from
+    ``int8_min_speedup``). provider "cuda" fails loudly when CUDA cannot be used; "auto" falls back
+    to CPU.
     """
     manifest = read_manifest(directory)
     options = ort_session_options(intra_threads, inter_threads)
@@ -207,41 +242,51 @@ def load_encoder(
             f"MARC_PROVIDER=cuda but this onnxruntime build has no {CUDA} "
             f"(available: {onnxruntime.get_available_providers()}); install onnxruntime-gpu"
         )
-    chosen: Variant
-    if variant != "auto":
-        chosen = variant  # type: ignore[assignment]
-    elif cuda_listed and provider != "cpu" and "fp16" in manifest.variants:
-        chosen = "fp16"
-    else:
-        chosen = cpu_variant(manifest)
 
     why_cpu = "MARC_PROVIDER=cpu" if provider == "cpu" else "CUDA not available"
     if cuda_listed and provider != "cpu":
-        artifact = load_artifact(directory, chosen)
+        if variant != "auto":
+            choice = VariantChoice(variant, "set", f"MARC_VARIANT={variant}")  # type: ignore[arg-type]
+        elif "fp16" in manifest.variants:
+            choice = VariantChoice("fp16", "provider", "auto on CUDA: the fp16 variant")
+        else:
+            choice = VariantChoice("fp32", "provider", "auto on CUDA: the artifact has no fp16 variant")
+        artifact = load_artifact(directory, choice.variant)
         session = _try_cuda(artifact, options, cuda_device_id)
         if session is not None:
             log.info(
-                "execution provider: %s (device %d), variant %s, model %s",
+                "execution provider: %s (device %d), variant %s (%s), model %s",
                 CUDA,
                 cuda_device_id,
-                chosen,
+                choice.variant,
+                choice.why,
                 artifact.name,
             )
-            return OnnxEncoder(artifact, session, CUDA)
+            return OnnxEncoder(artifact, session, CUDA, choice)
         if provider == "cuda":
             raise ArtifactError(f"MARC_PROVIDER=cuda but {CUDA} failed to load on device {cuda_device_id}")
         why_cpu = f"{CUDA} listed but failed to load"
-        if variant == "auto":
-            chosen = cpu_variant(manifest)  # fp16 was only picked for the GPU
 
-    artifact = load_artifact(directory, chosen)
-    session = open_session(artifact, providers=[CPU], options=options)
-    if chosen == "fp16":
+    cpu_session: onnxruntime.InferenceSession | None = None
+    if variant == "auto":
+        choice, cpu_session = choose_cpu_variant(directory, manifest, options, min_speedup=int8_min_speedup)
+    else:
+        choice = VariantChoice(variant, "set", f"MARC_VARIANT={variant}")  # type: ignore[arg-type]
+    artifact = load_artifact(directory, choice.variant)
+    session = cpu_session or open_session(artifact, providers=[CPU], options=options)
+    if choice.variant == "fp16":
         log.warning("serving the fp16 variant on CPU is slow; fp32 or int8 suit CPUs better")
-    if chosen == "int8" and cpu_variant(manifest) != "int8":
+    if choice.variant == "int8" and not has_per_row_int8(manifest):
         log.warning(
             "this artifact's int8 variant scales activations per batch: a text's vector depends on "
             "the texts it is batched with; re-export it (marc export --int8) or serve fp32"
         )
-    log.info("execution provider: %s (%s), variant %s, model %s", CPU, why_cpu, chosen, artifact.name)
-    return OnnxEncoder(artifact, session, CPU)
+    log.info(
+        "execution provider: %s (%s), variant %s (%s), model %s",
+        CPU,
+        why_cpu,
+        choice.variant,
+        choice.why,
+        artifact.name,
+    )
+    return OnnxEncoder(artifact, session, CPU, choice)

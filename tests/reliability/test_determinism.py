@@ -1,7 +1,8 @@
 """Same text, same vector: every variant an artifact carries gives a text the same vector whether it
 is embedded alone, in a length-sorted batch of many, or next to a much longer text (padding), so the
 cache never keeps one of several answers by chance. And `MARC_VARIANT=auto` on CPU serves int8 only
-when the artifact's int8 has per-row activation scales."""
+when the artifact's int8 has per-row activation scales (which of int8 and fp32 is faster:
+tests/service/test_variant_choice.py)."""
 
 from __future__ import annotations
 
@@ -55,14 +56,17 @@ def test_every_variant_gives_a_text_the_same_vector_in_any_batch(tiny_artifact: 
 def test_auto_serves_int8_on_cpu_only_with_per_row_activation_scales(
     tiny_artifact: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert load_encoder(tiny_artifact).artifact.variant == "int8"
+    # No speed asked of int8 (0): int8 is served wherever it keeps a text's vector batch-independent.
+    assert load_encoder(tiny_artifact, int8_min_speedup=0).artifact.variant == "int8"
     # An artifact exported before per-row scales: its manifest does not say so (the manifest is not
     # hashed; the model files are, and they are untouched).
     older = shutil.copytree(tiny_artifact, tmp_path / "older")
     manifest = json.loads((older / "manifest.json").read_text())
     del manifest["export"]["int8"]["activations"]
     (older / "manifest.json").write_text(json.dumps(manifest))
-    assert load_encoder(older).artifact.variant == "fp32"
+    for min_speedup in (0, 1e-9):  # never a candidate: neither unmeasured nor however fast it runs
+        choice = load_encoder(older, int8_min_speedup=min_speedup).variant_choice
+        assert (choice.variant, choice.rule) == ("fp32", "no-int8")
     with caplog.at_level(logging.WARNING, logger="service.model.encoder"):
         assert load_encoder(older, variant="int8").artifact.variant == "int8"
     assert any("depends on the texts it is batched with" in r.getMessage() for r in caplog.records)

@@ -44,11 +44,12 @@ def test_encoder_on_cpu_logs_one_line_and_matches_onnx(
     tiny_artifact: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="service.model.encoder"):
-        encoder = load_encoder(tiny_artifact)
-    # auto on CPU = int8, as the artifact's int8 records per-row activation scales
+        encoder = load_encoder(tiny_artifact, int8_min_speedup=0)
+    # auto on CPU with no speed asked of int8 = int8, as the artifact's int8 has per-row scales
     assert encoder.provider == "CPUExecutionProvider" and encoder.artifact.variant == "int8"
     assert [r.getMessage() for r in caplog.records if "execution provider" in r.getMessage()] == [
-        "execution provider: CPUExecutionProvider (CUDA not available), variant int8, model tiny-artifact"
+        "execution provider: CPUExecutionProvider (CUDA not available), variant int8 "
+        "(MARC_INT8_MIN_SPEEDUP=0: int8 wherever the artifact has it, not measured), model tiny-artifact"
     ]
     texts = ["short", "a much longer text about a red leather sofa and a lamp", "medium length text"]
     encoded = encoder.embed(texts, max_batch_size=2)

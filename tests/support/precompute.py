@@ -60,7 +60,12 @@ def run_shards(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**environment_without_settings(), **(env or {}), "PYTHONHASHSEED": str(index + 1)},
+            env={
+                **environment_without_settings(),
+                "MARC_INT8_MIN_SPEEDUP": "0",  # the variant of the tests' servers (tests.support.servers)
+                **(env or {}),
+                "PYTHONHASHSEED": str(index + 1),
+            },
         )
         for index in (range(shards) if indices is None else indices)
     ]

@@ -14,7 +14,8 @@ from service.model.encoder import cpu_variant
 
 def onnx_reference(artifact_dir: Path, texts: list[str], variant: str | None = None) -> np.ndarray:
     """The artifact's model run directly with ONNX Runtime on one padded batch of ``texts``; by default
-    the variant a service with ``MARC_VARIANT=auto`` serves on this CPU machine."""
+    the variant the tests' servers serve (`tests.support.servers.TEST_VARIANTS`: int8 when the artifact
+    has it)."""
     variant = variant or cpu_variant(read_manifest(artifact_dir))
     artifact = load_artifact(artifact_dir, variant)
     session = onnxruntime.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
@@ -22,6 +23,6 @@ def onnx_reference(artifact_dir: Path, texts: list[str], variant: str | None = N
 
 
 def served_fingerprint(artifact_dir: Path) -> str:
-    """The fingerprint a service with ``MARC_VARIANT=auto`` serves (and keys its cache with) on CPU."""
+    """The fingerprint the tests' servers serve (and key their cache with) on CPU."""
     manifest = read_manifest(artifact_dir)
     return manifest.variants[cpu_variant(manifest)].fingerprint

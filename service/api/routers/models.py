@@ -14,9 +14,9 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 
 @router.get("/models", response_model=ModelList, responses={401: ERROR_RESPONSES[401]})
 async def list_models(runtime: Runtime) -> OrjsonResponse:
-    """Each served model: its name (the `model` of requests), fingerprint, variant, provider, dim,
-    the `dimensions` a request may ask for, max_length, whether it is the default, and its
-    manifest.json."""
+    """Each served model: its name (the `model` of requests), fingerprint, variant and why, provider,
+    the batching settings resolved for it, dim, the `dimensions` a request may ask for, max_length,
+    whether it is the default, and its manifest.json."""
     registry = runtime.models
     cards = []
     for served in registry.models():
@@ -30,7 +30,9 @@ async def list_models(runtime: Runtime) -> OrjsonResponse:
                 "owned_by": "marc-serve",
                 "fingerprint": artifact.fingerprint,
                 "variant": artifact.variant,
+                "variant_choice": served.encoder.variant_choice.as_dict(),
                 "provider": served.encoder.provider,
+                "serving": served.plan.as_dict(),
                 "dim": artifact.dim,
                 "dimensions": artifact.dimensions,
                 "max_length": artifact.max_length,
