@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1.7
 #
 # marc-serve serving images. Targets:
-#   cpu          python:3.11-slim + onnxruntime                     (the default: `docker build .`)
-#   gpu          NVIDIA CUDA 13 + cuDNN 9 runtime + onnxruntime-gpu  (onnxruntime-gpu 1.31 on PyPI is built
-#                                                                     for CUDA 13.x / cuDNN 9.x)
+#   cpu          python:3.11-slim + onnxruntime                      (the default: `docker build .`)
+#   gpu          python:3.11-slim + onnxruntime-gpu 1.31 (CUDA 13 + cuDNN 9 build) + the CUDA 13 runtime
+#                libraries it loads, as NVIDIA's wheels from PyPI (no CUDA base image; the host's driver
+#                arrives through the NVIDIA container toolkit: docs/gpu.md)
 #   cpu-bundled, gpu-bundled
 #                the same with an artifact baked in at /models/current, taken from the named build
 #                context `model`:  docker build --target cpu-bundled --build-context model=artifacts/default .
@@ -16,10 +17,10 @@
 # installed on top with --no-deps, so a code change rebuilds a few hundred kilobytes, not the venv.
 #
 # `make test` builds and runs cpu and cpu-bundled with podman on a local stand-in for the Python base
-# (--build-arg PYTHON_IMAGE=..., made by deploy/docker/python-standin.sh): see docs/operations.md, "Image check".
+# (--build-arg PYTHON_IMAGE=..., made by deploy/docker/python-standin.sh): see docs/operations.md, "Image check";
+# `make image-check-gpu` builds and runs gpu the same way (tests/deploy/test_image_gpu.py, docs/gpu.md).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
 ARG ONNXRUNTIME_VERSION=1.31.1
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,34 +76,24 @@ ENTRYPOINT ["marc"]
 CMD ["serve"]
 
 # ---------------------------------------------------------------------------------------------------
-# GPU: the CUDA runtime + cuDNN base image carries the CUDA libraries onnxruntime-gpu loads (cuBLAS, cuFFT,
-# cuRAND, cuDNN); the host needs only the NVIDIA driver and the NVIDIA container toolkit. Ubuntu 24.04's
-# own Python 3.12 (onnxruntime-gpu 1.31 needs >= 3.11), so no third-party apt repository is needed.
-FROM ${CUDA_IMAGE} AS gpu-base
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/venv/bin:$PATH
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.12 ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && groupadd --system --gid 10001 marc \
- && useradd --system --uid 10001 --gid marc --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin marc
-
-FROM gpu-base AS gpu-deps
+# GPU: the CPU image's Python base; onnxruntime-gpu and the CUDA 13 libraries it loads (cuBLAS, cuRAND,
+# the CUDA runtime; cuDNN, cuFFT, NVRTC when an operator needs them) come as NVIDIA's wheels from PyPI,
+# pinned in deploy/docker/gpu-constraints.txt. Their folders are on LD_LIBRARY_PATH (through the fixed
+# /opt/venv/nvidia link), so ONNX Runtime's CUDA provider finds them; the host needs only the NVIDIA
+# driver and the NVIDIA container toolkit, which mounts libcuda.so.1. With no GPU visible,
+# MARC_PROVIDER=auto serves from the CPU (and says so); MARC_PROVIDER=cuda refuses to start.
+FROM cpu-base AS gpu-deps
 ARG ONNXRUNTIME_VERSION
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.12-venv \
- && rm -rf /var/lib/apt/lists/*
-COPY pyproject.toml deploy/docker/pyproject_requirements.py /build/
+COPY pyproject.toml deploy/docker/pyproject_requirements.py deploy/docker/gpu-constraints.txt /build/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python3.12 -m venv /opt/venv \
- && /opt/venv/bin/python /build/pyproject_requirements.py /build/pyproject.toml gpu > /build/requirements.txt \
+    python -m venv /opt/venv \
+ && python /build/pyproject_requirements.py /build/pyproject.toml gpu > /build/requirements.txt \
  && echo "onnxruntime-gpu==${ONNXRUNTIME_VERSION}" > /build/constraints.txt \
- && /opt/venv/bin/pip install -r /build/requirements.txt -c /build/constraints.txt
+ && /opt/venv/bin/pip install -r /build/requirements.txt -c /build/constraints.txt -c /build/gpu-constraints.txt \
+ && ln -s "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia" /opt/venv/nvidia \
+ && test -e /opt/venv/nvidia/cu13/lib/libcublas.so.13 && test -e /opt/venv/nvidia/cudnn/lib/libcudnn.so.9
 
-FROM gpu-base AS gpu
+FROM cpu-base AS gpu
 COPY --from=gpu-deps /opt/venv /opt/venv
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl
@@ -111,6 +102,7 @@ ENV MARC_ARTIFACT=/models/current \
     MARC_HOST=0.0.0.0 \
     MARC_PORT=8000 \
     HOME=/tmp \
+    LD_LIBRARY_PATH=/opt/venv/nvidia/cu13/lib:/opt/venv/nvidia/cudnn/lib \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /tmp

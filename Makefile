@@ -146,6 +146,14 @@ image-tools:
 image-check: install image-tools
 	$(BIN)/pytest -s -v tests/deploy/test_image.py
 
+# The GPU image (Dockerfile target `gpu`: the same Python base + onnxruntime-gpu and NVIDIA's CUDA 13 wheels),
+# built and run the same way on a machine without a GPU: ONNX Runtime lists CUDA and finds every CUDA library,
+# MARC_PROVIDER=auto falls back to the CPU and answers, MARC_PROVIDER=cuda refuses (tests/deploy/test_image_gpu.py).
+# Not part of `make test`: it downloads ~3 GB of CUDA wheels. Prints the image's size and build time.
+.PHONY: image-check-gpu
+image-check-gpu: install image-tools
+	$(BIN)/pytest -s -v -m gpu_image tests/deploy/test_image_gpu.py
+
 # ---- Benchmark: `make bench` measures the service against its limits on the default artifact -------
 # Table to stdout and reports/bench.md, details to reports/bench.json; e.g. BENCH_ARGS="--quick".
 BENCH_ARGS ?=

@@ -35,6 +35,7 @@ KEY_SETTINGS = (
     "MARC_CACHE_PREFIX",
     "MARC_CACHE_DTYPE",
     "MARC_VARIANT",
+    "MARC_INT8_MIN_SPEEDUP",  # with MARC_VARIANT=auto it decides int8 or fp32
 )
 KEY_SETTINGS += ("MARC_PROVIDER", "MARC_CACHE_TTL_SECONDS")
 DOCKERFILE = REPO / "Dockerfile"
@@ -219,8 +220,16 @@ def test_dockerfile_shape_and_build_context() -> None:
     # Dependencies before code: pyproject is installed from in a layer that sees no source.
     deps_stage = text.split("AS cpu-deps", 1)[1].split("FROM ", 1)[0]
     assert "COPY pyproject.toml" in deps_stage and "COPY marc" not in deps_stage
-    # The GPU base matches onnxruntime-gpu 1.31 on PyPI: CUDA 13.x with cuDNN 9.
-    assert re.search(r"CUDA_IMAGE=nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-", text)
+    # The GPU image is the CPU image's Python base + onnxruntime-gpu 1.31 (CUDA 13, cuDNN 9) and NVIDIA's
+    # CUDA 13 wheels (no CUDA base image), their folders on LD_LIBRARY_PATH (built and run by
+    # tests/deploy/test_image_gpu.py: `make image-check-gpu`).
+    assert re.findall(r"^FROM (\S+) AS gpu(?:-deps)?$", text, flags=re.M) == ["cpu-base", "cpu-base"]
+    assert "nvidia/cuda" not in text
+    assert re.search(r"^ARG ONNXRUNTIME_VERSION=1\.31\.\d+$", text, flags=re.M)
+    pins = (REPO / "deploy" / "docker" / "gpu-constraints.txt").read_text()
+    assert re.search(r"^nvidia-cudnn-cu13==9\.", pins, flags=re.M)
+    assert re.search(r"^nvidia-cuda-runtime==13\.", pins, flags=re.M)
+    assert "LD_LIBRARY_PATH=/opt/venv/nvidia/cu13/lib:/opt/venv/nvidia/cudnn/lib" in text
     # Every COPY source from the build context exists and is let through by the .dockerignore allow-list.
     allowed = [
         line[1:].rstrip("/")
@@ -406,6 +415,9 @@ def test_k8s_precompute_job_runs_every_shard_with_the_services_keys(
     served = next(d for d in serving if d["kind"] == "ConfigMap" and d["metadata"]["name"] == served_name)
     for name in KEY_SETTINGS:
         assert config["data"].get(name) == served["data"].get(name), f"{name}: Job and Deployment differ"
+    # auto must not be measured per pod: pods that measured differently would write other fingerprints.
+    if config["data"].get("MARC_VARIANT", "auto") == "auto":
+        assert config["data"].get("MARC_INT8_MIN_SPEEDUP") == "0"
     # The artifact to precompute and the catalogue are on the models volume, mounted read-only, next to
     # (not at) the one the Deployment serves.
     mounts = {m["name"]: m for m in container["volumeMounts"]}

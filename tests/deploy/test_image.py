@@ -6,15 +6,12 @@ compose file's shape, /healthz, /readyz, /v1/embed equal to the same artifact se
 container, the image's own HEALTHCHECK, uid 10001, SIGTERM drain, image size and contents.
 
 `make test` installs podman, runc and debootstrap first (`make image-tools`); without them (or not as
-root) the tests skip and say why. The GPU targets need the CUDA base image, which no registry here
-supplies: they are checked statically only (tests/deploy/test_deploy.py)."""
+root) the tests skip and say why. The GPU image is built and run the same way by `make image-check-gpu`
+(tests/deploy/test_image_gpu.py: gigabytes of CUDA wheels, so not part of `make test`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,108 +24,38 @@ import redis
 
 from loadtest.processes import free_port
 from service.cache.keys import KeySpace
+from tests.support.containers import (
+    Container,
+    build,
+    build_timed,
+    image_bytes,
+    mount_read_only,
+    podman,
+    require_image_tools,
+    run_python,
+)
 from tests.support.redis_server import RedisProcess
 from tests.support.reference import served_fingerprint
 from tests.support.servers import LiveServer
 
-REPO = Path(__file__).resolve().parents[2]
-STANDIN_SCRIPT = REPO / "deploy" / "docker" / "python-standin.sh"
-BASE_IMAGE = "localhost/marc-python:3.11-slim-bookworm"
-# crun refuses this machine's hybrid cgroup layout; podman's default ulimits exceed the host's hard limits.
-PODMAN = ["podman", "--runtime", "runc"]
-ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"]
 CONTAINER_UID = 10001
 DRAIN_SECONDS = 2.0
 # The stand-in base is ~200 MB (the official slim image ~130 MB); ONNX Runtime and the service add
 # ~260 MB. torch alone would add more than 700 MB: this bound catches a training dependency sneaking in.
 MAX_IMAGE_BYTES = 600 * 10**6
 TEXTS = ["red running shoes", "organic green tea", "Nordik premium formal cotton shoes in red, vegan"]
-
-
-def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout, check=False)
-    if check and done.returncode != 0:
-        pytest.fail(f"podman {' '.join(args[:3])} ... exited {done.returncode}:\n{done.stderr[-4000:]}")
-    return done
-
-
-def build(target: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """`podman build --target target`; on success the image id is the last line of stdout."""
-    options = [
-        *ULIMITS,
-        *("--network", "host"),  # pip reaches PyPI from the build steps
-        *("--format", "docker"),  # HEALTHCHECK exists in the Docker image format only
-        *("--build-arg", f"PYTHON_IMAGE={BASE_IMAGE}"),
-        *("--target", target, "--tag", f"marc-serve:{target}"),
-    ]
-    return podman("build", *options, *extra, str(REPO), timeout=1800, check=False)
+# The containers serve int8 unmeasured, as the host reference does (tests.support.servers.TEST_VARIANTS).
+TEST_VARIANT_ENV = {"MARC_INT8_MIN_SPEEDUP": "0"}
 
 
 @pytest.fixture(scope="module")
 def images(tiny_artifact: Path) -> dict[str, str]:
     """``{target: image id}`` for `cpu` and `cpu-bundled` (bundling the tiny artifact)."""
-    if shutil.which("podman") is None or shutil.which("debootstrap") is None:
-        pytest.skip("podman/debootstrap not installed (`make image-tools` installs them with apt-get)")
-    if os.geteuid() != 0:
-        pytest.skip("the image check runs rootful podman and debootstrap: run it as root")
-    base = subprocess.run([str(STANDIN_SCRIPT), BASE_IMAGE], capture_output=True, text=True, check=False)
-    assert base.returncode == 0, base.stdout[-2000:] + base.stderr[-4000:]
-    built: dict[str, str] = {}
-    for target, extra in (("cpu", ()), ("cpu-bundled", ("--build-context", f"model={tiny_artifact}"))):
-        start = time.monotonic()
-        done = build(target, *extra)
-        assert done.returncode == 0, f"building {target}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        built[target] = done.stdout.split()[-1]
-        size = int(podman("image", "inspect", "--format", "{{.Size}}", built[target]).stdout)
-        print(f"image marc-serve:{target}: {size / 1e6:.0f} MB, built in {time.monotonic() - start:.1f} s")
-    return built
-
-
-class Container:
-    """One detached container on the host network (MARC_PORT = a free port), removed on exit."""
-
-    def __init__(self, image: str, *run_args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {"MARC_PORT": str(self.port), **(env or {})}
-        env_args = [arg for name, value in environment.items() for arg in ("--env", f"{name}={value}")]
-        self._args = ["run", "--detach", *ULIMITS, "--network", "host", "--read-only", *env_args, *run_args]
-        self._image = image
-        self.id = ""
-
-    def __enter__(self) -> Container:
-        self.id = podman(*self._args, self._image).stdout.split()[-1]
-        deadline = time.monotonic() + 90
-        while True:
-            if not self.running():
-                pytest.fail(f"the container exited while starting:\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in 90 s:\n{self.logs()}"
-            time.sleep(0.2)
-
-    def __exit__(self, *exc: object) -> None:
-        podman("rm", "--force", "--time", "0", self.id, check=False)
-
-    def running(self) -> bool:
-        return podman("inspect", "--format", "{{.State.Running}}", self.id).stdout.strip() == "true"
-
-    def logs(self) -> str:
-        done = podman("logs", self.id, check=False)
-        return (done.stdout + done.stderr)[-4000:]
-
-    def exec(self, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        env_args = [arg for name, value in (env or {}).items() for arg in ("--env", f"{name}={value}")]
-        return podman("exec", *env_args, self.id, *command, check=False)
-
-    def embed(self, texts: list[str]) -> dict[str, Any]:
-        items = [{"text": text} for text in texts]
-        response = httpx.post(f"{self.url}/v1/embed", json={"items": items}, timeout=30)
-        assert response.status_code == 200, response.text
-        return response.json()
+    require_image_tools()
+    return {
+        "cpu": build_timed("cpu"),
+        "cpu-bundled": build_timed("cpu-bundled", "--build-context", f"model={tiny_artifact}"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +72,8 @@ def cpu_container(
     images: dict[str, str], tiny_artifact: Path, compose_redis: RedisProcess
 ) -> Iterator[Container]:
     """The `cpu` image as compose runs it: read-only root, artifact mounted read-only, Redis cache."""
-    mount = f"type=bind,source={tiny_artifact},target=/models/current,readonly=true"
-    with Container(images["cpu"], "--mount", mount, env={"MARC_REDIS_URL": compose_redis.url}) as container:
+    env = {"MARC_REDIS_URL": compose_redis.url, **TEST_VARIANT_ENV}
+    with Container(images["cpu"], *mount_read_only(tiny_artifact), env=env) as container:
         yield container
 
 
@@ -212,8 +139,8 @@ def test_the_images_own_healthcheck_passes_and_can_fail(
 
 
 def test_sigterm_drains_then_exits_cleanly(images: dict[str, str], tiny_artifact: Path) -> None:
-    mount = f"type=bind,source={tiny_artifact},target=/models/current,readonly=true"
-    with Container(images["cpu"], "--mount", mount, env={"MARC_DRAIN_SECONDS": str(DRAIN_SECONDS)}) as c:
+    env = {"MARC_DRAIN_SECONDS": str(DRAIN_SECONDS)}
+    with Container(images["cpu"], *mount_read_only(tiny_artifact), env=env) as c:
         signalled = time.monotonic()
         podman("kill", "--signal", "TERM", c.id)
         assert httpx.get(f"{c.url}/readyz", timeout=5).status_code == 503  # out of the balancer first
@@ -227,7 +154,7 @@ def test_sigterm_drains_then_exits_cleanly(images: dict[str, str], tiny_artifact
 
 
 def test_bundled_image_serves_its_own_artifact(images: dict[str, str], tiny_artifact: Path) -> None:
-    with Container(images["cpu-bundled"]) as container:
+    with Container(images["cpu-bundled"], env=TEST_VARIANT_ENV) as container:
         body = container.embed(TEXTS)
         mounts = podman("inspect", "--format", "{{json .Mounts}}", container.id).stdout
     assert body["fingerprint"] == served_fingerprint(tiny_artifact)
@@ -242,8 +169,8 @@ def test_bundled_build_without_an_artifact_stops_with_a_message(images: dict[str
 
 
 def test_image_size_and_contents(images: dict[str, str]) -> None:
-    size = int(podman("image", "inspect", "--format", "{{.Size}}", images["cpu"]).stdout)
+    size = image_bytes(images["cpu"])
     assert size < MAX_IMAGE_BYTES, f"marc-serve:cpu is {size / 1e6:.0f} MB"
     probe = "import importlib.util as u; print([m for m in ('torch', 'transformers') if u.find_spec(m)])"
-    done = podman("run", "--rm", *ULIMITS, "--entrypoint", "python", images["cpu"], "-c", probe)
+    done = run_python(images["cpu"], probe)
     assert done.stdout.strip() == "[]"

@@ -37,13 +37,17 @@ def test_auto_settings_resolve_per_provider_and_set_ones_win(tmp_path: Path) -> 
         True,
     )
     assert cuda.workers == max(1, min(PROVIDER_DEFAULTS["cuda"].max_workers, available_cpus() // 2))
-    assert set(cpu.auto) == set(cuda.auto) == {
-        "max_batch_size",
-        "max_batch_tokens",
-        "model_runners",
-        "workers",
-        "io_binding",
-    }
+    assert (
+        set(cpu.auto)
+        == set(cuda.auto)
+        == {
+            "max_batch_size",
+            "max_batch_tokens",
+            "model_runners",
+            "workers",
+            "io_binding",
+        }
+    )
     set_ = Settings(artifact=tmp_path, max_batch_size=64, workers=3, io_binding="off", model_runners="auto")
     plan = set_.serving_plan("cuda")
     assert (plan.max_batch_size, plan.workers, plan.io_binding, plan.model_runners) == (64, 3, False, 1)
