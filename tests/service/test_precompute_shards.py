@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.processes import environment_without_settings, free_port
+from loadtest.processes import free_port
 from service.cache.keys import ID_KIND, TEXT_KIND, KeySpace, parse_key
 from service.cache.values import ValueCodec
 from service.model.encoder import EncodedTexts, OnnxEncoder, load_encoder
@@ -24,7 +24,7 @@ from service.shards import Shard, shard_of
 from tests.support.precompute import marc_command, run_shards, write_items
 from tests.support.redis_server import RedisProcess, unique_prefix
 from tests.support.reference import served_fingerprint
-from tests.support.servers import LiveServer
+from tests.support.servers import LiveServer, command_environment
 
 COLOURS = ("red", "blue", "green", "black", "white")
 THINGS = ("shoes", "jacket", "lamp", "sofa", "kettle", "scarf", "desk")
@@ -68,7 +68,7 @@ def test_bad_shard_specs_exit_2_naming_the_flag(tiny_artifact: Path, tmp_path: P
             ),
             capture_output=True,
             text=True,
-            env={**environment_without_settings(), "MARC_REDIS_URL": "redis://127.0.0.1:1/0"},
+            env=command_environment(redis_url="redis://127.0.0.1:1/0"),
             check=False,
         )
         assert done.returncode == 2 and "--shard" in done.stderr and spec in done.stderr, done.stderr
@@ -78,7 +78,7 @@ def test_bad_shard_specs_exit_2_naming_the_flag(tiny_artifact: Path, tmp_path: P
         ),
         capture_output=True,
         text=True,
-        env={**environment_without_settings(), "MARC_REDIS_URL": "redis://127.0.0.1:1/0"},
+        env=command_environment(redis_url="redis://127.0.0.1:1/0"),
         check=False,
     )
     assert zero.returncode == 2 and "--batch-size" in zero.stderr, zero.stderr
@@ -225,7 +225,7 @@ def test_a_killed_shard_resumes_where_it_stopped(
         marc_command("precompute", "--shard", "1/2", *args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=environment_without_settings(),
+        env=command_environment(),
     )
     try:
         while redis_server.key_count() == 0 and process.poll() is None:

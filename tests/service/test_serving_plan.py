@@ -111,3 +111,22 @@ def test_the_service_runs_with_the_resolved_plan(tiny_artifact: Path) -> None:
         body = client.post("/v1/embed", json={"items": [{"text": t} for t in [*TEXTS, LONG]]}).json()
     vectors = np.array([row["embedding"] for row in body["data"]], dtype=np.float32)
     np.testing.assert_allclose(vectors, onnx_reference(tiny_artifact, [*TEXTS, LONG]), rtol=0, atol=1e-5)
+
+
+def test_docs_table_of_provider_defaults_is_the_code(tmp_path: Path) -> None:
+    """docs/gpu.md's table, "Settings that depend on the provider", states what `auto` resolves to."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gpu.md").read_text()
+    rows = {
+        cells[0].strip("` "): (cells[1].strip(), cells[2].strip())
+        for line in doc.splitlines()
+        if line.startswith("| `MARC_") and len(cells := line.strip("|").split("|")) >= 3
+    }
+    settings = Settings(artifact=tmp_path)
+    cpu, cuda = settings.serving_plan("cpu"), settings.serving_plan("cuda")
+    shown = {True: "on", False: "off"}
+    for name in ("max_batch_size", "max_batch_tokens", "model_runners"):
+        assert rows[f"MARC_{name.upper()}"] == (str(getattr(cpu, name)), str(getattr(cuda, name))), name
+    assert rows["MARC_IO_BINDING"] == (shown[cpu.io_binding], shown[cuda.io_binding])
+    cpu_workers, cuda_workers = rows["MARC_WORKERS"]
+    assert cpu_workers == str(cpu.workers)
+    assert cuda_workers == f"half the CPUs, at most {PROVIDER_DEFAULTS['cuda'].max_workers}"

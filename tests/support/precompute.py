@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest.processes import environment_without_settings
+from tests.support.servers import command_environment
 
 COUNT_LINE = re.compile(
     r"shard (?P<index>\d+)/(?P<count>\d+): (?P<catalogue>\d+) items in the catalogue, (?P<in_shard>\d+) in "
@@ -52,20 +52,15 @@ def run_shards(
 ) -> list[ShardRun]:
     """``marc precompute --shard i/shards <args>`` for every i (or those in ``indices``), all at once.
     Each process gets another PYTHONHASHSEED, so an assignment that leant on Python's salted hash()
-    would show. The caller's MARC_* variables are not passed on: the processes run on ``args`` and
-    ``env`` alone."""
+    would show. The caller's MARC_* variables are not passed on: the processes run on ``args``, ``env``
+    and the tests' variant setting (`tests.support.servers.command_environment`)."""
     processes = [
         subprocess.Popen(
             marc_command("precompute", "--shard", f"{index}/{shards}", *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={
-                **environment_without_settings(),
-                "MARC_INT8_MIN_SPEEDUP": "0",  # the variant of the tests' servers (tests.support.servers)
-                **(env or {}),
-                "PYTHONHASHSEED": str(index + 1),
-            },
+            env={**command_environment(), **(env or {}), "PYTHONHASHSEED": str(index + 1)},
         )
         for index in (range(shards) if indices is None else indices)
     ]

@@ -26,6 +26,16 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 TEST_VARIANTS = {"int8_min_speedup": 0.0}
 
 
+def command_environment(**settings: object) -> dict[str, str]:
+    """The environment of a `marc` command under test: this process's without its MARC_* variables,
+    then `TEST_VARIANTS` and ``settings`` as MARC_* variables."""
+    values = {**TEST_VARIANTS, **settings}
+    return {
+        **environment_without_settings(),
+        **{f"MARC_{name.upper()}": str(value) for name, value in values.items()},
+    }
+
+
 def scrape_metrics(url: str) -> Samples:
     """Every sample of ``url``/metrics, by sample name: [(labels, value), ...]."""
     samples: Samples = {}
@@ -101,12 +111,7 @@ class ServeProcess(_ServesMetrics, ServerProcess):
     graceful stop send the signal themselves."""
 
     def __init__(self, log_path: Path, **settings: Any) -> None:
-        env = {
-            **environment_without_settings(),
-            "MARC_HOST": "127.0.0.1",
-            "MARC_LOG_LEVEL": "info",
-            **{f"MARC_{name.upper()}": str(value) for name, value in {**TEST_VARIANTS, **settings}.items()},
-        }
+        env = command_environment(host="127.0.0.1", log_level="info", **settings)
         super().__init__(
             "marc serve",
             ["marc_serve", "serve"],
