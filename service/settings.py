@@ -53,10 +53,11 @@ class ProviderDefaults:
     io_binding: bool
 
 
-# CPU: the values measured best on 2-8 cores (BENCHMARKS.md, cold-path levers; IO binding side by side).
-# CUDA: by construction, checked by `make gpu-check`: a GPU is fed by big runs (it computes a run of 256
-# in about the time of one row), one run at a time per session (runs of one session share its CUDA
-# stream), several server processes per GPU (the work around the model is CPU-bound: docs/gpu.md).
+# CPU: the values measured best on the 2-core development machines (BENCHMARKS.md: the cold-path levers,
+# IO binding side by side). CUDA: by construction, to be checked by `make gpu-check`: big runs (a GPU's
+# items/s keep growing with the run's size long after a CPU's stop), one run at a time per session (runs
+# of one session share its CUDA stream), several server processes per GPU (the work around the model is
+# CPU-bound: docs/gpu.md).
 PROVIDER_DEFAULTS: dict[Device, ProviderDefaults] = {
     "cpu": ProviderDefaults(
         max_batch_size=16, max_batch_tokens=1024, model_runners=2, max_workers=1, io_binding=False
