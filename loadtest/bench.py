@@ -214,7 +214,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     checkpoint = checkpoint_of(manifest, options.checkpoint)  # fail before anything starts
     options.cache_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
-    variant = cpu_variant(manifest)  # what `marc serve` picks on CPU (variant auto)
+    variant = cpu_variant(manifest)  # the CPU variant (what auto serves where int8 is measured faster)
     peer_python = None
     if options.peer is not None:  # before anything is measured: a missing peer fails fast
         peer_python = ensure_venv(options.peer_venv, install=options.install_peer)
@@ -246,7 +246,7 @@ def run_benchmark(options: BenchOptions) -> BenchReport:
     peer: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch_dir, RedisServer() as redis_server:
         scratch = Path(scratch_dir)
-        # The served variant (what auto picks on CPU), named: the cold limit runs the same one.
+        # The served variant, named (never measured per run): the cold limit runs the same one.
         service_args = ["--variant", variant, "--log-level", "warning"]
 
         def serve(name: str, log_name: str, *args: str, **settings: str) -> ServerProcess:
