@@ -59,8 +59,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 FROM cpu-base AS cpu
 COPY --from=cpu-deps /opt/venv /opt/venv
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl
+# A copy, not a bind mount of the stage: podman 4.3 cannot mount a stage it took from its cache (the
+# project's wheel, ~0.3 MB, stays in this layer).
+COPY --from=wheel /wheels /wheels
+RUN /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl && rm -rf /wheels
 # HOME=/tmp: the only writable place when the root filesystem is read-only (compose, k8s).
 ENV MARC_ARTIFACT=/models/current \
     MARC_HOST=0.0.0.0 \
@@ -95,8 +97,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 FROM cpu-base AS gpu
 COPY --from=gpu-deps /opt/venv /opt/venv
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl
+# A copy, not a bind mount of the stage: podman 4.3 cannot mount a stage it took from its cache (the
+# project's wheel, ~0.3 MB, stays in this layer).
+COPY --from=wheel /wheels /wheels
+RUN /opt/venv/bin/pip install --no-deps --no-cache-dir /wheels/*.whl && rm -rf /wheels
 # HOME=/tmp: the only writable place when the root filesystem is read-only (compose, k8s).
 ENV MARC_ARTIFACT=/models/current \
     MARC_HOST=0.0.0.0 \
