@@ -171,7 +171,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from artifact.names import ArtifactError
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
-    from service.model.sources import ModelConfigError
+    from service.model.sources import ModelSetError
     from service.registry import return_freed_memory
     from service.runtime import load_service_encoders
 
@@ -182,7 +182,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         # Before the server starts: a bad artifact is one clear line and exit code 2, not a traceback.
         encoders = load_service_encoders(settings)
-    except (ArtifactError, ModelConfigError) as exc:
+    except (ArtifactError, ModelSetError) as exc:
         print(f"marc serve: refusing to start: {exc}", file=sys.stderr)
         return 2
     # MARC_WORKERS=auto depends on the provider the models came up on (several per GPU).

@@ -45,7 +45,7 @@ from service.metrics import Metrics
 from service.model.batcher import MicroBatcher
 from service.model.encoder import OnnxEncoder, load_encoder
 from service.model.smoke import smoke_check
-from service.model.sources import ModelConfig, ModelConfigError, ModelSource, UnknownModel, read_model_config
+from service.model.sources import ModelSet, ModelSetError, ModelSource, UnknownModel, read_model_set
 from service.settings import ServingPlan, Settings
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def return_freed_memory() -> None:
         ctypes.CDLL(name).malloc_trim(0)
 
 
-def read_settings_models(settings: Settings, current_default: str | None = None) -> ModelConfig:
-    return read_model_config(settings.artifact, settings.artifacts, settings.default_model, current_default)
+def read_settings_models(settings: Settings, current_default: str | None = None) -> ModelSet:
+    return read_model_set(settings.artifact, settings.artifacts, settings.default_model, current_default)
 
 
 def load_verified_encoder(directory: Path, settings: Settings) -> OnnxEncoder:
@@ -282,7 +282,7 @@ class ModelRegistry:
         for served in models.values():
             self._announce(served)
 
-    def _install(self, models: dict[str, ServedModel], config: ModelConfig) -> None:
+    def _install(self, models: dict[str, ServedModel], config: ModelSet) -> None:
         self._models, self._default, self._single = models, config.default, config.single
         self.generation += 1
 
@@ -333,7 +333,7 @@ class ModelRegistry:
         serving = {name: served.fingerprint for name, served in current.items()}
         try:
             config = await asyncio.to_thread(read_settings_models, self._settings, self._default)
-        except (ModelConfigError, ArtifactError) as exc:
+        except (ModelSetError, ArtifactError) as exc:
             raise ReloadFailed(None, str(exc), serving) from None
         wanted = config.sources
         changed = [

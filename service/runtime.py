@@ -14,10 +14,8 @@ from service.cache.batched import BatchedCache, LostReason
 from service.cache.confirmed import ConfirmedIds
 from service.cache.near import NearCache
 from service.cache.stores import Cache, build_cache
-from service.flow import EmbedFlow
 from service.lifecycle import Lifecycle
 from service.metrics import MEMO_TIER, SAMPLE_SECONDS, Metrics
-from service.model.batcher import MicroBatcher
 from service.model.encoder import OnnxEncoder
 from service.registry import ModelRegistry, load_verified_encoder, read_settings_models
 from service.settings import Settings
@@ -27,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def load_service_encoders(settings: Settings) -> dict[str, OnnxEncoder]:
     """Every configured model verified, loaded and smoke-checked as ``settings`` say, by served name.
-    Raises ArtifactError naming the file, or ModelConfigError."""
+    Raises ArtifactError naming the file, or ModelSetError."""
     config = read_settings_models(settings)
     return {
         name: load_verified_encoder(source.directory, settings) for name, source in config.sources.items()
@@ -48,23 +46,6 @@ class ServiceRuntime:
     @property
     def draining(self) -> bool:
         return self.lifecycle.draining
-
-    # The default model's parts (the single-model service's names).
-    @property
-    def encoder(self) -> OnnxEncoder:
-        return self.models.default.encoder
-
-    @property
-    def batcher(self) -> MicroBatcher:
-        return self.models.default.batcher
-
-    @property
-    def flow(self) -> EmbedFlow:
-        return self.models.default.flow
-
-    @property
-    def fingerprint(self) -> str:
-        return self.models.default.fingerprint
 
     @classmethod
     async def start(

@@ -24,7 +24,7 @@ from artifact.names import MANIFEST_FILE, ArtifactError
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class ModelConfigError(ValueError):
+class ModelSetError(ValueError):
     """The model configuration (MARC_ARTIFACT(S), MARC_DEFAULT_MODEL) names nothing servable."""
 
 
@@ -48,7 +48,9 @@ class ModelSource:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelSet:
+    """The models the settings name (not marc.config.ModelConfig, which is one model's architecture)."""
+
     sources: dict[str, ModelSource]  # served name -> artifact, in configuration order
     default: str
     single: bool  # MARC_ARTIFACT: the single-model service of before MARC_ARTIFACTS
@@ -67,7 +69,7 @@ def _source(name: str, directory: Path) -> ModelSource:
 
 def _check_name(name: str, where: str) -> str:
     if not NAME.match(name):
-        raise ModelConfigError(
+        raise ModelSetError(
             f"{where}: model name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (not first)"
         )
     return name
@@ -85,17 +87,17 @@ def parse_artifacts(value: str) -> dict[str, Path] | Path:
         name, sep, path = entry.partition("=")
         name = _check_name(name.strip(), "MARC_ARTIFACTS")
         if not sep or not path.strip():
-            raise ModelConfigError(f"MARC_ARTIFACTS: {entry!r} is not name=path")
+            raise ModelSetError(f"MARC_ARTIFACTS: {entry!r} is not name=path")
         if name in named:
-            raise ModelConfigError(f"MARC_ARTIFACTS: model name {name!r} given twice")
+            raise ModelSetError(f"MARC_ARTIFACTS: model name {name!r} given twice")
         named[name] = Path(path.strip())
     return named
 
 
-def read_model_config(
+def read_model_set(
     artifact: Path | None, artifacts: str, default_model: str, current_default: str | None = None
-) -> ModelConfig:
-    """The models the settings name, read from disk now. Raises ModelConfigError or ArtifactError
+) -> ModelSet:
+    """The models the settings name, read from disk now. Raises ModelSetError or ArtifactError
     (naming the file) when they name nothing servable. Without MARC_DEFAULT_MODEL a reload keeps
     ``current_default`` the default while it is still configured (a model added to a directory
     must not take over the requests that name none)."""
@@ -107,17 +109,17 @@ def read_model_config(
         parsed = parse_artifacts(artifacts)
         if isinstance(parsed, Path):
             if not parsed.is_dir():
-                raise ModelConfigError(f"MARC_ARTIFACTS: {parsed} is not a directory")
+                raise ModelSetError(f"MARC_ARTIFACTS: {parsed} is not a directory")
             found = sorted(p for p in parsed.iterdir() if (p / MANIFEST_FILE).is_file())
             if not found:
-                raise ModelConfigError(f"MARC_ARTIFACTS: {parsed} holds no artifact (no */{MANIFEST_FILE})")
+                raise ModelSetError(f"MARC_ARTIFACTS: {parsed} holds no artifact (no */{MANIFEST_FILE})")
             parsed = {_check_name(p.name, str(p)): p for p in found}
         sources = {name: _source(name, path) for name, path in parsed.items()}
     if not sources:
-        raise ModelConfigError("MARC_ARTIFACTS names no model")
+        raise ModelSetError("MARC_ARTIFACTS names no model")
     default = default_model or (current_default if current_default in sources else next(iter(sources)))
     if default not in sources:
-        raise ModelConfigError(
+        raise ModelSetError(
             f"MARC_DEFAULT_MODEL: {default!r} is not among the configured models ({', '.join(sources)})"
         )
-    return ModelConfig(sources, default, single)
+    return ModelSet(sources, default, single)

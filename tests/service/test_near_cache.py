@@ -73,7 +73,7 @@ def test_service_past_the_near_cache_bound_serves_the_models_vectors(
     with LiveServer(
         artifact=tiny_artifact, redis_url=SHARED_REDIS_URL, cache_prefix=prefix, near_cache_bytes=bound
     ) as live:
-        near = live.runtime.flow.near
+        near = live.runtime.models.default.flow.near
         assert near is not None and near.max_bytes == bound
         with live.client() as client:
             first = [client.post("/v1/embed", json={"items": [{"text": t}]}).json() for t in texts]
