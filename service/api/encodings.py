@@ -1,6 +1,7 @@
 """Wire encodings of a served vector (the ``encoding`` of `/v1/embed` and `/v1/items/lookup`,
 ``encoding_format`` of `/v1/embeddings`). One function per encoding turns a float32 row into what
-the JSON body carries; the decoders of docs/api.md (executed by tests/service/test_encodings.py) undo each.
+the JSON body carries; the decoders of docs/api.md (executed by
+tests/service/api/test_encodings.py) undo each.
 
 =========  =====================================================  ==================  ===============
 encoding   body                                                   bytes (k = 64)      decoded

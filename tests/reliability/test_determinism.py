@@ -2,7 +2,7 @@
 is embedded alone, in a length-sorted batch of many, or next to a much longer text (padding), so the
 cache never keeps one of several answers by chance. And `MARC_VARIANT=auto` on CPU serves int8 only
 when the artifact's int8 has per-row activation scales (which of int8 and fp32 is faster:
-tests/service/test_variant_choice.py)."""
+tests/service/model/test_variant_choice.py)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ Samples = dict[str, list[tuple[dict[str, str], float]]]
 # The servers under test serve int8 wherever the artifact has it, unmeasured, as before variants were
 # measured at load: which variant runs faster on the tiny test model is a coin toss (it gains nothing
 # from int8), and the tests compare against `tests.support.reference` on every machine. The measured
-# choice has its own tests (tests/service/test_variant_choice.py).
+# choice has its own tests (tests/service/model/test_variant_choice.py).
 TEST_VARIANTS = {"int8_min_speedup": 0.0}
 
 

@@ -18,7 +18,7 @@ from service.api.encodings import WIRE_ENCODINGS, encode_vector, int8_quantised,
 from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
 from tests.support.servers import LiveServer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TEXTS = ["red leather running shoes", "wireless bluetooth speaker, waterproof", "vintage wooden chair"]
 
 

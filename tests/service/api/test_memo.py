@@ -1,7 +1,7 @@
 """Answers kept by request body (service/api/memo.py): bounded by bytes past its limit, stale after a
 reload, and in the service byte-identical to the answers it stands for, with the key still checked,
 the items still counted, and never for misses or truncated texts (answers with ids:
-tests/service/test_confirmed_ids.py)."""
+tests/service/cache/test_confirmed_ids.py)."""
 
 from __future__ import annotations
 

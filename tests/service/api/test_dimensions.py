@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from service.api.encodings import int8_quantised
-from tests.service.test_encodings import decoded
+from tests.service.api.test_encodings import decoded
 from tests.support.redis_server import SHARED_REDIS_URL, delete_prefix, unique_prefix
 from tests.support.servers import LiveServer
 

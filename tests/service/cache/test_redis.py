@@ -198,7 +198,8 @@ def test_redis_outage_is_served_from_the_model_and_the_cache_comes_back(tiny_art
             redis_url=own_redis.url,
             cache_retry_seconds=0.2,
             cache_timeout_ms=250,
-            near_cache_bytes=0,  # Redis's outage itself (the near-cache's: tests/service/test_near_cache.py)
+            # Redis's outage itself (the near-cache's: tests/service/cache/test_near_cache.py)
+            near_cache_bytes=0,
         ) as live,
     ):
         assert _embed(live, "before the outage")["data"][0]["cached"] is False
