@@ -20,8 +20,8 @@ import torch
 from sklearn.decomposition import PCA
 from torch import nn
 
+from marc.ctr_metrics import auc, log_loss
 from marc.data import Interactions, RecDataset
-from marc.metrics import auc, log_loss
 from marc.predictions import predictions_for, save_predictions
 from marc.stats import sample_std
 

@@ -16,7 +16,6 @@ largest d. Writes summary.json, results.md and one plot per dataset.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from marc import json_out
 from marc.backbone import load_backbone
 from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset, load_dataset
@@ -262,7 +262,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 
 def write_outputs(summary: dict[str, Any], out_dir: Path, command: str) -> dict[str, Path]:
     plots = {r["name"]: plot(r, out_dir / f"nested-{r['name']}.png") for r in summary["datasets"]}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (out_dir / "summary.json").write_text(json_out.dumps(summary, indent=2))
     relative = {name: path.name for name, path in plots.items()}
     (out_dir / "results.md").write_text(markdown(summary, relative, command))
     return {"summary": out_dir / "summary.json", "results": out_dir / "results.md", **plots}

@@ -162,8 +162,8 @@ def register(subparsers: Any) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from marc.backbone import load_backbone
     from marc.config import ModelConfig, TrainConfig
+    from marc.ctr_metrics import format_metric
     from marc.experiments.choice import read_layer_choice, record_layer_choice
-    from marc.metrics import format_metric
     from marc.train.loop import train_marc
     from records.errors import DataError
 

@@ -4,7 +4,6 @@ the confidence intervals are computed from - fanned out over worker processes.""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from marc import json_out
 from marc.baselines import surface_vectors
 from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset
@@ -189,14 +189,8 @@ def save_job(context: RunContext, job: Job, result: dict[str, Any]) -> None:
         "result": result,
     }
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, default=_json_default))
+    tmp.write_text(json_out.dumps(record))
     tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def run_jobs(

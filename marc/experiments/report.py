@@ -3,16 +3,16 @@ and optionally the generated block of a document such as EXPERIMENTS.md."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from marc import json_out
+from marc.ctr_metrics import format_metric
 from marc.experiments.claims import claim_lines
 from marc.experiments.plots import plot_beta, plot_compression, plot_sweep
-from marc.metrics import format_metric
 
 DOC_BEGIN = "<!-- BEGIN GENERATED: marc experiments -->"
 
@@ -204,19 +204,11 @@ def write_outputs(
         written.update({f"{kind}-{base}": path for kind, path in paths.items()})
         links[name] = {kind: f"{doc_prefix}{path.name}" for kind, path in paths.items()}
     summary_path = out_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    summary_path.write_text(json_out.dumps(summary, indent=2) + "\n")
     results_path = out_dir / "results.md"
     results_path.write_text("# Experiment results\n\n" + markdown(summary, links, command))
     written.update(summary=summary_path, results=results_path)
     return written
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def update_doc(doc: Path, summary: dict[str, Any], out_dir: Path, command: str) -> None:

@@ -39,6 +39,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from marc.backbone import Backbone, load_backbone
 from marc.checkpoint import save_checkpoint
 from marc.config import ModelConfig, TrainConfig
+from marc.ctr_metrics import auc, format_metric, log_loss, probabilities
 from marc.data import Interactions, RecDataset
 from marc.encoder import ItemEncoder
 from marc.features import pooled_states
@@ -51,7 +52,6 @@ from marc.losses import (
     sample_z,
     task_bce,
 )
-from marc.metrics import auc, format_metric, log_loss, probabilities
 from marc.modules import Compressor, DotProductHead, PrefixHeads, TaskAdapter
 from marc.train.item_side import FrozenItems, ItemSide, TopLayerItems
 from marc.train.lora import adapted_layers, lora_items, merge_lora

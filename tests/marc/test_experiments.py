@@ -19,6 +19,7 @@ from marc.experiments.report import DOC_BEGIN, DOC_END, update_doc
 from marc.experiments.resume import previous_results
 from marc.experiments.run import run_experiments
 from marc_serve.cli import main
+from tests.marc.test_json_out import strict_loads
 from tests.support.movielens import fabricate, write_recbole
 
 TABLES = ("sweep", "compression", "ablations", "beta")
@@ -50,7 +51,8 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
         ]
     )
     assert code == 0
-    return out, json.loads((out / "summary.json").read_text()), doc
+    # strict: summary.json is valid JSON (an undefined metric, e.g. the std over one seed, is null)
+    return out, strict_loads((out / "summary.json").read_text()), doc
 
 
 @pytest.mark.slow

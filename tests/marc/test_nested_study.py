@@ -3,13 +3,13 @@ plot, summary and the EXPERIMENTS.md-style block, with the repo's paired statist
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from marc.nested_study import DOC_BEGIN, DOC_END
 from marc_serve.cli import main
+from tests.marc.test_json_out import strict_loads
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_quick_study_writes_table_plot_and_doc_block(
     out = tmp_path / "report"
     options = ["--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--update-doc", str(doc)]
     assert main(["experiments-nested", "--quick", *options]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = strict_loads((out / "summary.json").read_text())
     (result,) = summary["datasets"]
     assert [row["d"] for row in result["rows"]] == [4, 8, 16]
     for row in result["rows"]:

@@ -1,4 +1,4 @@
-"""AUC and LogLoss (`marc.metrics`): values against their definitions, NaN for what a split cannot
+"""AUC and LogLoss (`marc.ctr_metrics`): values against their definitions, NaN for what a split cannot
 define, and training and the downstream harness giving the same NaN on a split without rows."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from marc.config import ModelConfig, TrainConfig
+from marc.ctr_metrics import PROBABILITY_CLIP, auc, format_metric, log_loss, probabilities
 from marc.data import make_synthetic
 from marc.evaluate import CTRConfig, evaluate_vectors
-from marc.metrics import PROBABILITY_CLIP, auc, format_metric, log_loss, probabilities
 from marc.train.loop import train_marc
 
 
