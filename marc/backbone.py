@@ -10,13 +10,19 @@ Three sources, one interface (`load_backbone`):
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import logging
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import AutoModel, LlamaConfig, LlamaModel, PreTrainedModel, PreTrainedTokenizerFast
@@ -25,6 +31,9 @@ log = logging.getLogger(__name__)
 
 Pooling = Literal["mean", "last"]
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# De-quantising the GGUF takes ~30 s on 2 cores, and `make serve` loads the backbone twice (train, then
+# export): the float32 weights and the tokenizer are written here once and read back in about a second.
+BACKBONE_CACHE = Path(".cache/backbones")
 
 
 @dataclass(frozen=True)
@@ -124,24 +133,63 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenize
     return tokenizer
 
 
+def _smollm2_cache_key(gguf: Path) -> str:
+    """The GGUF file's bytes and the code that de-quantises it: another version writes another entry."""
+    digest = hashlib.sha256()
+    with gguf.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    versions = [f"{name} {importlib.metadata.version(name)}" for name in ("transformers", "gguf", "torch")]
+    digest.update("|".join(versions).encode())
+    return digest.hexdigest()[:16]
+
+
+def _smollm2(cache_dir: Path | None) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    gguf = smollm2_gguf_path()
+    folder = Path(cache_dir) / f"smollm2-{_smollm2_cache_key(gguf)}" if cache_dir is not None else None
+    if folder is not None and (folder / "config.json").is_file():
+        log.info("loading SmolLM2 from %s (de-quantised once from %s)", folder, gguf.name)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
+        return AutoModel.from_pretrained(str(folder), dtype=torch.float32), _prepare_tokenizer(tokenizer)
+    log.info("loading SmolLM2 from %s (de-quantising GGUF, ~30 s on 2 cores)", gguf)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    if folder is not None:
+        # Written beside, then renamed: a reader never sees half an entry (config.json marks a whole one).
+        # The tensors as they are: transformers refuses save_pretrained on a model loaded from GGUF.
+        partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+        partial.mkdir(parents=True)
+        save_file(
+            {name: t.contiguous() for name, t in model.state_dict().items()}, partial / "model.safetensors"
+        )
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the float32 tensors are not quantised
+        (partial / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(partial)
+        try:
+            partial.rename(folder)
+        except OSError:  # another process wrote it first
+            shutil.rmtree(partial, ignore_errors=True)
+        log.info("de-quantised SmolLM2 cached in %s", folder)
+    return model, _prepare_tokenizer(tokenizer)
+
+
 def _base_model(model: PreTrainedModel) -> PreTrainedModel:
     """The decoder stack without the LM head (the head is never used for representations)."""
     return getattr(model, "model", model)
 
 
-def load_backbone(source: str = "smollm2", tiny: TinySpec | None = None) -> Backbone:
-    """Load a backbone by name (``smollm2``, ``tiny`` or ``tiny:<seed>``) or local folder path."""
+def load_backbone(
+    source: str = "smollm2", tiny: TinySpec | None = None, cache_dir: Path | None = BACKBONE_CACHE
+) -> Backbone:
+    """Load a backbone by name (``smollm2``, ``tiny`` or ``tiny:<seed>``) or local folder path.
+    ``smollm2`` is de-quantised once into ``cache_dir`` (None: every time, nothing written)."""
     if source == "tiny" or source.startswith("tiny:"):
         seed = int(source.split(":", 1)[1]) if ":" in source else (tiny.seed if tiny else 0)
         spec = TinySpec(**{**asdict(tiny or TinySpec()), "seed": seed})
         return tiny_backbone(spec)
     if source == "smollm2":
-        gguf = smollm2_gguf_path()
-        log.info("loading SmolLM2 from %s (de-quantising GGUF, ~30 s on 2 cores)", gguf)
-        tokenizer = _prepare_tokenizer(
-            PreTrainedTokenizerFast.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        )
-        model = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        model, tokenizer = _smollm2(cache_dir)
     else:
         folder = Path(source)
         if not (folder / "config.json").is_file():

@@ -83,3 +83,26 @@ def test_smollm2_gguf_truncates_and_runs():
     assert len(cut.layers) == 15
     assert got.shape == (2, enc["input_ids"].shape[1], 576)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_smollm2_is_dequantised_once_into_the_cache(tmp_path, caplog):
+    from export.tokenizer_file import serving_tokenizer
+
+    with caplog.at_level("INFO", logger="marc.backbone"):
+        fresh = load_backbone("smollm2", cache_dir=tmp_path)  # de-quantises the GGUF, writes the cache
+        cached = load_backbone("smollm2", cache_dir=tmp_path)
+    assert "de-quantising GGUF" in caplog.messages[0] and "de-quantised once" in caplog.messages[-1]
+    (entry,) = tmp_path.iterdir()
+    assert (entry / "model.safetensors").is_file() and not list(tmp_path.glob("*.partial*"))
+    # The same weights, model class, tokenizer and serving tokenizer file as the GGUF gives.
+    assert type(cached.model) is type(fresh.model)
+    weights, again = fresh.model.state_dict(), cached.model.state_dict()
+    assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+    texts = ["red running shoes", "Crème brûlée 🍮 pour deux, 12 €", "x" * 300]
+    assert fresh.tokenizer(texts).input_ids == cached.tokenizer(texts).input_ids
+    assert (cached.tokenizer.pad_token_id, cached.tokenizer.padding_side) == (
+        fresh.tokenizer.pad_token_id,
+        "right",
+    )
+    assert serving_tokenizer(fresh.tokenizer, 64).to_str() == serving_tokenizer(cached.tokenizer, 64).to_str()
