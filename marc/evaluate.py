@@ -20,7 +20,7 @@ import torch
 from sklearn.decomposition import PCA
 from torch import nn
 
-from marc.ctr_metrics import auc, log_loss
+from marc.ctr_metrics import auc, gauc, log_loss
 from marc.data import Interactions, RecDataset
 from marc.predictions import predictions_for, save_predictions
 from marc.stats import sample_std
@@ -32,9 +32,12 @@ METRIC_KEYS: tuple[str, ...] = (
     "logloss_all",
     "logloss_warm",
     "logloss_cold",
+    "gauc_warm",
+    "gauc_cold",
     "valid_auc",
     "valid_auc_warm",
     "valid_auc_cold",
+    "valid_gauc_cold",
 )
 
 
@@ -216,7 +219,8 @@ def evaluate_vectors(
 ) -> dict[str, float]:
     """Train the CTR model with ``vectors`` ([num_items, f] frozen side features, or None for ids
     only) on train, early-stop on valid AUC, and score test: AUC and LogLoss on all, warm and cold
-    rows, the valid AUCs (for choosing between vector sets without looking at test), and bytes per
+    rows, GAUC (`marc.ctr_metrics.gauc`) on warm and cold rows, the valid AUCs and cold GAUC (for
+    choosing between vector sets without looking at test), and bytes per
     item of the vectors in float32 and float16. ``predictions``: also write the per-row test
     probabilities there (`marc.predictions` format), for paired comparisons with `marc.stats`."""
     config = config or CTRConfig()
@@ -244,11 +248,16 @@ def evaluate_vectors(
         cold = dataset.cold_items[split.items]
         for part, mask in (("all", np.ones_like(cold)), ("warm", ~cold), ("cold", cold)):
             labels = split.labels[mask]
+            users = split.users[mask]
             if prefix:
                 result[f"valid_auc{'' if part == 'all' else '_' + part}"] = auc(labels, probs[mask])
+                if part == "cold":
+                    result["valid_gauc_cold"] = gauc(labels, probs[mask], users)
             else:
                 result[f"auc_{part}"] = auc(labels, probs[mask])
                 result[f"logloss_{part}"] = log_loss(labels, probs[mask])
+                if part != "all":
+                    result[f"gauc_{part}"] = gauc(labels, probs[mask], users)
     dim = 0 if vectors is None else vectors.shape[1]
     if predictions is not None:
         save_predictions(

@@ -6,8 +6,10 @@
 * `paired_aucs`: both AUCs and AUC(a) - AUC(b) of two models scored on the same rows, with each
   bootstrap replicate resampling the same groups for both models (paired), so the shared
   difficulty of the rows cancels out.
-* `mean_auc_replicates` + `interval`: the same for the mean AUC over several seeds of each model
-  (replicates of two models on the same rows are paired; their difference gives the CI).
+* `mean_auc_replicates` + `interval`: the same for the mean AUC (or GAUC: per-user AUC) over several
+  seeds of each model (replicates of two models on the same rows are paired; their difference gives
+  the CI), optionally resampling the seeds too (a two-level bootstrap over items and seeds).
+* `holm`: Holm's step-down adjustment of p-values (`bootstrap_p`) for a family of comparisons.
 * `verdict`: "better" / "worse" / "no difference" from the paired difference's CI.
 * `sample_std`: standard deviation with ddof=1 (the spread over seeds).
 
@@ -17,6 +19,7 @@ so nothing is copied and the scores are sorted once per model.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -161,25 +164,81 @@ def paired_aucs(
     )
 
 
+def _weighted_gaucs(
+    positive: np.ndarray, scores: np.ndarray, users: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """GAUC per row of `weights` [replicates, rows] (`marc.ctr_metrics.gauc` with each row counted
+    as often as its group was drawn): per user the weighted AUC, averaged over the users defined in
+    the replicate, weighted by their drawn rows. NaN where no user has both labels."""
+    total = np.zeros(len(weights))
+    mass = np.zeros(len(weights))
+    _, codes = np.unique(users, return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1], True])
+    for start, end in itertools.pairwise(bounds):
+        rows = order[start:end]
+        if positive[rows].all() or not positive[rows].any():
+            continue  # never defined, whatever is drawn
+        values = _weighted_aucs(positive[rows], scores[rows], weights[:, rows])
+        defined = np.isfinite(values)
+        drawn = weights[:, rows].sum(1) * defined
+        total += np.where(defined, values, 0.0) * drawn
+        mass += drawn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mass > 0, total / mass, np.nan)
+
+
+def _point(positive: np.ndarray, scores: np.ndarray, users: np.ndarray | None) -> float:
+    ones = np.ones((1, len(positive)))
+    if users is None:
+        return float(_weighted_aucs(positive, scores, ones)[0])
+    return float(_weighted_gaucs(positive, scores, users, ones)[0])
+
+
+def seed_draws(seeds: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """int [resamples, seeds]: which of a row's seed runs each replicate averages (drawn with
+    replacement). They depend only on the arguments, so rows with as many seeds share the draws
+    (paired, like the group draws)."""
+    return np.random.default_rng([seed, seeds]).integers(0, seeds, size=(resamples, seeds))
+
+
 def mean_auc_replicates(
     labels: np.ndarray,
     score_sets: Sequence[np.ndarray],
     groups: np.ndarray,
     *,
+    users: np.ndarray | None = None,
+    resample_seeds: bool = False,
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> tuple[float, np.ndarray]:
     """The mean AUC of several score sets on the same rows (e.g. one model trained with several seeds)
     and its bootstrap replicates over `groups`. The groups drawn depend only on (groups, resamples,
     seed), so replicates of different models on the same rows are paired: subtract them for the CI
-    of a difference (`interval`)."""
+    of a difference (`interval`). ``users``: GAUC (per-user AUC, row-weighted) instead of AUC.
+    ``resample_seeds``: a two-level bootstrap - each replicate also draws the score sets (seeds) with
+    replacement (`seed_draws`), so the interval holds the seeds' noise as well as the items'."""
     if not score_sets:
         raise ValueError("no score sets given")
     positive = _check(labels, *score_sets)
     sets = [np.asarray(s, np.float64) for s in score_sets]
-    replicates = _replicates(positive, sets, groups, resamples, seed)
-    estimate = float(np.mean([auc(labels, s) for s in sets]))
-    return estimate, np.mean(replicates, axis=0)
+    if users is not None and np.shape(users) != positive.shape:
+        raise ValueError(f"users must have one value per label ({len(positive)}), got {np.shape(users)}")
+    if len(groups) != len(positive):
+        raise ValueError(f"groups must have one value per label ({len(positive)}), got {len(groups)}")
+    out: list[list[np.ndarray]] = [[] for _ in sets]
+    for weights in _group_weights(np.asarray(groups), resamples, seed):
+        for k, scores in enumerate(sets):
+            if users is None:
+                out[k].append(_weighted_aucs(positive, scores, weights))
+            else:
+                out[k].append(_weighted_gaucs(positive, scores, np.asarray(users), weights))
+    replicates = np.stack([np.concatenate(parts) for parts in out])  # [seeds, resamples]
+    estimate = float(np.mean([_point(positive, s, users) for s in sets]))
+    if resample_seeds and len(sets) > 1:
+        draws = seed_draws(len(sets), replicates.shape[1], seed)
+        return estimate, replicates[draws, np.arange(replicates.shape[1])[:, None]].mean(1)
+    return estimate, replicates.mean(0)
 
 
 def interval(estimate: float, replicates: np.ndarray, groups: int, level: float = LEVEL) -> Interval:
@@ -195,6 +254,31 @@ def verdict(difference: Interval) -> str:
     if difference.high < 0:
         return "worse"
     return "no difference"
+
+
+def bootstrap_p(replicates: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the difference is 0" from a difference's replicates: twice the
+    smaller share of replicates on either side of 0 (with the +1 of a Monte Carlo p, never 0). Below
+    1 - LEVEL exactly when the percentile CI at LEVEL excludes 0 (up to that +1)."""
+    defined = replicates[np.isfinite(replicates)]
+    if len(defined) == 0:
+        return math.nan
+    tail = min(int((defined <= 0).sum()), int((defined >= 0).sum()))
+    return min(1.0, 2 * (tail + 1) / (len(defined) + 1))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of a family of tests (NaN stays NaN and is not counted):
+    rejecting where the adjusted p < alpha keeps the chance of any false "better"/"worse" in the
+    family below alpha."""
+    values = np.asarray(pvalues, dtype=np.float64)
+    defined = np.flatnonzero(np.isfinite(values))
+    adjusted = np.full(len(values), math.nan)
+    running = 0.0
+    for rank, index in enumerate(defined[np.argsort(values[defined], kind="stable")]):
+        running = max(running, min(1.0, (len(defined) - rank) * values[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
 
 
 def sample_std(values: Sequence[float] | np.ndarray) -> float:

@@ -219,6 +219,7 @@ def item_cold_dataset(
         "cold_fraction": cold_fraction,
         "held_out_items": held_out,
         "user_ids": table.user_ids,
+        "item_genres": [list(g) for g in table.movies.genres],
         **table.user_features,
     }
     return RecDataset(

@@ -1,11 +1,13 @@
-"""Confidence intervals of a run: every row's test AUC (mean over its seeds) with a 95% bootstrap CI over
-items, and paired differences between rows with their CI and verdict, from the per-row test
-predictions each job wrote (`marc.predictions`, under ``<out>/predictions``).
+"""Confidence intervals of a run: every row's test AUC and cold GAUC (mean over its seeds) with a 95%
+two-level bootstrap CI over items and seeds, and paired differences between rows with their CI,
+bootstrap p-value and verdict, from the per-row test predictions each job wrote (`marc.predictions`,
+under ``<out>/predictions``).
 
-Every row of a dataset is scored on the same test rows and resampled with the same item draws
-(`marc.stats.mean_auc_replicates`), so the replicates of two rows are paired: a difference's CI is
-the percentile interval of their replicates' difference, and its verdict says "better"/"worse" only
-when that CI excludes 0.
+Every row of a dataset is scored on the same test rows and resampled with the same item draws and
+the same seed draws (`marc.stats.mean_auc_replicates` with ``resample_seeds``), so the replicates
+of two rows are paired: a difference's CI is the percentile interval of their replicates'
+difference. Its verdict says "better"/"worse" only when that CI excludes 0; the claims then adjust
+the p-values of all their comparisons on a dataset together (Holm, `marc.experiments.claims`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ import numpy as np
 from marc.data import RecDataset
 from marc.experiments.plan import Vectors
 from marc.predictions import Predictions, load_predictions
-from marc.stats import LEVEL, Interval, interval, mean_auc_replicates, verdict
+from marc.stats import LEVEL, Interval, bootstrap_p, interval, mean_auc_replicates, verdict
 
-PARTS = {"auc_cold": "cold", "auc_warm": "warm"}
-"""Summary metric -> the test rows it is computed on."""
+PARTS = {"auc_cold": ("cold", False), "auc_warm": ("warm", False), "gauc_cold": ("cold", True)}
+"""Summary metric -> (the test rows it is computed on, per-user AUC: GAUC)."""
+
+PRIMARY = "gauc_cold"
+"""The metric of every claim's comparisons: on cold items only the vectors tell items apart, and the
+per-user AUC leaves out the users' own click rates, which ids alone already predict."""
 
 
 def _slug(text: str) -> str:
@@ -47,7 +53,7 @@ def record_key(record: dict[str, Any]) -> str:
 
 @dataclass
 class Evidence:
-    """Each row's mean test AUC and its bootstrap replicates (paired across rows), per metric."""
+    """Each row's mean test AUC / GAUC and its bootstrap replicates (paired across rows), per metric."""
 
     resamples: int
     groups: dict[str, int]
@@ -64,8 +70,9 @@ class Evidence:
         }
         record["ci_level"] = LEVEL
 
-    def compare(self, a: dict[str, Any], b: dict[str, Any], metric: str = "auc_cold") -> dict[str, Any]:
-        """a - b on ``metric`` with the paired CI and the verdict for a ('n/a' without a CI)."""
+    def compare(self, a: dict[str, Any], b: dict[str, Any], metric: str = PRIMARY) -> dict[str, Any]:
+        """a - b on ``metric`` with the paired CI, the bootstrap p-value and the verdict for a ('n/a'
+        without a CI)."""
         est_a, rep_a = self.rows[record_key(a)][metric]
         est_b, rep_b = self.rows[record_key(b)][metric]
         difference = _defined_interval(self.groups[metric], est_a - est_b, rep_a - rep_b)
@@ -76,6 +83,7 @@ class Evidence:
             "difference": round(est_a - est_b, 4),
             "low": None if difference is None else round(difference.low, 4),
             "high": None if difference is None else round(difference.high, 4),
+            "p": None if difference is None else round(bootstrap_p(rep_a - rep_b), 4),
             "verdict": "n/a" if difference is None else verdict(difference),
         }
 
@@ -120,12 +128,17 @@ def collect_evidence(
         for run in runs:
             reference = reference or run
             reference.check_paired(run)
-        for metric, part in PARTS.items():
+        for metric, (part, per_user) in PARTS.items():
             parts = [run.part(part) for run in runs]
             first = parts[0]
             groups[metric] = len(np.unique(first.items))
             entry[metric] = mean_auc_replicates(
-                first.labels.astype(np.int64), [p.scores for p in parts], first.items, resamples=resamples
+                first.labels.astype(np.int64),
+                [p.scores for p in parts],
+                first.items,
+                users=first.users if per_user else None,
+                resample_seeds=True,
+                resamples=resamples,
             )
         rows[key] = entry
     if reference is not None and len(reference) != len(dataset.test):

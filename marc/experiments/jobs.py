@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from marc import json_out
 from marc.baselines import surface_vectors
 from marc.config import ModelConfig, TrainConfig
+from marc.content_baselines import genre_year_vectors, random_vectors, tfidf_vectors
 from marc.data import RecDataset
 from marc.evaluate import evaluate_vectors, pca_vectors
 from marc.experiments.intervals import predictions_path
@@ -133,6 +134,12 @@ def run_job(job: Job) -> dict[str, Any]:
         vectors = None
     elif spec.kind == "surface":
         vectors = surface_vectors(dataset.item_texts)
+    elif spec.kind == "genre_year":
+        vectors = genre_year_vectors(dataset)
+    elif spec.kind == "tfidf":
+        vectors = tfidf_vectors(dataset, spec.dim)  # type: ignore[arg-type]
+    elif spec.kind == "random":  # a new draw per seed: the control's own noise is in its interval
+        vectors = random_vectors(dataset.num_items, spec.dim, job.seed)  # type: ignore[arg-type]
     elif spec.kind == "full":
         vectors = states[spec.layer]  # type: ignore[index]
     elif spec.kind == "pca":

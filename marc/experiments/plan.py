@@ -160,6 +160,8 @@ class Vectors:
 
     kind: str
     """'ids' (no vectors), 'surface' (features of the text's form, `marc.baselines.surface_vectors`),
+    the content baselines of `marc.content_baselines` - 'genre_year' (MovieLens genres + year),
+    'tfidf' (TF-IDF of the text, SVD to k), 'random' (random vectors of size k, a control) -
     'full' (the pooled state), 'pca' (PCA to k of the raw state), 'pca_std' (PCA to k of the state
     standardised per channel, as C sees it), 'trained' (train_marc, frozen backbone) or 'lora'
     (train_marc with LoRA on the top m kept layers)."""
@@ -194,6 +196,18 @@ def ids_only() -> Vectors:
 
 def surface() -> Vectors:
     return Vectors("surface")
+
+
+def genre_year() -> Vectors:
+    return Vectors("genre_year")
+
+
+def tfidf(dim: int) -> Vectors:
+    return Vectors("tfidf", None, dim)
+
+
+def random_control(dim: int) -> Vectors:
+    return Vectors("random", None, dim)
 
 
 def full_state(layer: int) -> Vectors:
@@ -233,16 +247,23 @@ def sweep_rows(layers: Iterable[int], dim: int) -> list[Row]:
     return rows
 
 
-def compression_rows(final: int, mid: int, dims: Sequence[int], hidden_size: int) -> list[Row]:
+def compression_rows(
+    final: int, mid: int, dims: Sequence[int], hidden_size: int, genres: bool = False
+) -> list[Row]:
+    """The compression table; ``genres``: the dataset has item genres (MovieLens), so the genre +
+    year baseline is a row."""
     rows = [
         Row("ids only", ids_only()),
         Row("surface form of the text", surface()),
+        *([Row("genre multi-hot + year", genre_year())] if genres else []),
         Row(f"final L{final} full ({hidden_size})", full_state(final)),
         Row(f"mid L{mid} full ({hidden_size})", full_state(mid)),
     ]
     for k in dims:
         group = f"k={k}"
         rows += [
+            Row("random vectors (control)", random_control(k), group),
+            Row("TF-IDF of the text + SVD", tfidf(k), group),
             Row(f"final L{final} + PCA (raw)", pca(final, k), group),
             Row(f"final L{final} + PCA (standardised)", pca_std(final, k), group),
             Row(f"final L{final} + linear C", linear_compressor(final, k), group),

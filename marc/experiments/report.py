@@ -21,6 +21,7 @@ DOC_END = "<!-- END GENERATED: marc experiments -->"
 
 
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("gauc_cold", "GAUC cold"),
     ("auc_cold", "AUC cold"),
     ("auc_warm", "AUC warm"),
     ("logloss_cold", "LogLoss cold"),
@@ -33,7 +34,8 @@ def slug(name: str) -> str:
 
 
 def _value(record: dict[str, Any], key: str) -> str:
-    """Mean over seeds, its 95% bootstrap CI over items when computed, and the seeds' sample std."""
+    """Mean over seeds, its 95% bootstrap CI over items and seeds when computed, and the seeds' sample
+    std."""
     text = format_metric(record.get(key))
     if text == "n/a":
         return text
@@ -52,7 +54,8 @@ def _bytes(record: dict[str, Any]) -> str:
 def metrics_table(
     records: Sequence[dict[str, Any]], first: str = "vectors", extra: Sequence[str] = ()
 ) -> str:
-    """Markdown table: label, k, bytes per item, AUC and LogLoss on cold and warm test items."""
+    """Markdown table: label, k, bytes per item, cold GAUC, AUC and LogLoss on cold and warm test
+    items."""
     header = [first, "k", "bytes/item fp32 (fp16)", *(title for _, title in METRIC_COLUMNS), *extra]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for record in records:
@@ -66,8 +69,10 @@ def metrics_table(
 
 
 def sweep_table(result: dict[str, Any], final: int, dim: int) -> str:
-    header = f"| layer | PCA-{dim} (standardised) AUC cold | AUC warm | valid AUC cold (selects) |"
-    lines = [header, "|---|---:|---:|---:|"]
+    header = (
+        f"| layer | PCA-{dim} (standardised) GAUC cold | AUC cold | AUC warm | valid AUC cold (selects) |"
+    )
+    lines = [header, "|---|---:|---:|---:|---:|"]
     for record in result["sweep"]:
         if record["kind"] == "ids":
             name = "ids only"
@@ -75,7 +80,8 @@ def sweep_table(result: dict[str, Any], final: int, dim: int) -> str:
             name = str(record["layer"])
             name += " (final)" if record["layer"] == final else ""
             name += " **(chosen mid)**" if record["layer"] == result["mid_layer"] else ""
-        cells = [_value(record, "auc_cold"), _value(record, "auc_warm"), _value(record, "valid_auc_cold")]
+        keys = ("gauc_cold", "auc_cold", "auc_warm", "valid_auc_cold")
+        cells = [_value(record, key) for key in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -142,8 +148,8 @@ def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command:
             "",
             sweep_table(result, final, plan["dim"]),
             "",
-            "#### 2. Compression table (test: mean over seeds [95% bootstrap CI over items] ± the seeds' "
-            "sample std)",
+            "#### 2. Compression table (test: mean over seeds [95% bootstrap CI over items and seeds] ± "
+            "the seeds' sample std; GAUC: per-user AUC among cold items, weighted by the user's rows)",
             "",
             f"![compression, {name}]({files['compression']})",
             "",
@@ -161,8 +167,8 @@ def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command:
             "",
             metrics_table(result["beta"], "beta", extra=("kl_nats", "best_epoch")),
             "",
-            "#### Claims check (test cold AUC, row a − row b: difference [95% paired bootstrap CI over "
-            "items] verdict)",
+            "#### Claims check (test cold GAUC, row a − row b: difference [95% paired bootstrap CI over "
+            "items and seeds], bootstrap p, Holm-adjusted p over the dataset's claims, verdict)",
             "",
             *(f"- {line}" if not line.startswith(" ") else line for line in claim_lines(result["claims"])),
         ]

@@ -181,7 +181,9 @@ def run_experiments(
     for name in datasets:
         mid = summary["datasets"][name]["mid_layer"]
         parts[name] = {
-            "compression": compression_rows(final, mid, plan.dims, states[name][final].shape[1]),
+            "compression": compression_rows(
+                final, mid, plan.dims, states[name][final].shape[1], "item_genres" in datasets[name].meta
+            ),
             "ablations": ablation_rows(plan, final, mid, default_beta, served),
             "beta": beta_rows(plan, mid, default_beta),
         }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from marc.config import ModelConfig, TrainConfig
-from marc.ctr_metrics import PROBABILITY_CLIP, auc, format_metric, log_loss, probabilities
+from marc.ctr_metrics import PROBABILITY_CLIP, auc, format_metric, gauc, log_loss, probabilities
 from marc.data import make_synthetic
 from marc.evaluate import CTRConfig, evaluate_vectors
 from marc.train.loop import train_marc
@@ -59,3 +59,16 @@ def test_training_and_evaluation_agree_on_a_split_without_rows() -> None:
     undefined += [scored["auc_cold"], scored["logloss_cold"], scored["valid_auc_cold"]]
     assert all(math.isnan(value) for value in undefined)
     assert all(math.isfinite(v) for v in (trained["valid_auc"], trained["valid_logloss"], scored["auc_all"]))
+
+
+def test_gauc_is_the_row_weighted_mean_of_each_users_own_auc() -> None:
+    labels = np.array([1, 0, 0, 1, 1, 0, 1, 1])
+    scores = np.array([0.9, 0.1, 0.5, 0.2, 0.8, 0.3, 0.4, 0.6])
+    users = np.array([0, 0, 0, 1, 1, 1, 2, 2])  # user 2: one class only, left out
+    user0 = auc(labels[:3], scores[:3])  # 1.0
+    user1 = auc(labels[3:6], scores[3:6])  # 0.5
+    assert gauc(labels, scores, users) == pytest.approx((3 * user0 + 3 * user1) / 6)
+    # A score that only says which user clicks more: perfect global AUC, chance GAUC.
+    by_user = np.array([0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.3, 0.3])
+    assert gauc(labels, by_user, users) == 0.5
+    assert math.isnan(gauc(labels[6:], scores[6:], users[6:]))

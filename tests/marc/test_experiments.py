@@ -71,7 +71,10 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
         table = {(r["kind"], r["layer"], r["k"], bool(r["settings"])) for r in result["compression"]}
         expected = {("ids", None, None, False), ("surface", None, None, False)}
         expected |= {("full", final, None, False), ("full", mid, None, False)}
+        if name.startswith("movielens"):  # the genre + year baseline needs the genres
+            expected.add(("genre_year", None, None, False))
         for k in plan.dims:
+            expected |= {("random", None, k, False), ("tfidf", None, k, False)}
             for layer in (final, mid):
                 expected |= {
                     ("pca", layer, k, False),
@@ -101,9 +104,16 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
         for record in [*result["sweep"], *result["compression"], *result["ablations"], *result["beta"]]:
             seeds = list(plan.lora_seeds) if record["kind"] == "lora" else list(plan.seeds)
             assert record["seeds"] == seeds, record["label"]
-            for key in ("auc_cold", "auc_warm", "logloss_cold", "logloss_warm", "valid_auc_cold"):
+            for key in (
+                "auc_cold",
+                "auc_warm",
+                "gauc_cold",
+                "logloss_cold",
+                "logloss_warm",
+                "valid_auc_cold",
+            ):
                 assert isinstance(record[key], float), (record["label"], key)
-            for key in ("auc_cold", "auc_warm"):  # the CI is around the mean of the seeds' AUCs
+            for key in ("auc_cold", "auc_warm", "gauc_cold"):  # the CI is around the seeds' mean
                 low, high = record["ci"][key]
                 assert low <= record[key] <= high, (record["label"], key)
             assert record["bytes_per_item_fp32"] == 4 * record["dim"]
@@ -115,13 +125,27 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
             if record["kind"] == "lora":
                 assert record["train"]["lora_layers"] == m, record["label"]
 
-        assert [c["claim"] for c in result["claims"]] == ["1", "2", "3"]
+        assert [c["claim"] for c in result["claims"]] == ["1", "2", "3", "4", "5"]
+        claim4 = result["claims"][3]
+        baselines = {c["b"].split(" (k=")[0] for c in claim4["comparisons"]}
+        assert {"ids only", "random vectors (control)", "TF-IDF of the text + SVD"} <= baselines, name
+        assert ("genre multi-hot + year" in baselines) == name.startswith("movielens"), name
+        assert set(claim4["strongest_baseline"]) == {str(k) for k in plan.dims}
+        family = [c for claim in result["claims"] for c in claim["comparisons"]]
         for claim in result["claims"]:
             assert claim["comparisons"] and claim["verdict"], claim
-            for c in [*claim["comparisons"], *claim["context"]]:
+            for c in claim["context"]:  # unadjusted: the verdict is the CI's
                 assert c["low"] <= c["difference"] <= c["high"], c
                 expected_verdict = "better" if c["low"] > 0 else "worse" if c["high"] < 0 else "no difference"
                 assert c["verdict"] == expected_verdict, c
+        for c in family:  # Holm over the dataset's claims: never below the comparison's own p
+            assert c["low"] <= c["difference"] <= c["high"], c
+            assert c["p"] <= c["p_holm"] <= 1, c
+            significant = c["p_holm"] < 0.05
+            expected_verdict = (
+                "no difference" if not significant else "better" if c["difference"] > 0 else "worse"
+            )
+            assert c["verdict"] == expected_verdict, c
 
     cost = summary["lora_cost"]
     assert cost["dataset"] == "synthetic"

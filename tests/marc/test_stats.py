@@ -11,15 +11,21 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
+from marc.ctr_metrics import gauc
 from marc.data import DataError, load_dataset
 from marc.evaluate import evaluate_vectors
 from marc.predictions import Predictions, load_predictions, predictions_for, save_predictions
 from marc.stats import (
     Interval,
     _weighted_aucs,
+    _weighted_gaucs,
     auc,
     bootstrap_auc,
+    bootstrap_p,
     compare_predictions,
+    holm,
+    interval,
+    mean_auc_replicates,
     paired_aucs,
     sample_std,
     verdict,
@@ -208,3 +214,49 @@ def test_evaluate_vectors_writes_predictions_that_reproduce_its_aucs(tmp_path: P
     assert predictions_for(dataset.test, np.zeros(len(dataset.test)), dataset.cold_items).cold.sum() == len(
         dataset.cold(dataset.test)
     )
+
+
+def test_bootstrap_gauc_matches_the_metric_and_integer_weights_match_repeated_rows() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 300).astype(bool)
+    scores = rng.normal(size=300) + labels
+    users = rng.integers(0, 25, 300)
+    weights = rng.integers(0, 3, (1, 300)).astype(np.float64)
+    assert _weighted_gaucs(labels, scores, users, np.ones((1, 300)))[0] == pytest.approx(
+        gauc(labels, scores, users)
+    )
+    repeated = np.repeat(np.arange(300), weights[0].astype(int))
+    assert _weighted_gaucs(labels, scores, users, weights)[0] == pytest.approx(
+        gauc(labels[repeated], scores[repeated], users[repeated])
+    )
+
+
+def test_resampling_seeds_widens_the_interval_by_the_seeds_spread() -> None:
+    items, labels, _ = clustered(items=200, signal=1.0)
+    rng = np.random.default_rng(5)
+    base = labels + rng.normal(size=len(labels))
+    # Three seeds of one model that differ a lot (a seed-sensitive model), and a steady rival.
+    seeds = [base + shift * labels for shift in (-0.6, 0.0, 0.6)]
+    steady = [base] * 3
+    options = {"resamples": 400}
+    est, items_only = mean_auc_replicates(labels, seeds, items, **options)
+    est2, both = mean_auc_replicates(labels, seeds, items, resample_seeds=True, **options)
+    _, rival = mean_auc_replicates(labels, steady, items, resample_seeds=True, **options)
+    assert est == est2
+    assert np.std(both) > 1.5 * np.std(items_only)
+    narrow, wide = interval(est, items_only - rival, 200), interval(est, both - rival, 200)
+    assert wide.high - wide.low > narrow.high - narrow.low
+    # The same seed draws for every row with as many seeds: a row against itself differs by 0.
+    _, again = mean_auc_replicates(labels, seeds, items, resample_seeds=True, **options)
+    assert np.array_equal(both, again)
+
+
+def test_holm_adjusts_in_step_down_order_and_bootstrap_p_follows_the_interval() -> None:
+    assert holm([0.01, 0.04, 0.03, math.nan, 0.005]) == pytest.approx(
+        [0.03, 0.06, 0.06, math.nan, 0.02], nan_ok=True
+    )
+    assert holm([0.5]) == [0.5]
+    above = np.linspace(0.001, 0.05, 999)
+    assert bootstrap_p(above) == pytest.approx(2 / 1000)
+    straddling = np.linspace(-0.05, 0.05, 1000)
+    assert bootstrap_p(straddling) == 1.0
