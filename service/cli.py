@@ -16,27 +16,6 @@ from service.cache import cli as cache_cli
 
 log = logging.getLogger(__name__)
 
-# flag -> Settings field, for flags that override MARC_* variables.
-SERVE_FLAGS = {
-    "artifact": "artifact",
-    "artifacts": "artifacts",
-    "default_model": "default_model",
-    "host": "host",
-    "port": "port",
-    "variant": "variant",
-    "provider": "provider",
-    "redis_url": "redis_url",
-    "max_batch_size": "max_batch_size",
-    "max_wait_ms": "max_wait_ms",
-    "max_queue_items": "max_queue_items",
-    "cache_dtype": "cache_dtype",
-    "near_cache_bytes": "near_cache_bytes",
-    "drain_seconds": "drain_seconds",
-    "workers": "workers",
-    "log_level": "log_level",
-}
-
-
 # `marc precompute` exit codes: one meaning each, so a Job controller or a script can tell what to do.
 PRECOMPUTE_DONE = 0  # every item of the shard is stored (computed now or already cached)
 PRECOMPUTE_USAGE = 2  # bad flags or settings (a shard spec like 3/2), nothing done; argparse's own code
@@ -97,6 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue-items", type=int, help="queue limit before 503 (MARC_MAX_QUEUE_ITEMS)")
     serve.add_argument(
         "--drain-seconds", type=float, help="on SIGTERM, stay up not-ready this long (MARC_DRAIN_SECONDS, 0)"
+    )
+    serve.add_argument(
+        "--keep-alive-seconds",
+        type=float,
+        help="idle keep-alive connections stay open this long (MARC_KEEP_ALIVE_SECONDS, 75; keep it above "
+        "a load balancer's idle timeout)",
     )
     serve.add_argument(
         "--workers",
@@ -174,8 +159,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.model.sources import ModelSetError
     from service.registry import return_freed_memory
     from service.runtime import load_service_encoders
+    from service.settings import Settings
 
-    settings = _settings(args, SERVE_FLAGS)
+    # Every `marc serve` flag is named after the setting it overrides.
+    settings = _settings(args, {name: name for name in vars(args) if name in Settings.model_fields})
     logging.getLogger().setLevel(settings.log_level.upper())
     # A SIGHUP before the app installs its reload handler must not end the process (the default).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -40,12 +40,14 @@ class DrainingServer(uvicorn.Server):
     def serving(cls, app: ASGIApp, settings: Settings, lifecycle: Lifecycle, **bind: Any) -> DrainingServer:
         """The server `marc serve` runs ``app`` with, in one process or in each of ``--workers``: the
         service's log level, no access log below debug (per-request lines cost throughput; metrics
-        cover it), 30 s for in-flight requests after the drain; ``bind``: host/port (one process)."""
+        cover it), 30 s for in-flight requests after the drain, idle connections kept
+        ``keep_alive_seconds``; ``bind``: host/port (one process)."""
         config = uvicorn.Config(
             app,
             log_level=settings.log_level,
             access_log=settings.log_level == "debug",
             timeout_graceful_shutdown=30,
+            timeout_keep_alive=settings.keep_alive_seconds,
             **bind,
         )
         return cls(config, lifecycle, settings.drain_seconds)

@@ -334,6 +334,15 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(
         0.0, ge=0, description="On SIGTERM, report not-ready this long while still serving, then stop."
     )
+    keep_alive_seconds: float = Field(
+        75.0,
+        gt=0,
+        le=3600,
+        description="How long an idle HTTP keep-alive connection stays open (uvicorn's timeout_keep_alive). "
+        "Keep it above the idle timeout of any load balancer or client pool in front (60 s is common): "
+        "whichever side closes an idle connection first races a request the other side sends on it, and "
+        "the client sees a reset connection (a 502 behind a balancer). 75 s by default.",
+    )
     log_level: LogLevel = Field(
         "info", description="Log level of the service and uvicorn; debug adds uvicorn's access log."
     )

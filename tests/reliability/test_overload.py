@@ -87,9 +87,13 @@ def test_burst_beyond_capacity(tiny_artifact: Path, tmp_path: Path) -> None:
         rss_growth_first_burst_mb=(rss_after_first - rss_start) / 2**20,
         rss_growth_second_burst_mb=(rss_after_second - rss_after_first) / 2**20,
         recovery_request_ms=recovered_in * 1000,
+        # Client side; the service keeps an idle connection MARC_KEEP_ALIVE_SECONDS (75 s).
+        longest_idle_before_reuse_s=max(first.idle_before_reuse + second.idle_before_reuse, default=0.0),
     )
     assert set(first.statuses) | set(second.statuses) == {200, 503}, (first.statuses, second.statuses)
-    assert not first.errors and not second.errors
+    # A transport error names its side (tests.support.load): a reused connection the service closed for
+    # idleness (keep-alive shorter than the client's pool keeps it) or a request dropped in flight.
+    assert not first.errors and not second.errors, f"transport errors: {first.errors + second.errors}"
     assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
     assert all(r.json()["error"]["type"] == "overloaded" for r in refused)
     assert all(len(r.json()["data"]) == ITEMS_PER_REQUEST for r in accepted)

@@ -135,3 +135,11 @@ def test_marc_serve_runs_and_drains_on_sigterm(tiny_artifact: Path) -> None:
     # uvicorn shuts down gracefully, then re-raises the captured SIGTERM (the conventional exit).
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Traceback" not in output
+
+
+def test_marc_serve_refuses_keep_alive_outside_its_bounds(tiny_artifact: Path) -> None:
+    # Every flag overrides the setting of its own name; the settings' bounds apply to flags and variables.
+    flag = _marc("serve", "--artifact", str(tiny_artifact), "--keep-alive-seconds", "0")
+    variable = _marc("serve", "--artifact", str(tiny_artifact), env={"MARC_KEEP_ALIVE_SECONDS": "3601"})
+    for refused in (flag, variable):
+        assert refused.returncode != 0 and "invalid settings (keep_alive_seconds:" in refused.stderr, refused

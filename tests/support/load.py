@@ -13,15 +13,23 @@ from typing import Any, TypeVar
 
 import httpx
 
+# A transport error says which side failed: a request sent on a keep-alive connection the client reused
+# can meet the server closing that connection for idleness (the client's pool kept it longer than the
+# server's keep-alive); on a connection opened for it, the server dropped a request in flight.
+REUSED_CONNECTION = "client side: sent on a reused keep-alive connection the server was closing"
+NEW_CONNECTION = "server side: closed a new connection with the request in flight"
+
 
 @dataclass
 class LoadResult:
-    """What a bounded load saw: status codes, transport errors by type, latencies per status."""
+    """What a bounded load saw: status codes, transport errors by type and side, latencies per status,
+    and how long each reused connection had been idle (client side) before a request was sent on it."""
 
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     seconds: dict[int, list[float]] = field(default_factory=dict)
     responses: list[httpx.Response] = field(default_factory=list)
+    idle_before_reuse: list[float] = field(default_factory=list)
 
     @property
     def sent(self) -> int:
@@ -31,20 +39,35 @@ class LoadResult:
 async def post_all(
     url: str, path: str, bodies: list[dict[str, Any]], *, concurrency: int, timeout: float = 60
 ) -> LoadResult:
-    """POST every body, at most ``concurrency`` at once, each on its own connection slot."""
+    """POST every body, at most ``concurrency`` at once, each on its own connection slot. A transport
+    error is counted as "<type> (<side>)", `REUSED_CONNECTION` or `NEW_CONNECTION`."""
     result = LoadResult()
     gate = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    last_answer: dict[int, float] = {}  # id(connection's stream) -> when its last response was read
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
 
         async def one(body: dict[str, Any]) -> None:
             async with gate:
+                sent = {"opened": False, "at": 0.0}
+
+                async def trace(event: str, info: dict[str, Any]) -> None:
+                    if event == "connection.connect_tcp.complete":
+                        sent["opened"] = True
+                    elif event == "http11.send_request_headers.started":
+                        sent["at"] = time.monotonic()
+
                 started = time.perf_counter()
                 try:
-                    response = await client.post(path, json=body)
+                    response = await client.post(path, json=body, extensions={"trace": trace})
                 except httpx.TransportError as exc:
-                    result.errors[type(exc).__name__] += 1
+                    side = NEW_CONNECTION if sent["opened"] else REUSED_CONNECTION
+                    result.errors[f"{type(exc).__name__} ({side})"] += 1
                     return
+                stream = id(response.extensions["network_stream"])
+                if not sent["opened"] and stream in last_answer:
+                    result.idle_before_reuse.append(sent["at"] - last_answer[stream])
+                last_answer[stream] = time.monotonic()
                 result.statuses[response.status_code] += 1
                 result.seconds.setdefault(response.status_code, []).append(time.perf_counter() - started)
                 result.responses.append(response)

@@ -75,7 +75,12 @@ class LiveServer(_ServesMetrics):
         self._socket = bound_socket()
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(self.settings), log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            create_app(self.settings),
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=self.settings.keep_alive_seconds,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
