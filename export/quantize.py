@@ -25,7 +25,9 @@ input, and which MatMuls suffer is measured, not guessed, on calibration texts a
    first; the embedding lookup has no compute, so it comes last), and a binary search finds the
    longest prefix that keeps the calibration mean cosine >= `TARGET_MEAN_COSINE`.
 The written model is scored again on the calibration texts, and the export's parity check then verifies
-it independently on other texts.
+it independently on other texts. The search's outcome depends only on the fp32 graph and the calibration
+set, so a selection recorded for both in ``export/int8_selections.json`` (`export.int8_selections`) is
+reused instead (the written model is still scored against the target; the search runs if it misses).
 
 Options, measured on SmolLM2 (2-core AVX512-VNNI CPU): QInt8 weights (u8 activations x s8 weights is
 the fast VNNI kernel; QUInt8 weights ran at ~1.1x fp32 instead of ~2.6x), per channel (one scale per
@@ -35,6 +37,8 @@ bit of precision).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import tempfile
@@ -50,7 +54,9 @@ import onnx
 from onnx import TensorProto, helper
 from tokenizers import Tokenizer
 
+from artifact.manifest import sha256_file
 from artifact.names import INPUT_NAMES
+from export.int8_selections import RECORDED_FROM_SEARCH, SELECTIONS_FILE, find_selection
 
 log = logging.getLogger(__name__)
 
@@ -275,10 +281,59 @@ def _sensitivity(score: _Scorer, candidates: list[_Candidate], budget: float) ->
     return drop
 
 
-def quantize_int8(src: Path, dst: Path, tokenizer_path: Path) -> dict[str, Any]:
+def calibration_fingerprint(feed: dict[str, np.ndarray]) -> str:
+    """What decides the fp32 selection besides the graph: the calibration token ids, the target and the
+    method (a recorded selection is reused only when all are unchanged)."""
+    payload = {name: feed[name].tolist() for name in INPUT_NAMES}
+    payload.update(target=TARGET_MEAN_COSINE, method=METHOD, activations=ACTIVATIONS)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def quantize_int8(
+    src: Path, dst: Path, tokenizer_path: Path, selections: Path | None = SELECTIONS_FILE
+) -> dict[str, Any]:
     """Write ``dst`` (QInt8 weights, per output channel; the compressor's Gemm heads and the measured
-    sensitive nodes stay fp32) and return what was done, for the manifest."""
+    sensitive nodes stay fp32) and return what was done, for the manifest. A selection recorded in
+    ``selections`` for this graph and calibration set is reused when the model it writes still meets
+    the target on the calibration texts here; otherwise the search runs."""
     feed = _calibration_feed(tokenizer_path)
+    key = {"graph_sha256": sha256_file(src), "calibration_fingerprint": calibration_fingerprint(feed)}
+    common = {
+        "method": METHOD,
+        "activations": ACTIVATIONS,
+        "target_calibration_mean_cosine": TARGET_MEAN_COSINE,
+        "calibration_texts": len(CALIBRATION_TEXTS),
+        **key,
+    }
+    recorded = find_selection(selections, **key) if selections is not None else None
+    if recorded is not None:
+        _quantize(src, dst, recorded["fp32_nodes"])
+        reference = _run(str(src), feed)[0]
+        written = float(_cosines(_run(str(dst), feed)[0], reference).mean())
+        if written >= TARGET_MEAN_COSINE:
+            log.info(
+                "  int8 written with the selection recorded in %s (%d nodes kept fp32): calibration mean "
+                "cosine %.5f (no search: same graph and calibration set)",
+                selections,
+                len(recorded["fp32_nodes"]),
+                written,
+            )
+            return {
+                **common,
+                "selection": f"recorded ({selections.name})",
+                "calibration_mean_cosine": written,
+                **{name: recorded[name] for name in RECORDED_FROM_SEARCH},
+            }
+        log.warning(
+            "  the selection recorded in %s gives calibration mean cosine %.5f < %.3f here: searching",
+            selections,
+            written,
+            TARGET_MEAN_COSINE,
+        )
+    return {**common, "selection": "searched", **_search(src, dst, feed)}
+
+
+def _search(src: Path, dst: Path, feed: dict[str, np.ndarray]) -> dict[str, Any]:
     fp32 = onnx.load(str(src))
     # The compressor's heads (Gemm) write the served vector directly and cost nothing: always fp32.
     # The quantiser first rewrites a Gemm into "<name>_MatMul" + Add, so both names are excluded.
@@ -328,10 +383,6 @@ def quantize_int8(src: Path, dst: Path, tokenizer_path: Path) -> dict[str, Any]:
         per_role[candidate.role][0] += candidate.name in keep_fp32
         per_role[candidate.role][1] += 1
     return {
-        "method": METHOD,
-        "activations": ACTIVATIONS,
-        "target_calibration_mean_cosine": TARGET_MEAN_COSINE,
-        "calibration_texts": len(CALIBRATION_TEXTS),
         "calibration_mean_cosine": written,
         "all_int8_calibration_mean_cosine": all_int8,
         "fp32_per_role": {role: f"{kept}/{total}" for role, (kept, total) in per_role.items()},
