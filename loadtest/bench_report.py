@@ -1,5 +1,5 @@
 """The benchmark's report: each row's ratio against its target, as JSON (every number) and as one
-markdown table (reports/bench.md, BENCHMARKS.md)."""
+markdown table per question (reports/bench.md, BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -402,17 +402,34 @@ def _peer_rows(peer: dict[str, Any], raw: dict[str, Any], variant: str, texts: i
     ]
 
 
+# One table per question, in the order a reader asks them; a row belongs to the question of its number.
+QUESTIONS = (
+    ("Hot path: answers from the cache (rows 2)", "2"),
+    ("Cold path: new texts through the model (rows 1)", "1"),
+    ("Around the model: the service's own CPU per new item (rows 7)", "7"),
+    ("The model: truncation, precision, memory (rows 3-5)", "345"),
+    ("Against a peer: Infinity on the same backbone (rows 6)", "6"),
+)
+
+
 def to_markdown(report: BenchReport) -> str:
-    lines = [
-        "| Row | Measured | Limit / reference | Ratio | Target | Met |",
-        "| --- | --- | --- | ---: | --- | --- |",
-    ]
-    for row in report.rows:
-        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
-        cells = [row["row"], row["measured"], row["limit"], f"{row['ratio']:.3f}", row["target"], met]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines: list[str] = []
+    for heading, numbers in QUESTIONS:
+        rows = [row for row in report.rows if row["row"][0] in numbers]
+        if not rows:
+            continue
+        lines += [
+            f"#### {heading}",
+            "",
+            "| Row | Measured | Limit / reference | Ratio | Target | Met |",
+            "| --- | --- | --- | ---: | --- | --- |",
+        ]
+        for row in rows:
+            met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+            cells = [row["row"], row["measured"], row["limit"], f"{row['ratio']:.3f}", row["target"], met]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
     m = report.machine
-    lines.append("")
     lines.append(
         f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average_at_start']} at the start; "
         f"Python {m['python']}; finished {report.options['finished_at']}."

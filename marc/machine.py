@@ -9,15 +9,31 @@ import platform
 from pathlib import Path
 from typing import Any
 
+# The instructions int8 and fp32 inference speed depends on (ONNX Runtime picks kernels by them), named in
+# every report: the same "AMD EPYC" may be a Zen 3 without VNNI or a Zen 4 with AVX-512 VNNI.
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
 
 def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows."""
+    """The CPU's model name with its family/model numbers and the int8-relevant instructions it has
+    (Linux /proc/cpuinfo, e.g. "AMD EPYC (family 25 model 17; avx2 avx512f avx512_vnni)"), else what
+    `platform` knows."""
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    if not cpuinfo.is_file():
+        return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.read_text().splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    ids = [f"family {fields['cpu family']}"] if "cpu family" in fields else []
+    ids += [f"model {fields['model']}"] if "model" in fields else []
+    named = " ".join(flag for flag in INT8_FLAGS if flag in flags)
+    extras = "; ".join(part for part in (" ".join(ids), named) if part)
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    return f"{name} ({extras})" if extras else name
 
 
 def load_average() -> list[float]:

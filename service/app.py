@@ -94,12 +94,14 @@ def create_app(
         **({"openapi_url": None, "docs_url": None, "redoc_url": None} if protected else {}),
     )
     install_error_handlers(app)
-    for router in (models.router, system.router, admin.router):
-        app.include_router(router)
+    routers = [models.router, system.router, admin.router]
     if protected:
-        app.include_router(docs.protected_docs(app))
+        routers.append(docs.protected_docs(app))
+    for router in routers:
+        app.include_router(router)
     app.openapi = openapi_builder(app, settings)  # type: ignore[method-assign]
-    known_paths = [route.path for route in app.routes if isinstance(route, APIRoute)]
+    # From the routers themselves: FastAPI (>= 0.16x) lists an included router as one entry in app.routes.
+    known_paths = [route.path for router in routers for route in router.routes if isinstance(route, APIRoute)]
     known_paths += [route.path for route in EMBED_ROUTES]
 
     limited = ConcurrencyLimitMiddleware(

@@ -51,8 +51,11 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_timing)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or scope["path"]
+            # The request's own path when it is a route's (every route here is a fixed path; FastAPI's
+            # scope["route"] is not set on this scope for its routes), else a templated route's.
+            path = scope["path"]
+            if path not in self.known_paths:
+                path = getattr(scope.get("route"), "path", None)
             # Unknown paths share one label so scanners can't blow up the metric's cardinality.
             label = path if path in self.known_paths else "unmatched"
             histogram = self._durations.get((label, status))

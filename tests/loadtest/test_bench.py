@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.bench_report import QUESTIONS
 from marc_serve.cli import main
 
 ROWS = [
@@ -67,6 +68,13 @@ def test_quick_bench_produces_every_row(
     for name in ROWS:
         assert f"| {name} |" in printed
         assert f"| {name} |" in markdown.read_text()
+    # One table per question: each row sits under its question's heading, every heading once.
+    text = markdown.read_text()
+    tables = {block.splitlines()[0]: block for block in text.split("#### ")[1:]}
+    assert len(tables) == len({h for h, numbers in QUESTIONS for name in ROWS if name[0] in numbers})
+    for name in ROWS:
+        (heading,) = [h for h, numbers in QUESTIONS if name[0] in numbers]
+        assert f"| {name} |" in tables[heading]
 
     (round_,) = report["details"]["rounds"]
     # The cold path really missed the cache and the hot path really hit it, on every item.

@@ -69,3 +69,13 @@ def test_shares_add_up_and_weigh_by_sample_count() -> None:
             "service: the embed flow": 0.1,
         }
     )
+
+
+def test_a_pool_thread_waiting_for_work_takes_no_share_but_its_hand_offs_do() -> None:
+    boot = "Thread._bootstrap_inner (threading.py:1045)"
+    worker = "_worker (concurrent/futures/thread.py:89)"
+    submit = "ThreadPoolExecutor.submit (concurrent/futures/thread.py:176)"
+    raw = "\n".join([f"{boot};{worker} 70", f"{boot};{worker};{submit} 10", f"{LOOP} 30"])
+    assert shares(raw) == pytest.approx(
+        {"event loop, sockets, native code (uvloop)": 0.75, "thread pools (hand-offs)": 0.25}
+    )

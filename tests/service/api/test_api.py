@@ -164,6 +164,20 @@ def test_metrics_have_the_design_names(server: LiveServer) -> None:
     assert server.metric("marc_request_duration_seconds_count", route="/v1/embed", status="200") > 0
 
 
+def test_every_route_is_counted_under_its_own_label(server: LiveServer) -> None:
+    """FastAPI's routes too (not only the embed routes): only unknown paths share "unmatched"."""
+    with server.client() as client:
+        for path in ("/v1/models", "/healthz", "/readyz", "/no/such/path"):
+            client.get(path)
+    for route, status in (
+        ("/v1/models", "200"),
+        ("/healthz", "200"),
+        ("/readyz", "200"),
+        ("unmatched", "404"),
+    ):
+        assert server.metric("marc_request_duration_seconds_count", route=route, status=status) >= 1, route
+
+
 LONG = "x" * 201
 BAD_REQUESTS = [
     # (path, body or raw bytes, content type, expected status, the field the error must name)
