@@ -69,7 +69,13 @@ class TrainConfig:
     weight_decay: float = 1e-5
     seed: int = 0
     patience: int = 4
-    """Stop after this many epochs without a better validation AUC (best weights are restored)."""
+    """Stop after this many epochs without a better validation score (best weights are restored)."""
+    stop_metric: str = "auc"
+    """The validation score early stopping watches: 'auc' (all rows) or 'gauc_cold' (per-user AUC
+    among the cold items: what the served vectors are for)."""
+    compressor_init: str = "random"
+    """'random' (PyTorch's default) or 'pca': C's mean head starts as the whitened top-k principal
+    components of its normalised input (fitted on the warm items), so training starts from PCA-k."""
     history_len: int = 20
     """Positive train items per user pooled into the user's history vector."""
     adapter_dropout: float = 0.1
@@ -85,6 +91,13 @@ class TrainConfig:
     warm_start_epochs: int = 0
     """LoRA mode: first train C and A on the unchanged layer-L states for up to this many epochs (as
     frozen mode does, early-stopped), then fine-tune with LoRA; 0 = LoRA from the first step."""
+    warm_start_batch_size: int = 0
+    """Interactions per step of the warm start (0 = ``batch_size``): the frozen runs' size, so C and
+    A get as many steps as a frozen run does whatever the LoRA batch."""
+    item_batches: bool = False
+    """LoRA mode: each step takes the rows of a few items (items in a new random order each epoch),
+    so every item's text runs through the m adapted layers about once per epoch instead of once per
+    step it appears in: small steps (many per epoch) at the cost of about one pass over the items."""
     lora_lr: float = 2e-4
     """Learning rate of the LoRA weights (the modules on top use ``lr``)."""
     device: str = "cpu"
@@ -94,6 +107,12 @@ class TrainConfig:
             raise ValueError(f"train mode must be 'frozen' or 'lora', got {self.mode!r}")
         if self.lora_layers < 0:
             raise ValueError(f"lora_layers must be >= 0 (0 = all kept layers), got {self.lora_layers}")
+        if self.stop_metric not in ("auc", "gauc_cold"):
+            raise ValueError(f"stop_metric must be 'auc' or 'gauc_cold', got {self.stop_metric!r}")
+        if self.compressor_init not in ("random", "pca"):
+            raise ValueError(f"compressor_init must be 'random' or 'pca', got {self.compressor_init!r}")
+        if self.compressor_init == "pca" and self.mode != "frozen":
+            raise ValueError("compressor_init 'pca' is for frozen mode (LoRA starts from its warm start)")
         if self.epochs < 1 or self.batch_size < 1 or self.history_len < 1:
             raise ValueError("epochs, batch_size and history_len must be >= 1")
 

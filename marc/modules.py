@@ -39,6 +39,22 @@ class Compressor(nn.Module):
         self.input_mean.copy_(states.mean(0))
         self.input_scale.copy_(states.std(0).clamp(min=1e-6))
 
+    @torch.no_grad()
+    def init_from_pca(self, states: torch.Tensor) -> None:
+        """Start the mean head at PCA: the top-k principal components of the normalised inputs of
+        ``states`` [n, in_dim] (fit rows only, e.g. the warm items), whitened so each z starts with
+        unit variance. Linear C only (``hidden == 0``)."""
+        if not isinstance(self.trunk, nn.Identity):
+            raise ValueError("PCA initialisation needs a linear C (compressor_hidden = 0)")
+        h = self.norm((states - self.input_mean) / self.input_scale).double()
+        centre = h.mean(0)
+        _, singular, vectors = torch.linalg.svd(h - centre, full_matrices=False)
+        k = self.mean.out_features
+        scale = singular[:k] / max(1, len(h) - 1) ** 0.5
+        weight = vectors[:k] / scale.clamp(min=1e-6)[:, None]
+        self.mean.weight.copy_(weight.float())
+        self.mean.bias.copy_((-weight @ centre).float())
+
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.trunk(self.norm((pooled - self.input_mean) / self.input_scale))
         return self.mean(h), self.logvar(h).clamp(-10.0, 10.0)

@@ -15,19 +15,21 @@ from marc.commands.arguments import HelpFormatter, parse_dataset_specs, parse_se
 ABLATION_NAMES = ("recon", "no_adapter", "no_kl", "linear_adapter")
 
 DESCRIPTION = """\
-One time-bounded run (about 45 minutes on 2 quiet CPU cores in the default size) that measures the
+One time-bounded run (sized for 45 minutes on 2 CPU cores in the default size) that measures the
 paper's claims on the real backbone, on synthetic data and MovieLens-100K with two item texts
 ("Title (Year)" and the KAR-style text with genres; fetch it first: `marc data get ml-100k`):
 (1) layer sweep - each layer's pooled state, standardised per channel and PCA to k, scored by the
 downstream CTR harness on cold and warm items over 3 seeds; (2) compression table at each k - ids only,
-the text's surface form, final/mid layer full size, final/mid + PCA (raw and standardised), final +
-trained linear compressor, final + C + A, MARC; (3) MARC cut at other layers (--ablations adds more),
-MARC with LoRA on the top m layers at the mid and the final layer, the measured full-depth LoRA
-cost. Every AUC gets a 95% bootstrap CI over items and every claim a paired difference with its CI
-and verdict, from the per-row test predictions (--out/predictions). The backbone runs once per
-dataset (pooled states cached under --cache-dir); the rest is fanned out over --workers processes.
-Writes summary.json (everything, incl. the served-layer choice), results.md (tables) and plots to
---out.
+the text's surface form, genre multi-hot + year (MovieLens), TF-IDF + SVD to k, random vectors at k,
+final/mid layer full size, final/mid + PCA (raw and standardised), final + trained linear compressor,
+final + C + A, MARC; (3) MARC cut at other layers (--ablations adds more); on MovieLens-100K KAR
+only: MARC with LoRA on the top m layers at the served and the final layer, cheap fixes of MARC
+against PCA of its layer, and replicates on two more data splits; the measured full-depth LoRA
+cost. Every row gets cold GAUC, AUC and LogLoss with 95% bootstrap CIs over items and seeds, and
+every claim paired differences with CIs, Holm-adjusted p-values and verdicts, from the per-row test
+predictions (--out/predictions). The backbone runs once per dataset (pooled states cached under
+--cache-dir); the rest is fanned out over --workers processes. Writes summary.json (everything,
+incl. the served-layer choice), results.md (tables) and plots to --out.
 --quick: tiny random backbone, tiny data, one seed, for CI (about a minute).
 """
 
@@ -77,8 +79,8 @@ def register(subparsers: Any) -> None:
         "--lora-epochs",
         type=int,
         default=None,
-        help="train MARC with LoRA on the top m layers for this many epochs at the mid and the final "
-        "layer (default 1; 0 = skipped)",
+        help="train MARC with LoRA on the top m layers for this many epochs at the served and the "
+        "final layer (default 3; 0 = skipped)",
     )
     parser.add_argument(
         "--dims",

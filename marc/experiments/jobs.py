@@ -102,8 +102,10 @@ def _train(
         settings.update(
             mode="lora",
             batch_size=plan.lora_batch_size,
+            item_batches=True,
             lora_lr=plan.lora_lr,
             warm_start_epochs=plan.train_epochs,
+            warm_start_batch_size=plan.train_batch_size,
         )
     train = TrainConfig(**{**settings, **train_overrides})
     return train_marc(dataset, config, train, pooled=pooled, cache_dir=cache_dir)
@@ -115,9 +117,16 @@ def _train_summary(result: TrainResult) -> dict[str, Any]:
     metrics = result.metrics
     best = metrics.get("best_epoch", 0)
     kl = result.history[best - 1]["kl"] if 0 < best <= len(result.history) else None
-    keep = ("test_auc", "test_auc_warm", "test_auc_cold", "best_epoch", "epochs_run", "seconds", "z_std")
+    keep = ("test_auc", "test_auc_warm", "test_auc_cold", "test_gauc_cold", "valid_gauc_cold")
+    keep += ("best_epoch", "epochs_run", "seconds", "z_std", "steps_per_epoch")
     keep += ("epoch_seconds", "epoch_train_seconds", "lora_layers", "setup_seconds")
-    return {**{k: metrics[k] for k in keep if k in metrics}, "kl_nats": kl}
+    out = {**{k: metrics[k] for k in keep if k in metrics}, "kl_nats": kl}
+    if "warm_start" in metrics:  # LoRA: where the LoRA epochs start from, and each epoch's validation
+        out["warm_start_valid_auc"] = metrics["warm_start"]["valid_auc"]
+        out["warm_start_epochs_run"] = metrics["warm_start"]["epochs_run"]
+        for epoch, record in enumerate(result.history, 1):
+            out[f"valid_auc_epoch{epoch}"] = record["auc"]
+    return out
 
 
 def run_job(job: Job) -> dict[str, Any]:

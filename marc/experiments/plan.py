@@ -58,18 +58,28 @@ class Plan:
     ablations: tuple[str, ...] = ("recon", "no_adapter", "no_kl", "linear_adapter")
     """Which ablations of MARC to train (names in ABLATIONS)."""
     lora_epochs: int = 0
-    """> 0: also train MARC with LoRA for this many epochs at the mid and the final layer, after C and
-    A were trained on the frozen states (a warm start of ``train_epochs``)."""
+    """> 0: also train MARC with LoRA for this many epochs at the served and the final layer, after C
+    and A were trained on the frozen states (a warm start of ``train_epochs`` at
+    ``train_batch_size``), on the focus datasets."""
     lora_layers: int = 2
     """m: LoRA on the top m kept layers, fed with cached token states of layer L - m."""
     lora_seeds: tuple[int, ...] = (0,)
-    lora_batch_size: int = 4096
-    """Interactions per LoRA step: each distinct item of a step runs through the m layers once, so
-    big steps encode far fewer items per epoch."""
+    lora_batch_size: int = 512
+    """Interactions per LoRA step. The steps take the rows of a few items each (`TrainConfig.
+    item_batches`), so an epoch runs each item through the m layers about once whatever the size."""
     lora_lr: float = 1e-3
     lora_cost_steps: int = 0
     """> 0: time this many full-depth LoRA steps at the mid and the final layer (first dataset) and
     extrapolate an epoch (`marc.train.cost`)."""
+    focus_datasets: tuple[str, ...] = ()
+    """Dataset specs that also get the LoRA rows, the fixes of MARC against PCA and the replicates
+    over data splits (empty = every dataset)."""
+    fixes: bool = False
+    """Train the cheap fixes of MARC at the served layer (PCA-initialised C, weight decay, betas,
+    early stopping on validation cold GAUC) on the focus datasets."""
+    split_seeds: tuple[int, ...] = ()
+    """Replicate the focus datasets on these other data splits (the split's seed; the tables use
+    seed 0): ids only, genre + year, TF-IDF-k, PCA-k and MARC at the served layer at each k."""
     pooling: str = "mean"
     max_length: int = 64
     backbone_batch_size: int = 32
@@ -117,12 +127,15 @@ def default_plan(**overrides: Any) -> Plan:
         train_patience=3,
         train_batch_size=1024,
         ablations=(),  # the time budget; `--ablations no_adapter,no_kl,...` adds them
-        lora_epochs=1,
+        lora_epochs=3,
         lora_layers=2,
-        lora_seeds=(0,),
-        lora_batch_size=8192,
+        lora_seeds=(0, 1, 2),
+        lora_batch_size=512,  # 129 steps per epoch on MovieLens-100K
         lora_lr=2e-3,
         lora_cost_steps=2,
+        focus_datasets=(f"movielens100k:{ML100K_DIR}?text=kar",),
+        fixes=True,
+        split_seeds=(1, 2),
     )
     return replace(plan, **overrides)
 
@@ -146,7 +159,10 @@ def quick_plan(**overrides: Any) -> Plan:
         train_patience=1,
         lora_epochs=1,
         lora_layers=1,
+        lora_batch_size=256,
         lora_cost_steps=1,
+        fixes=True,
+        split_seeds=(1,),
         max_length=24,
         workers=1,
         resamples=200,
@@ -275,10 +291,12 @@ def compression_rows(
     return rows
 
 
-def ablation_rows(plan: Plan, final: int, mid: int, default_beta: float, served: int) -> list[Row]:
+def ablation_rows(
+    plan: Plan, final: int, mid: int, default_beta: float, served: int, focus: bool = True
+) -> list[Row]:
     """The ablations, plus MARC cut at the served layer and at half depth (the usual default), so
-    the choice for the default artifact is checked with MARC itself, not only with PCA; and MARC with
-    LoRA on the top m layers at the mid and the final layer."""
+    the choice for the default artifact is checked with MARC itself, not only with PCA; and on a
+    focus dataset MARC with LoRA on the top m layers at the served and the final layer."""
     k = plan.dim
     rows = [Row(f"MARC L{mid} (C + A + beta*KL, beta={default_beta:g})", marc(mid, k))]
     for name in plan.ablations:
@@ -290,12 +308,51 @@ def ablation_rows(plan: Plan, final: int, mid: int, default_beta: float, served:
     for layer, why in ((served, "the served layer"), (half, "half depth")):
         if layer not in (mid, final) and not any(row.vectors == marc(layer, k) for row in rows):
             rows.append(Row(f"cut at {why} L{layer}", marc(layer, k)))
-    if plan.lora_epochs > 0:
-        for layer, where in ((mid, f"L{mid}"), (final, f"final L{final}")):
+    if plan.lora_epochs > 0 and focus:
+        for layer, where in ((served, f"the served layer L{served}"), (final, f"final L{final}")):
             vectors = lora(plan, layer, k)
             m = dict(vectors.overrides)["lora_layers"]
-            label = f"LoRA on the top {m} layers ({plan.lora_epochs} epoch) at {where}"
+            epochs = f"{plan.lora_epochs} epoch{'s' if plan.lora_epochs > 1 else ''}"
+            label = f"LoRA on the top {m} layers ({epochs}) at {where}"
             rows.append(Row(label, vectors))
+    return rows
+
+
+FIXES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("C initialised at PCA-k", {"compressor_init": "pca"}),
+    ("weight decay 1e-2", {"weight_decay": 1e-2}),
+    ("beta=0.01", {"beta": 1e-2}),
+    ("beta=0.1", {"beta": 1e-1}),
+    ("early stop on valid cold GAUC", {"stop_metric": "gauc_cold"}),
+    (
+        "all three: PCA init, weight decay 1e-2, GAUC stop",
+        {"compressor_init": "pca", "weight_decay": 1e-2, "stop_metric": "gauc_cold"},
+    ),
+)
+"""The cheap fixes tried when MARC loses to PCA of its own layer (label, MARC settings)."""
+
+
+def fix_rows(plan: Plan, served: int) -> list[Row]:
+    """PCA of the served layer, MARC there as it is, and MARC with each cheap fix (k = plan.dim)."""
+    k = plan.dim
+    rows = [
+        Row(f"L{served} PCA-{k} (standardised)", pca_std(served, k)),
+        Row(f"MARC L{served} as it is", marc(served, k)),
+    ]
+    return rows + [Row(f"MARC L{served}, {label}", marc(served, k, **settings)) for label, settings in FIXES]
+
+
+def replicate_rows(served: int, dims: Sequence[int], genres: bool) -> list[Row]:
+    """The trimmed table of a replicate on another data split."""
+    rows = [Row("ids only", ids_only())]
+    rows += [Row("genre multi-hot + year", genre_year())] if genres else []
+    for k in dims:
+        group = f"k={k}"
+        rows += [
+            Row("TF-IDF of the text + SVD", tfidf(k), group),
+            Row(f"L{served} PCA (standardised)", pca_std(served, k), group),
+            Row(f"MARC L{served}", marc(served, k), group),
+        ]
     return rows
 
 

@@ -3,6 +3,7 @@ and optionally the generated block of a document such as EXPERIMENTS.md."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -163,18 +164,64 @@ def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command:
                 extra=("test_auc_cold", "kl_nats", "best_epoch", "epoch_seconds"),
             ),
             "",
+            *_lora_lines(result),
             f"beta sweep: ![beta sweep, {name}]({files['beta']})",
             "",
             metrics_table(result["beta"], "beta", extra=("kl_nats", "best_epoch")),
             "",
+            *_fixes_lines(result),
             "#### Claims check (test cold GAUC, row a − row b: difference [95% paired bootstrap CI over "
             "items and seeds], bootstrap p, Holm-adjusted p over the dataset's claims, verdict)",
             "",
             *(f"- {line}" if not line.startswith(" ") else line for line in claim_lines(result["claims"])),
         ]
+    for name, replicate in summary.get("replicates", {}).items():
+        interactions = replicate["interactions"]
+        out += [
+            "",
+            f"### Replicate `{name}`: `{replicate['of']}` on the data split with seed "
+            f"{replicate['split_seed']}",
+            "",
+            f"{replicate['cold_items']} cold items, {interactions['train']}/{interactions['valid']}/"
+            f"{interactions['test']} train/valid/test interactions ({replicate['cold_test_interactions']} "
+            f"test rows on cold items); the rows at the served layer L{replicate['layer']}.",
+            "",
+            metrics_table(replicate["compression"]),
+            "",
+            *(f"- {line}" if not line.startswith(" ") else line for line in claim_lines(replicate["claims"])),
+        ]
     if summary.get("lora_cost"):
         out += ["", *lora_cost_lines(summary["lora_cost"])]
     return "\n".join(out) + "\n"
+
+
+def _lora_lines(result: dict[str, Any]) -> list[str]:
+    """How the LoRA rows trained: steps per epoch, the warm start's validation AUC and each LoRA
+    epoch's (means over seeds), the best epoch (0 = no LoRA epoch beat the warm start)."""
+    lines = []
+    for record in (r for r in result["ablations"] if r["kind"] == "lora"):
+        train = record["train"]
+        epochs = sorted(k for k in train if k.startswith("valid_auc_epoch"))
+        moves = ", ".join(f"{train[k]:.4f}" for k in epochs if train[k] is not None)
+        lines.append(
+            f"- {record['label']}: {train.get('steps_per_epoch') or 0:.0f} steps per epoch; validation AUC "
+            f"{train.get('warm_start_valid_auc') or math.nan:.4f} after the warm start, then {moves} "
+            f"per LoRA epoch; best epoch {train.get('best_epoch') or 0:.1f} (mean over seeds; 0 = the warm "
+            f"start kept), {train.get('epoch_seconds') or 0:.0f} s per epoch"
+        )
+    return [*lines, ""] if lines else []
+
+
+def _fixes_lines(result: dict[str, Any]) -> list[str]:
+    """The fixes table (focus datasets only)."""
+    if not result.get("fixes"):
+        return []
+    return [
+        "#### MARC against PCA of its layer: cheap fixes (k and layer as the PCA row)",
+        "",
+        metrics_table(result["fixes"], "variant", extra=("test_gauc_cold", "kl_nats", "best_epoch")),
+        "",
+    ]
 
 
 def _jobs_note(jobs: dict[str, Any] | None) -> str:

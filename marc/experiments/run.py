@@ -24,6 +24,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset, load_dataset
 from marc.evaluate import summarise_runs
 from marc.experiments.choice import choose_mid_layer, choose_served_layer
-from marc.experiments.claims import claims
+from marc.experiments.claims import claims, replicate_claims
 from marc.experiments.intervals import collect_evidence
 from marc.experiments.jobs import Job, RunContext, run_jobs
 from marc.experiments.plan import (
@@ -46,6 +47,8 @@ from marc.experiments.plan import (
     ablation_rows,
     beta_rows,
     compression_rows,
+    fix_rows,
+    replicate_rows,
     sweep_rows,
 )
 from marc.experiments.report import slug
@@ -63,6 +66,12 @@ def _dataset(plan: Plan, spec: str) -> RecDataset:
     return load_dataset(spec, seed=0, **sizes)
 
 
+def _splits(plan: Plan, spec: str, focus: bool) -> tuple[int, ...]:
+    """The other data splits a dataset is replicated on: focus datasets read from files only (a
+    generator's seed makes other items, not another split of the same ones)."""
+    return plan.split_seeds if focus and spec.partition(":")[0] not in GENERATED_KINDS else ()
+
+
 def _scored(rows: Sequence[Row], runs: dict[Vectors, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Rows -> records with the mean/std of every metric over the row's seeds and its settings."""
     out = []
@@ -72,7 +81,7 @@ def _scored(rows: Sequence[Row], runs: dict[Vectors, list[dict[str, Any]]]) -> l
         trained = [run["train"] for run in runs[row.vectors] if "train" in run]
         if trained:
             record["train"] = {
-                key: _mean([t[key] for t in trained]) for key in trained[0] if key not in ("seconds",)
+                key: _mean([t.get(key) for t in trained]) for key in trained[0] if key not in ("seconds",)
             }
         out.append(record)
     return out
@@ -178,15 +187,29 @@ def run_experiments(
     }
     served = summary["layer_choice"]["layer"]
     parts: dict[str, dict[str, list[Row]]] = {}
-    for name in datasets:
+    for name in list(datasets):
         mid = summary["datasets"][name]["mid_layer"]
+        genres = "item_genres" in datasets[name].meta
+        focus = not plan.focus_datasets or specs[name] in plan.focus_datasets
         parts[name] = {
-            "compression": compression_rows(
-                final, mid, plan.dims, states[name][final].shape[1], "item_genres" in datasets[name].meta
-            ),
-            "ablations": ablation_rows(plan, final, mid, default_beta, served),
+            "compression": compression_rows(final, mid, plan.dims, states[name][final].shape[1], genres),
+            "ablations": ablation_rows(plan, final, mid, default_beta, served, focus),
             "beta": beta_rows(plan, mid, default_beta),
+            **({"fixes": fix_rows(plan, served)} if focus and plan.fixes else {}),
         }
+        for split in _splits(plan, specs[name], focus):
+            # The same items and texts (the cached states serve), another random split.
+            replicate = replace(load_dataset(specs[name], seed=split), name=f"{name}-split{split}")
+            datasets[replicate.name], states[replicate.name] = replicate, states[name]
+            specs[replicate.name] = specs[name]
+            parts[replicate.name] = {"compression": replicate_rows(served, plan.dims, genres)}
+            summary["replicates"] = summary.get("replicates", {})
+            summary["replicates"][replicate.name] = {
+                "of": name,
+                "split_seed": split,
+                "layer": served,
+                **_dataset_info(replicate),
+            }
 
     # 2 + 3. everything else, all datasets at once so the workers stay busy (LoRA: its own seeds)
     tick = time.perf_counter()
@@ -202,14 +225,18 @@ def run_experiments(
 
     tick = time.perf_counter()
     for name, tables in parts.items():
-        result = summary["datasets"][name]
+        replicate = name in summary.get("replicates", {})
+        result = summary["replicates" if replicate else "datasets"][name]
         for table, rows in tables.items():
             result[table] = _scored(rows, _collect(results, name, rows, plan))
-        records = [r for table in ("sweep", *tables) for r in result[table]]
+        records = [r for table in ("sweep", *tables) if table in result for r in result[table]]
         evidence = collect_evidence(datasets[name], records, predictions_dir, plan.resamples)
         for record in records:
             evidence.attach(record)
-        result["claims"] = claims(result, final, evidence.compare)
+        if replicate:
+            result["claims"] = replicate_claims(result, evidence.compare)
+        else:
+            result["claims"] = claims(result, final, evidence.compare)
     timings["intervals_seconds"] = time.perf_counter() - tick
 
     if plan.lora_cost_steps > 0:

@@ -39,7 +39,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from marc.backbone import Backbone, load_backbone
 from marc.checkpoint import save_checkpoint
 from marc.config import ModelConfig, TrainConfig
-from marc.ctr_metrics import auc, format_metric, log_loss, probabilities
+from marc.ctr_metrics import auc, format_metric, gauc, log_loss, probabilities
 from marc.data import Interactions, RecDataset
 from marc.encoder import ItemEncoder
 from marc.features import pooled_states
@@ -149,7 +149,9 @@ class _Trainer:
             for m in [*self.modules(), *self.items.modules()]:
                 m.train()
             epoch_started = time.perf_counter()
-            order = rng.permutation(len(data))
+            order = (
+                _item_major(data.items, rng) if lora and train.item_batches else rng.permutation(len(data))
+            )
             sums = {"loss": 0.0, "bce": 0.0, "kl": 0.0, "recon": 0.0}
             batches = range(0, len(order), train.batch_size)
             for start in tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not lora):
@@ -185,7 +187,7 @@ class _Trainer:
             )
             epochs.set_postfix(loss=f"{record['loss']:.4f}", valid_auc=format_metric(valid.get("auc")))
             # An undefined AUC (valid holds one class only) counts as 0: the first epoch is kept.
-            watched = valid.get("auc_prefix_mean", valid["auc"])
+            watched = valid.get("auc_prefix_mean", valid[train.stop_metric])
             score = 0.0 if math.isnan(watched) else watched
             if score > best_auc:
                 best_auc, best_epoch, best_state, stale = score, epoch, self._snapshot(), 0
@@ -272,6 +274,7 @@ class _Trainer:
         for suffix, rows in (("", np.ones_like(cold)), ("_warm", ~cold), ("_cold", cold)):
             result[f"auc{suffix}"] = auc(split.labels[rows], logits[rows])
             result[f"logloss{suffix}"] = log_loss(split.labels[rows], probabilities(logits[rows]))
+        result["gauc_cold"] = gauc(split.labels[cold], logits[cold], split.users[cold])
         return result
 
     def prefix_aucs(self, split: Interactions, means: torch.Tensor) -> dict[int, float]:
@@ -302,6 +305,13 @@ class _Trainer:
             module.load_state_dict(state)
         if isinstance(self.items, TopLayerItems):
             self.items.backbone.load_state_dict(snapshot[-1], strict=False)
+
+
+def _item_major(items: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row order of an epoch with item batches: items in a random order, each item's rows together
+    (shuffled among themselves), so a step of B rows holds the rows of a few items."""
+    rank = rng.permutation(int(items.max()) + 1)[items]
+    return np.lexsort((rng.random(len(items)), rank))
 
 
 def _backbone_info(config: ModelConfig, backbone: Backbone | None, hidden_size: int) -> dict[str, Any]:
@@ -359,7 +369,10 @@ def _warm_start(trainer: _Trainer, items: TopLayerItems, train: TrainConfig) -> 
         chunks = torch.arange(trainer.dataset.num_items).split(items.eval_batch)
         items.backbone.eval()
         pooled = torch.cat([items.encode(chunk)[2] for chunk in chunks])
-    frozen = TrainConfig(**{**train.to_dict(), "mode": "frozen", "epochs": train.warm_start_epochs})
+    batch = train.warm_start_batch_size or train.batch_size
+    frozen = TrainConfig(
+        **{**train.to_dict(), "mode": "frozen", "epochs": train.warm_start_epochs, "batch_size": batch}
+    )
     warm = _Trainer(
         trainer.dataset,
         trainer.config,
@@ -374,7 +387,7 @@ def _warm_start(trainer: _Trainer, items: TopLayerItems, train: TrainConfig) -> 
     with logging_redirect_tqdm(), _threads(1 if trainer.device.type == "cpu" else None):
         best, run = warm.fit()
     means = items.all_means(trainer.dataset.num_items).to(trainer.device)
-    valid = trainer.evaluate(trainer.dataset.valid, means)["auc"]
+    valid = trainer.evaluate(trainer.dataset.valid, means)[train.stop_metric]
     prefixes = trainer.prefix_aucs(trainer.dataset.valid, means)
     watched = float(np.nanmean(list(prefixes.values()))) if prefixes else valid  # as `fit` scores it
     score = 0.0 if math.isnan(watched) else watched
@@ -442,6 +455,8 @@ def train_marc(
         compressor = Compressor(hidden_size, config.dim, config.compressor_hidden).to(device)
         states = torch.as_tensor(pooled, dtype=torch.float32, device=device)
         compressor.set_input_stats(states)
+        if train.compressor_init == "pca":
+            compressor.init_from_pca(states[torch.from_numpy(~dataset.cold_items)])
         items = FrozenItems(states, compressor)
 
     def make_head(dim: int) -> nn.Module:
@@ -498,6 +513,7 @@ def train_marc(
     metrics.update(
         best_epoch=best_epoch,
         epochs_run=epochs_run,
+        steps_per_epoch=math.ceil(len(dataset.train) / train.batch_size),
         z_std=float(vectors.std(0).mean()),
         epoch_seconds=round(float(np.mean([r["seconds"] for r in trainer.history])), 3),
         epoch_train_seconds=round(float(np.mean([r["train_seconds"] for r in trainer.history])), 3),

@@ -14,7 +14,7 @@ import pytest
 from marc.data import load_dataset
 from marc.experiments.choice import choose_mid_layer, choose_served_layer
 from marc.experiments.jobs import Job, RunContext, run_jobs
-from marc.experiments.plan import ids_only, pca, quick_plan
+from marc.experiments.plan import FIXES, ids_only, pca, quick_plan
 from marc.experiments.report import DOC_BEGIN, DOC_END, update_doc
 from marc.experiments.resume import previous_results
 from marc.experiments.run import run_experiments
@@ -86,7 +86,8 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
 
         ablations = [(r["kind"], r["layer"], r["settings"]) for r in result["ablations"]]
         # MARC is also cut at the served layer and at half depth, unless that is the mid/final layer.
-        checks = [layer for layer in dict.fromkeys([summary["layer_choice"]["layer"], final // 2])]
+        served = summary["layer_choice"]["layer"]
+        checks = [layer for layer in dict.fromkeys([served, final // 2])]
         m = plan.lora_layers
         assert ablations == [
             ("trained", mid, {}),
@@ -96,12 +97,16 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
             ("trained", mid, {"adapter_layers": 1}),
             ("trained", final, {}),
             *[("trained", layer, {}) for layer in checks if layer not in (mid, final)],
-            ("lora", mid, {"epochs": 1, "lora_layers": m}),
+            ("lora", served, {"epochs": 1, "lora_layers": m}),
             ("lora", final, {"epochs": 1, "lora_layers": m}),
         ], name
+        fixes = [(r["kind"], r["layer"], r["settings"]) for r in result["fixes"]]
+        assert fixes[:2] == [("pca_std", served, {}), ("trained", served, {})], name
+        assert [settings for _, _, settings in fixes[2:]] == [dict(s) for _, s in FIXES], name
         assert [r["settings"].get("beta") for r in result["beta"]] == [0.0, None, 0.01], name
 
-        for record in [*result["sweep"], *result["compression"], *result["ablations"], *result["beta"]]:
+        records = [*result["sweep"], *result["compression"], *result["ablations"], *result["beta"]]
+        for record in records + result["fixes"]:
             seeds = list(plan.lora_seeds) if record["kind"] == "lora" else list(plan.seeds)
             assert record["seeds"] == seeds, record["label"]
             for key in (
@@ -125,7 +130,7 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
             if record["kind"] == "lora":
                 assert record["train"]["lora_layers"] == m, record["label"]
 
-        assert [c["claim"] for c in result["claims"]] == ["1", "2", "3", "4", "5"]
+        assert [c["claim"] for c in result["claims"]] == ["1", "2", "3", "4", "5", "6"]
         claim4 = result["claims"][3]
         baselines = {c["b"].split(" (k=")[0] for c in claim4["comparisons"]}
         assert {"ids only", "random vectors (control)", "TF-IDF of the text + SVD"} <= baselines, name
@@ -146,6 +151,21 @@ def test_quick_run_produces_every_table_row(quick_run: tuple[Path, dict[str, Any
                 "no difference" if not significant else "better" if c["difference"] > 0 else "worse"
             )
             assert c["verdict"] == expected_verdict, c
+
+    # The rating datasets are replicated on another split (a generator's seed would change the items).
+    replicates = summary["replicates"]
+    assert sorted(replicates) == ["movielens-100k-split1", "movielens-100k-title-split1"]
+    for name, replicate in replicates.items():
+        assert replicate["split_seed"] == 1 and replicate["of"] == name.removesuffix("-split1")
+        kinds = [(r["kind"], r["k"]) for r in replicate["compression"]]
+        assert kinds[:2] == [("ids", None), ("genre_year", None)]
+        for k in plan.dims:
+            assert {("tfidf", k), ("pca_std", k), ("trained", k)} <= set(kinds)
+        (claim,) = replicate["claims"]
+        assert len(claim["comparisons"]) == len(plan.dims) * 4 and claim["verdict"]
+        main = summary["datasets"][replicate["of"]]
+        assert replicate["interactions"] != main["interactions"]  # another split of the same ratings
+        assert replicate["num_items"] == main["num_items"]
 
     cost = summary["lora_cost"]
     assert cost["dataset"] == "synthetic"

@@ -4,8 +4,10 @@ lowers the loss, the token-state cache, and the measured cost of LoRA steps. Tin
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from marc.config import ModelConfig, TrainConfig
 from marc.data import RecDataset, make_synthetic
 from marc.features import token_states
 from marc.train.cost import measure_lora_cost
-from marc.train.loop import train_marc
+from marc.train.loop import _item_major, train_marc
 from marc.train.lora import lora_items, merge_lora
 from marc_serve.cli import main
 
@@ -147,3 +149,35 @@ def test_warm_start_trains_c_and_a_first_and_lora_never_ends_below_it(data: RecD
     # LoRA is early-stopped against the warm start: it keeps the start unless an epoch beats it.
     assert result.metrics["valid_auc"] >= warm["valid_auc"] - 1e-9
     assert 0 <= result.metrics["best_epoch"] <= 2 and len(result.history) >= 1
+
+
+def test_item_batches_group_each_items_rows_in_a_new_item_order_each_epoch() -> None:
+    items = np.array([3, 1, 3, 0, 2, 1, 3, 0, 2, 2, 1, 3])
+    rng = np.random.default_rng(0)
+    first, second = _item_major(items, rng), _item_major(items, rng)
+    for order in (first, second):
+        assert sorted(order) == list(range(len(items)))  # every row once
+        seen = items[order]
+        runs = [seen[0]] + [b for a, b in itertools.pairwise(seen) if a != b]
+        assert len(runs) == len(set(seen.tolist()))  # one contiguous run per item
+    assert not np.array_equal(items[first], items[second])
+
+
+@pytest.mark.slow
+def test_lora_with_item_batches_takes_the_warm_start_at_its_own_batch_size(data: RecDataset) -> None:
+    train = TrainConfig(
+        mode="lora",
+        epochs=2,
+        patience=2,
+        batch_size=32,
+        item_batches=True,
+        lora_lr=1e-2,
+        lora_layers=1,
+        warm_start_epochs=2,
+        warm_start_batch_size=len(data.train),  # one step per warm-start epoch
+    )
+    result = train_marc(data, _config(), train, backbone=load_backbone("tiny"))
+    assert result.metrics["steps_per_epoch"] == math.ceil(len(data.train) / 32)
+    assert result.metrics["warm_start"]["epochs_run"] >= 1
+    assert len(result.history) == 2  # both LoRA epochs ran (patience 2)
+    assert result.metrics["valid_auc"] >= result.metrics["warm_start"]["valid_auc"] - 1e-9

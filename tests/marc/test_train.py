@@ -222,3 +222,28 @@ def test_cli_reports_bad_input(tmp_path, capsys) -> None:
     code = main(["train", *options.split(), "--out", str(tmp_path / "x")])
     assert code == 2
     assert "layer must be in 1..4" in capsys.readouterr().err
+
+
+def test_pca_initialised_c_starts_at_the_whitened_principal_components(pooled: np.ndarray) -> None:
+    states = torch.as_tensor(pooled, dtype=torch.float32)
+    compressor = Compressor(states.shape[1], 4)
+    compressor.set_input_stats(states)
+    compressor.init_from_pca(states)
+    with torch.no_grad():
+        z = compressor(states)[0].double()
+    # Uncorrelated, unit variance, centred: the whitened PCA scores.
+    np.testing.assert_allclose(np.cov(z.numpy().T), np.eye(4), atol=1e-3)
+    np.testing.assert_allclose(z.mean(0).numpy(), 0.0, atol=1e-4)
+    with pytest.raises(ValueError, match="linear C"):
+        Compressor(states.shape[1], 4, hidden=8).init_from_pca(states)
+
+
+def test_pca_init_and_gauc_stopping_train_and_are_validated(data: RecDataset, pooled: np.ndarray) -> None:
+    train = TrainConfig(epochs=2, compressor_init="pca", stop_metric="gauc_cold")
+    result = train_marc(data, tiny_config(), train, pooled=pooled)
+    best = result.metrics["best_epoch"]
+    assert result.history[best - 1]["gauc_cold"] == pytest.approx(max(h["gauc_cold"] for h in result.history))
+    with pytest.raises(ValueError, match="stop_metric"):
+        TrainConfig(stop_metric="loss")
+    with pytest.raises(ValueError, match="frozen mode"):
+        TrainConfig(mode="lora", compressor_init="pca")
