@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from marc.commands.arguments import HelpFormatter, parse_dataset_specs, parse_sizes
+from marc.commands.arguments import HelpFormatter, parse_dataset_specs, parse_seeds, parse_sizes
 
 DESCRIPTION = """\
 Nested (Matryoshka) dimensions: for each dataset, one MARC C trained with --dims nested, one C
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--backbone", default=None, help="default: smollm2; quick: tiny")
     parser.add_argument(
-        "--layer", type=int, default=None, help="cut layer (default 8, where the study ran; quick 2)"
+        "--layer", type=int, default=None, help="cut layer (default 21, the served layer; quick 2)"
     )
     parser.add_argument(
         "--epochs",
@@ -48,7 +48,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="maximum MARC epochs (default 15, patience 3, as marc experiments)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="seed of training, evaluation, bootstrap (0)")
+    parser.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=None,
+        help="comma-separated seeds of MARC and the downstream model (default 0,1,2; quick 0,1)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="processes (default 2; quick 1)")
     parser.add_argument("--resamples", type=int, default=None, help="bootstrap resamples (default 1000)")
     parser.add_argument(
         "--cache-dir",
@@ -78,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         layer=args.layer,
         epochs=args.epochs,
-        seed=args.seed,
+        seeds=tuple(args.seeds) if args.seeds else None,
+        workers=args.workers,
         resamples=args.resamples,
     )
     command = (

@@ -25,14 +25,19 @@ def test_quick_study_writes_table_plot_and_doc_block(
     (result,) = summary["datasets"]
     assert [row["d"] for row in result["rows"]] == [4, 8, 16]
     for row in result["rows"]:
+        assert set(row["metrics"]) == {"nested", "separate", "pca"}
         for comparison in ("nested_vs_separate", "nested_vs_pca"):
-            compared = row[comparison]
-            assert compared["part"] == "cold" and compared["by"] == "item"
-            assert compared["verdict"] in ("better", "worse", "no difference")
-            difference = compared["difference"]
-            assert difference["low"] <= difference["estimate"] <= difference["high"]
+            for metric in ("gauc_cold", "auc_cold"):
+                compared = row[comparison][metric]
+                assert compared["low"] <= compared["estimate"] <= compared["high"]
+                expected = (
+                    "better" if compared["low"] > 0 else "worse" if compared["high"] < 0 else "no difference"
+                )
+                assert compared["verdict"] == expected and 0 < compared["p"] <= 1
+    assert sorted(result["trained"]) == ["0", "1"]  # the quick plan's two seeds
+    assert len(list((out / "predictions" / "synthetic").glob("*-seed1.npz"))) == 9
     assert result["price_at_full_k"]["d"] == 16
-    assert sorted(result["nested_train"]["nested"], key=int) == ["4", "8", "16"]
+    assert sorted(result["trained"]["0"]["nested_train"]["nested"], key=int) == ["4", "8", "16"]
     assert (out / "nested-synthetic.png").stat().st_size > 1000
     text = doc.read_text()
     assert "stale block" not in text and text.startswith("# head\n") and text.endswith(f"{DOC_END}\ntail\n")
