@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-test: install promtool image-tools
+test: install prometheus-tools image-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -79,7 +79,7 @@ TRAIN_ARGS ?= $(if $(and $(filter smollm2,$(BACKBONE)),$(wildcard $(EXPERIMENTS_
 EXPORT_ARGS ?= --int8
 SERVE_PORT ?= 8000
 
-.PHONY: serve artifact promtool
+.PHONY: serve artifact promtool prometheus-tools
 
 serve: artifact
 	@echo "==> serving $(ARTIFACT_DIR) on http://127.0.0.1:$(SERVE_PORT) (cache: $${MARC_REDIS_URL:-in-process LRU})"
@@ -106,20 +106,22 @@ $(ARTIFACT_DIR)/manifest.json: | install
 	rm -rf $(ARTIFACT_DIR) && mv $(ARTIFACT_DIR).partial $(ARTIFACT_DIR)
 	@echo "==> artifact ready: $(ARTIFACT_DIR)"
 
-# promtool (Prometheus config checker) for tests/deploy/test_deploy.py: taken from Debian's `prometheus` package
-# without installing it (no daemon, no service user), into .venv/bin. Skipped, with a message, where
-# neither promtool nor apt-get exists; the test then skips with the same reason.
-promtool: | install
-	@if command -v promtool >/dev/null || [ -x $(BIN)/promtool ]; then exit 0; fi; \
+# promtool (config checker, rule unit tests: tests/deploy/test_deploy.py) and the prometheus server (scrapes a
+# live service: tests/reliability/test_prometheus.py), both taken from Debian's `prometheus` package without
+# installing it (no daemon, no service user), into .venv/bin. Skipped, with a message, where they are not
+# on PATH and there is no apt-get; the tests then skip with the same reason. `promtool` is the old name.
+prometheus-tools promtool: | install
+	@if { command -v promtool || [ -x $(BIN)/promtool ]; } >/dev/null && \
+		{ command -v prometheus || [ -x $(BIN)/prometheus ]; } >/dev/null; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
-		echo "promtool: not on PATH and no apt-get here: the Prometheus config check will be skipped"; exit 0; fi; \
-	echo "==> fetching promtool from Debian's prometheus package"; \
+		echo "prometheus-tools: not on PATH and no apt-get here: the Prometheus checks will be skipped"; exit 0; fi; \
+	echo "==> fetching promtool and prometheus from Debian's prometheus package"; \
 	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cd "$$tmp" && \
 	{ apt-get download -qq -o APT::Sandbox::User=root prometheus 2>/dev/null || \
 	  { apt-get update -qq && apt-get download -qq -o APT::Sandbox::User=root prometheus; }; } && \
-	dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > promtool && chmod +x promtool && \
-	mv promtool $(abspath $(BIN))/promtool || \
-	echo "promtool: download failed: the Prometheus config check will be skipped"
+	dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool ./usr/bin/prometheus && \
+	mv usr/bin/promtool usr/bin/prometheus $(abspath $(BIN))/ || \
+	echo "prometheus-tools: download failed: the Prometheus checks will be skipped"
 
 # ---- The serving image, built and run: `make image-check` (part of `make test` too) -----------------------
 # tests/deploy/test_image.py builds the Dockerfile's cpu and cpu-bundled targets with podman on a local stand-in for

@@ -41,6 +41,7 @@ KEY_SETTINGS += ("MARC_PROVIDER", "MARC_CACHE_TTL_SECONDS")
 DOCKERFILE = REPO / "Dockerfile"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "marc.json"
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+PROMETHEUS_RULE_TESTS = REPO / "deploy" / "prometheus" / "rules_test.yml"
 DEFAULT_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 MARC_VAR = re.compile(r"\bMARC_[A-Z0-9_]+\b")
 # Labels Prometheus adds at scrape time, not the service.
@@ -459,14 +460,15 @@ def test_k8s_precompute_job_runs_every_shard_with_the_services_keys(
 # --- Prometheus and Grafana ----------------------------------------------------------------------
 
 
-def test_prometheus_config_is_valid() -> None:
+def test_prometheus_config_and_rules_are_valid() -> None:
     promtool = shutil.which("promtool") or shutil.which("promtool", path=str(REPO / ".venv" / "bin"))
     if promtool is None:
         pytest.skip("promtool not found (`make test` fetches it from Debian's prometheus package)")
-    checked = subprocess.run(
-        [promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True, check=False
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # `check config` checks the rule files the config names too; `test rules` runs their unit tests.
+    for command in (["check", "config", PROMETHEUS_CONFIG], ["test", "rules", PROMETHEUS_RULE_TESTS]):
+        checked = subprocess.run([promtool, *map(str, command)], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert yaml.safe_load(PROMETHEUS_CONFIG.read_text())["rule_files"] == ["rules.yml"]
     job = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"][0]
     assert job["metrics_path"] == "/metrics"
     assert job["dns_sd_configs"][0]["names"] == ["marc"]  # the compose service name
