@@ -110,7 +110,7 @@ $(ARTIFACT_DIR)/manifest.json: | install
 
 # Time from `make serve` on a fresh clone of this checkout's HEAD to the quickstart's answer, by phase
 # (loadtest/first_vector.py: standard library only, nothing installed first); e.g.
-# FIRST_VECTOR_ARGS="--out reports/first-vector.json". Measure on a quiet machine: it times the whole build.
+# FIRST_VECTOR_ARGS="--out /tmp/first-vector.json". Measure on a quiet machine: it times the whole build.
 FIRST_VECTOR_ARGS ?=
 first-vector:
 	$(PYTHON) loadtest/first_vector.py --repo . $(FIRST_VECTOR_ARGS)
