@@ -94,6 +94,16 @@ class TrainConfig:
     warm_start_batch_size: int = 0
     """Interactions per step of the warm start (0 = ``batch_size``): the frozen runs' size, so C and
     A get as many steps as a frozen run does whatever the LoRA batch."""
+    lora_module_lr: float = 0.0
+    """LoRA mode: learning rate of C and A during the LoRA epochs (0 = ``lr``): after a warm start
+    they need only small steps."""
+    lora_keep_start: bool = True
+    """LoRA mode: keep the warm start when no LoRA epoch beats its validation score (best epoch 0);
+    False keeps the best LoRA epoch whatever, so a comparison measures what LoRA training did."""
+    lora_head: bool = True
+    """LoRA mode: A (with the user tower) trains along with LoRA and C; False keeps A as the warm start
+    left it, so only the item side adapts (steps of a few items each would otherwise tune the user
+    embeddings of those items' users alone)."""
     item_batches: bool = False
     """LoRA mode: each step takes the rows of a few items (items in a new random order each epoch),
     so every item's text runs through the m adapted layers about once per epoch instead of once per

@@ -104,6 +104,12 @@ def _train(
             batch_size=plan.lora_batch_size,
             item_batches=True,
             lora_lr=plan.lora_lr,
+            # After the warm start: small steps for C, A kept as it is (item batches would tune the
+            # user embeddings of a few items' users), and the best LoRA epoch reported even when
+            # the warm start scored higher, so the row measures what LoRA did.
+            lora_module_lr=plan.lora_lr,
+            lora_head=False,
+            lora_keep_start=False,
             warm_start_epochs=plan.train_epochs,
             warm_start_batch_size=plan.train_batch_size,
         )

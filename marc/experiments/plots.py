@@ -45,7 +45,8 @@ def plot_sweep(result: dict[str, Any], summary: dict[str, Any], path: Path) -> P
 
 
 def plot_compression(result: dict[str, Any], path: Path) -> Path:
-    """Test AUC (cold and warm panels) vs k for each compression; ids only and full size as lines."""
+    """Test cold GAUC and cold AUC (two panels) vs k for each compression; ids only and the final
+    layer's full state as lines."""
     plt = _pyplot()
     table = result["compression"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
@@ -53,7 +54,8 @@ def plot_compression(result: dict[str, Any], path: Path) -> Path:
     for record in table:
         if record["k"]:
             methods.setdefault(record["label"], []).append(record)
-    for ax, key, title in zip(axes, ("auc_cold", "auc_warm"), ("cold items", "warm items"), strict=True):
+    panels = (("gauc_cold", "auc_cold"), ("cold items: GAUC (per user)", "cold items: AUC"))
+    for ax, key, title in zip(axes, *panels, strict=True):
         for label, records in methods.items():
             records = sorted(records, key=lambda r: r["k"])
             ax.errorbar(
@@ -71,11 +73,11 @@ def plot_compression(result: dict[str, Any], path: Path) -> Path:
             ax.axhline(record[key], color="grey", linestyle=style, linewidth=1, label=record["label"])
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (vector size)")
-        ax.set_ylabel("test AUC")
+        ax.set_ylabel("test GAUC" if key.startswith("gauc") else "test AUC")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"Compression at k on {result['name']} (mean over seeds, 95% bootstrap CI)")
+    fig.suptitle(f"Compression at k on {result['name']} (mean over seeds, 95% CI over items and seeds)")
     fig.tight_layout()
     return _save(fig, plt, path)
 

@@ -2,18 +2,22 @@
   1. MRA sweep - every probed layer's pooled state, standardised per channel (as C sees it) and PCA
      to k, scored by the downstream CTR harness (`marc.evaluate`) on every seed; the "mid layer" used
      below is the best non-final layer by validation cold AUC (never a test metric).
-  2. Compression table at each k: ids only, the text's surface form, final and mid layer at full
-     size, final/mid + PCA (raw and standardised), final + a trained linear compressor, final + C + A,
-     MARC (mid layer, C + A + beta * KL).
+  2. Compression table at each k: ids only, the text's surface form, genre multi-hot + year
+     (MovieLens), TF-IDF + SVD to k, random vectors at k (control), the final layer at full size,
+     final + PCA (raw and standardised), final + a trained linear compressor, final + C + A, mid +
+     PCA (standardised), MARC (mid layer, C + A + beta * KL).
   3. Ablations at one k (the plan's list), MARC cut at the final/served/half-depth layer; a beta
-     sweep; MARC with LoRA on the top m layers at the mid and the final layer.
-  4. Every row's test AUC with a 95% bootstrap CI over items and the claims as paired differences
-     with their CIs and verdicts (`marc.experiments.intervals`, from the jobs' per-row predictions);
+     sweep; on the focus datasets (MovieLens-100K KAR by default) MARC with LoRA on the top m layers
+     at the served and the final layer, the cheap fixes of MARC against PCA of the served layer, and
+     replicates of a trimmed table on other data splits.
+  4. Every row's test cold GAUC and AUC with a 95% two-level bootstrap CI over items and seeds, and
+     the claims as paired differences with their CIs, Holm-adjusted p-values and verdicts
+     (`marc.experiments.intervals`, `marc.experiments.claims`, from the jobs' per-row predictions);
      optionally the measured cost of full-depth LoRA (`marc.train.cost`).
 
 The backbone runs once per dataset over all items (pooled states of every probed layer, cached on
 disk by `marc.features`); everything downstream works on those arrays, fanned out over worker
-processes (one thread each), so the whole default run fits in about 35 minutes on 2 CPU cores.
+processes (one thread each), so the whole default run is sized for 45 minutes on 2 CPU cores.
 Every vector set is scored by the same harness and seeds; all selection uses validation data only.
 """
 

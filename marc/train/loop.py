@@ -129,8 +129,13 @@ class _Trainer:
         ``start_auc``: validation AUC of the weights as they are (a warm start); when no epoch beats
         it, those weights are kept and the best epoch is 0."""
         train = self.train
-        module_params = [p for m in self.modules() for p in m.parameters()]
-        groups: list[dict[str, Any]] = [{"params": module_params, "lr": train.lr}]
+        frozen_head = train.mode == "lora" and not train.lora_head
+        trained = [m for m in self.modules() if not (frozen_head and m is self.head)]
+        for parameter in self.head.parameters():
+            parameter.requires_grad_(not frozen_head)
+        module_params = [p for m in trained for p in m.parameters()]
+        module_lr = train.lora_module_lr if train.mode == "lora" and train.lora_module_lr else train.lr
+        groups: list[dict[str, Any]] = [{"params": module_params, "lr": module_lr}]
         backbone_params = self.items.backbone_parameters()
         if backbone_params:
             groups.append({"params": backbone_params, "lr": train.lora_lr})
@@ -493,6 +498,7 @@ def train_marc(
         # LoRA then fine-tunes the top m layers together with them (early-stopped against this start).
         assert isinstance(items, TopLayerItems)
         start_auc, setup["warm_start"] = _warm_start(trainer, items, train)
+        start_auc = start_auc if train.lora_keep_start else -1.0
     with logging_redirect_tqdm(), _threads(1 if not lora and device.type == "cpu" else None):
         best_epoch, epochs_run = trainer.fit(start_auc)
 
