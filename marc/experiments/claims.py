@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from marc.experiments.intervals import PRIMARY
 from marc.stats import LEVEL, holm
 
 Compare = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -128,7 +129,7 @@ def claims(result: dict[str, Any], final: int, compare: Compare) -> list[dict[st
         baselines = [r for r in table if r["kind"] in BASELINE_KINDS and r["k"] in (None, k)]
         baselines.append(find_record(table, kind="pca_std", layer=mid, k=k))
         comparisons += [compare(marc, b) for b in baselines]
-        best = max(baselines, key=lambda r: r.get(PRIMARY_KEY) or 0.0)
+        best = max(baselines, key=lambda r: r.get(PRIMARY) or 0.0)
         strongest[str(k)] = best["label"]
     claim(
         "4",
@@ -188,9 +189,6 @@ def replicate_claims(result: dict[str, Any], compare: Compare) -> list[dict[str,
 
 BASELINE_KINDS = ("ids", "surface", "genre_year", "tfidf", "random")
 """Table rows that use no LLM (claim 4 adds PCA of MARC's own layer)."""
-
-PRIMARY_KEY = "gauc_cold"
-
 
 def _adjust(entries: list[dict[str, Any]]) -> None:
     """Holm over every (non-context) comparison of the dataset's claims; verdicts from adjusted p."""
