@@ -227,6 +227,18 @@ reliability: install
 	MARC_RELIABILITY_REPORT=reports/reliability.json $(BIN)/pytest -q tests/reliability/
 	$(PY) tests/support/reliability_report.py --report reports/reliability.json --doc RELIABILITY.md
 
+# ---- Soak: `make soak` serves for SOAK_MINUTES under mixed traffic, reloads and Redis faults -----------
+# loadtest/soak.py: `marc serve --workers 2` on the default artifact and its near-free twin (a reload every
+# 2 minutes swaps them), its own redis-server restarted twice and paused once; sampled every 10 s; the
+# verdict, JSON, table and plot go to reports/soak/ (RELIABILITY.md, "Soak"). Not part of `make test`.
+SOAK_MINUTES ?= 20
+SOAK_ARGS ?=
+
+.PHONY: soak
+
+soak: artifact
+	$(PY) -m loadtest.soak --artifact $(ARTIFACT_DIR) --minutes $(SOAK_MINUTES) --out reports/soak $(SOAK_ARGS)
+
 # ---- Experiments: `make experiments` regenerates reports/experiments/ and EXPERIMENTS.md's results ----
 # Fetches MovieLens-100K first (`marc data get ml-100k` -> data/ml-100k; never committed), then runs synthetic
 # and ML-100K with both item texts (sized for about 45 minutes on 2 quiet cores; the SmolLM2 passes over the
