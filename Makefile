@@ -230,7 +230,7 @@ reliability: install
 # ---- Soak: `make soak` serves for SOAK_MINUTES under mixed traffic, reloads and Redis faults -----------
 # loadtest/soak.py: `marc serve --workers 2` on the default artifact and its near-free twin (a reload every
 # 2 minutes swaps them), its own redis-server restarted twice and paused once; sampled every 10 s; the
-# verdict, JSON, table and plot go to reports/soak/ (RELIABILITY.md, "Soak"). Not part of `make test`.
+# verdict, JSON, table and plot go to reports/soak (RELIABILITY.md, "Soak"). Not part of `make test`.
 SOAK_MINUTES ?= 20
 SOAK_ARGS ?=
 
