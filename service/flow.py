@@ -36,7 +36,7 @@ import numpy as np
 from service.cache.confirmed import ConfirmedIds
 from service.cache.keys import ID_KIND, KeySpace, normalise_text
 from service.cache.near import NearCache
-from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheUnavailable
+from service.cache.stores import Cache, CacheBusy, CacheSkipped, CacheTimeout, CacheUnavailable
 from service.cache.values import ValueCodec
 from service.embeddings import Embeddings
 from service.metrics import CACHE_RESULTS, NEAR_TIER, ModelMetrics
@@ -45,6 +45,8 @@ from service.model.batcher import Embedded
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Tries of a lookup's Redis read that timed out (MARC_CACHE_TIMEOUT_MS each) before it answers 503.
+LOOKUP_ATTEMPTS = 3
 Compute = Callable[[list[str]], Awaitable[Embedded]]
 # Wraps the wait for the model (the HTTP edge: cancel it when the client hangs up).
 Guard = Callable[[Awaitable[T]], Awaitable[T]]
@@ -232,11 +234,17 @@ class EmbedFlow:
         if self._cache is None:
             raise CacheUnavailable("no cache to look ids up in")
         keys = [self._keys.id_key(item_id) for item_id in ids]
-        try:
-            values = self._valid(await self._cache.get_many(keys))
-        except CacheUnavailable as exc:
-            self._count_unavailable(exc, len(keys))
-            raise
+        # A lookup has no model to fall back on: a call that timed out (Redis slow, or this process
+        # starved of CPU for a moment) is asked again; a refused or skipped Redis is not.
+        for attempt in range(1, LOOKUP_ATTEMPTS + 1):
+            try:
+                values = self._valid(await self._cache.get_many(keys))
+                break
+            except CacheUnavailable as exc:
+                if isinstance(exc, CacheTimeout) and attempt < LOOKUP_ATTEMPTS:
+                    continue
+                self._count_unavailable(exc, len(keys))
+                raise
         found = [(item_id, value) for item_id, value in zip(ids, values, strict=True) if value is not None]
         self._count(hits=len(found), total=len(keys))
         vectors = self._codec.decode([value for _, value in found]).vectors if found else []

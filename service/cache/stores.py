@@ -77,6 +77,10 @@ class CacheSkipped(CacheUnavailable):
     """Redis was not asked: it failed recently and is skipped until a probe finds it back."""
 
 
+class CacheTimeout(CacheUnavailable):
+    """A Redis call got no answer within the cache timeout (Redis slow, or this process starved of CPU)."""
+
+
 class CacheBusy(CacheUnavailable):
     """No Redis connection came free within the cache timeout (a burst larger than the pool)."""
 
@@ -327,7 +331,7 @@ class RedisCache:
             if started is None:
                 raise CacheBusy(f"no redis connection free within {self._timeout * 1000:.0f} ms") from exc
             self._breaker.timed_out(started, probe)
-            raise CacheUnavailable(f"redis call timed out after {self._timeout * 1000:.0f} ms") from exc
+            raise CacheTimeout(f"redis call timed out after {self._timeout * 1000:.0f} ms") from exc
         except (RedisConnectionError, OSError) as exc:
             # The server is gone (refused, reset, unknown host): open at once, don't wait per request.
             self._breaker.trip(f"{type(exc).__name__}: {exc}")

@@ -132,3 +132,24 @@ def test_paused_redis_costs_at_most_the_cache_timeout(tiny_artifact: Path) -> No
     assert len(during) >= 20  # requests kept completing while Redis hung
     assert all(not any(s.cached) for s in during)  # served by the model
     assert errors_during > 0 and computed > 0
+
+
+def test_a_lookup_asks_again_when_a_redis_call_times_out(tiny_artifact: Path) -> None:
+    """A lookup has no model to fall back on: a read that timed out (Redis slow, or the process starved
+    of CPU, as in the soak on 2 loaded cores) is asked again instead of answering 503 at once."""
+    with RedisProcess() as own_redis, _server_on(own_redis, tiny_artifact) as live, live.client() as client:
+        stored = client.post("/v1/embed", json={"items": [{"id": "sku-1", "text": "linen shirt"}]})
+        assert stored.status_code == 200
+        lookup = {"ids": ["sku-1"]}
+        _wait_for(
+            lambda: client.post("/v1/items/lookup", json=lookup).json()["unknown"] == [], 10, "id stored"
+        )
+        connections_before = own_redis.client.info("stats")["total_connections_received"]
+        # Redis holds every command for 1.5 cache timeouts: the first read times out (its connection is
+        # closed), the next one, on a new connection, is answered.
+        own_redis.client.execute_command("CLIENT", "PAUSE", int(CACHE_TIMEOUT_MS * 1.5))
+        answer = client.post("/v1/items/lookup", json=lookup)
+        connections_after = own_redis.client.info("stats")["total_connections_received"]
+    assert answer.status_code == 200, answer.text
+    assert [item["id"] for item in answer.json()["data"]] == ["sku-1"]
+    assert connections_after > connections_before  # the timed-out read's connection was replaced

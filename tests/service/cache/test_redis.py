@@ -150,7 +150,7 @@ def test_breaker_opens_on_refusal_or_repeated_timeouts_not_on_one_slow_call() ->
 
     with RedisProcess() as own_redis:
         seen = asyncio.run(scenario(own_redis))
-    assert seen["stalled"] == ["CacheUnavailable"] * 5
+    assert seen["stalled"] == ["CacheTimeout"] * 5  # a CacheUnavailable that says why
     assert seen["after_stall"] == ("ok", [b"v"])  # the stall did not open the breaker
     assert seen["sequential"] == ["ok", "ok", "skipped"]
     assert seen["refused"] == "skipped"
