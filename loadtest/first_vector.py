@@ -150,18 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         print(f"first-vector: {error}", file=sys.stderr)
         return 1
-    finally:
+    else:
+        phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["phases_seconds"].items())
+        print(
+            f"first vector after {result['first_vector_seconds']:.0f} s ({phases}) on {result['cpu']}, "
+            f"{result['cores']} cores, load average {result['load_average_at_start'][0]} at the start; "
+            f"model {result['answer']['model']} fingerprint {result['answer']['fingerprint'][:16]}",
+            flush=True,
+        )
+        if args.out:
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
+    finally:  # after the result: removing a 3 GB venv takes a while on a busy machine
         if args.keep is None:
             shutil.rmtree(clone, ignore_errors=True)
-    phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["phases_seconds"].items())
-    print(
-        f"first vector after {result['first_vector_seconds']:.0f} s ({phases}) on {result['cpu']}, "
-        f"{result['cores']} cores, load average {result['load_average_at_start'][0]} at the start; "
-        f"model {result['answer']['model']} fingerprint {result['answer']['fingerprint'][:16]}"
-    )
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
 
 
 if __name__ == "__main__":
