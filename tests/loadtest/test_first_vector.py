@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 
+import pytest
+
 from loadtest import first_vector
+
+
+@pytest.fixture(autouse=True)
+def _own_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The script's folder (clone, log) under the test's own: nothing left in /tmp."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
 
 SERVER = """\
 import json, sys, time
@@ -63,7 +73,9 @@ def test_times_a_fresh_clone_to_the_first_vector_by_phase(tmp_path: Path) -> Non
     assert first_vector.ask(result["port"]) is None
 
 
-def test_a_serve_that_fails_is_reported_not_waited_for(tmp_path: Path, capsys) -> None:
+def test_a_serve_that_fails_is_reported_not_waited_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     repo = _repo(tmp_path / "repo", "serve:\n\t@echo '==> [1/2] training'; exit 3\n")
     assert first_vector.main(["--repo", str(repo), "--timeout", "60"]) == 1
     assert "make serve exited with status 2" in capsys.readouterr().err
