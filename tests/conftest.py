@@ -19,6 +19,15 @@ pin_cpu_kernels()
 # tests.support.servers.TEST_VARIANTS): for the ones started with this process's environment.
 os.environ["MARC_INT8_MIN_SPEEDUP"] = "0"
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding a `slow` test first (stable otherwise): `make test`'s workers take whole files in
+    collection order, so the longest ones (the image builds, the real backbone) start at once instead of
+    leaving one worker busy at the end while the other idles."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 # --- tiny checkpoints and artifacts (export/) ------------------------------------------------------
 # Tiny random backbone (4 layers, hidden 64), cut at layer 2, k=16, max_length 32: export takes ~1 s.
 

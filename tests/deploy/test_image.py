@@ -38,6 +38,9 @@ from tests.support.redis_server import RedisProcess
 from tests.support.reference import served_fingerprint
 from tests.support.servers import LiveServer
 
+# Builds two images (and, once per machine, the stand-in base): minutes.
+pytestmark = pytest.mark.slow
+
 CONTAINER_UID = 10001
 DRAIN_SECONDS = 2.0
 # The stand-in base is ~200 MB (the official slim image ~130 MB); ONNX Runtime and the service add

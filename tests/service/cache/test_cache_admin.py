@@ -182,6 +182,10 @@ def test_purging_the_served_fingerprint_only_empties_its_cache(
     with live, live.client() as http:
         first = http.post("/v1/embed", json={"items": items}).json()
         client = redis.Redis.from_url(server.url)
+        # The service writes to Redis after answering: on a busy machine the writes may land later.
+        deadline = time.monotonic() + 30
+        while len(list(client.scan_iter(f"{prefix}:*"))) < len(items) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert purge_fingerprint(client, prefix, served) == len(items)
         client.close()
         after = http.post("/v1/embed", json={"items": items}).json()
