@@ -62,7 +62,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.multiprocess = multiprocess_dir() is not None
-        self._sampled: list[tuple[Gauge, Callable[[], float]]] = []
+        # Per gauge (a labelled child), the function its value is read from: a reload's new batcher
+        # replaces the old one's, so the retired model is not kept alive by its sampler.
+        self._sampled: dict[Gauge, Callable[[], float]] = {}
         r = self.registry
         self.request_duration = Histogram(
             "marc_request_duration_seconds",
@@ -204,6 +206,7 @@ class Metrics:
             self.items_dropped,
             self.overload_rejections,
         )
+        self._sampled.pop(self.queue_depth.labels(model=model), None)
         for metric in per_model:
             with contextlib.suppress(KeyError):
                 metric.remove(model)
@@ -212,13 +215,13 @@ class Metrics:
         """``gauge`` shows ``read()``: at scrape time in one process, every `SAMPLE_SECONDS` (see
         `refresh`) in multiprocess mode."""
         if self.multiprocess:
-            self._sampled.append((gauge, read))
+            self._sampled[gauge] = read
         else:
             gauge.set_function(read)
 
     def refresh(self) -> None:
         """Write the sampled gauges' current values (multiprocess mode)."""
-        for gauge, read in self._sampled:
+        for gauge, read in self._sampled.items():
             gauge.set(read())
 
     def render(self) -> bytes:
