@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/soak"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    for chatty in ("httpx", "openai"):  # a line per request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.other is None:
         from loadtest.near_free import near_free_artifact
 

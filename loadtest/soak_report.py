@@ -154,7 +154,7 @@ def markdown(report: dict[str, Any], rows_every_s: float) -> str:
     processes = sorted({name for s in samples for name in s["processes"]}, key=_process_order)
     routes = sorted({route for s in samples for route in s["latency"]})
     head = ["t (min)", *(f"RSS {p} MiB" for p in processes), "fds (all)"]
-    head += [f"p99 {r} ms" for r in routes] + ["requests", "errors", "queue depth"]
+    head += [f"p99 {r} ms" for r in routes] + ["requests", "errors", "queue depth", "load 1m"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     next_row = 0.0
     for s in samples:
@@ -167,7 +167,7 @@ def markdown(report: dict[str, Any], rows_every_s: float) -> str:
         cells += [f"{s['latency'][r]['p99_ms']:.0f}" if r in s["latency"] else "-" for r in routes]
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(s["errors"].items())) or "0"
         depth = "-" if s["queue_depth"] is None else f"{s['queue_depth']:.0f}"
-        cells += [str(s["requests"]), errors, depth]
+        cells += [str(s["requests"]), errors, depth, f"{s['load_1m']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| criterion | result | figures |", "|---|---|---|"]
     for name, criterion in report["verdict"]["criteria"].items():

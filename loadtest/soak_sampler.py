@@ -111,4 +111,5 @@ def sample(at: float, root: int, url: str, since: list[Outcome]) -> dict[str, An
         "requests": len(since),
         "errors": dict(errors),
         "queue_depth": queue_depth(url),
+        "load_1m": os.getloadavg()[0],  # the machine's, soak included (shared machines)
     }
