@@ -156,7 +156,7 @@ class Traffic:
         except httpx.TransportError as exc:
             self._record(Outcome(sent, route, kind, self.now() - sent, None, type(exc).__name__))
             return None
-        error = "" if answer.status_code == 200 else f"{answer.status_code} {_error_type(answer)}"
+        error = "" if answer.status_code == 200 else f"{answer.status_code} {_error_type(answer.content)}"
         self._record(Outcome(sent, route, kind, self.now() - sent, answer.status_code, error))
         return answer.json() if answer.status_code == 200 else None
 
@@ -269,7 +269,7 @@ class Traffic:
                 answer += chunk
         head, _, payload = answer.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        return status, "" if status == 200 else f"{status} {_error_type_of(payload)}"
+        return status, "" if status == 200 else f"{status} {_error_type(payload)}"
 
     def _slow(self, n: int) -> None:
         texts = self._new("slow", n, 2)
@@ -297,11 +297,7 @@ def _body(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def _error_type(answer: httpx.Response) -> str:
-    return _error_type_of(answer.content)
-
-
-def _error_type_of(payload: bytes) -> str:
+def _error_type(payload: bytes) -> str:
     try:
         return str(json.loads(payload)["error"]["type"])
     except (ValueError, KeyError, TypeError):
