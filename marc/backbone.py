@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import AutoModel, LlamaConfig, LlamaModel, PreTrainedModel, PreTrainedTokenizerFast
+from transformers.utils.quantization_config import GgufConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,11 @@ def _smollm2(cache_dir: Path | None) -> tuple[PreTrainedModel, PreTrainedTokeniz
     if folder is not None and (folder / "config.json").is_file():
         log.info("loading SmolLM2 from %s (de-quantised once from %s)", folder, gguf.name)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder))
-        return AutoModel.from_pretrained(str(folder), dtype=torch.float32), _prepare_tokenizer(tokenizer)
+        model = AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+        # The config as the GGUF load gives it: what is keyed by it (marc.features' caches) still matches.
+        model.config._name_or_path = str(gguf.parent)
+        model.config.quantization_config = GgufConfig(gguf_file=gguf.name)
+        return model, _prepare_tokenizer(tokenizer)
     log.info("loading SmolLM2 from %s (de-quantising GGUF, ~30 s on 2 cores)", gguf)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModel.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)

@@ -88,6 +88,7 @@ def test_smollm2_gguf_truncates_and_runs():
 @pytest.mark.slow
 def test_smollm2_is_dequantised_once_into_the_cache(tmp_path, caplog):
     from export.tokenizer_file import serving_tokenizer
+    from marc.features import backbone_fingerprint
 
     with caplog.at_level("INFO", logger="marc.backbone"):
         fresh = load_backbone("smollm2", cache_dir=tmp_path)  # de-quantises the GGUF, writes the cache
@@ -95,8 +96,10 @@ def test_smollm2_is_dequantised_once_into_the_cache(tmp_path, caplog):
     assert "de-quantising GGUF" in caplog.messages[0] and "de-quantised once" in caplog.messages[-1]
     (entry,) = tmp_path.iterdir()
     assert (entry / "model.safetensors").is_file() and not list(tmp_path.glob("*.partial*"))
-    # The same weights, model class, tokenizer and serving tokenizer file as the GGUF gives.
+    # The same weights, model class, config (so the same feature-cache keys), tokenizer and serving
+    # tokenizer file as the GGUF gives.
     assert type(cached.model) is type(fresh.model)
+    assert backbone_fingerprint(cached) == backbone_fingerprint(fresh)
     weights, again = fresh.model.state_dict(), cached.model.state_dict()
     assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
     texts = ["red running shoes", "Crème brûlée 🍮 pour deux, 12 €", "x" * 300]
