@@ -4,8 +4,8 @@
      below is the best non-final layer by validation cold AUC (never a test metric).
   2. Compression table at each k: ids only, the text's surface form, genre multi-hot + year
      (MovieLens), TF-IDF + SVD to k, random vectors at k (control), the final layer at full size,
-     final + PCA (raw and standardised), final + a trained linear compressor, final + C + A, mid +
-     PCA (standardised), MARC (mid layer, C + A + beta * KL).
+     final + PCA (raw and standardised), final + C + A, mid + PCA (standardised), MARC (mid layer,
+     C + A + beta * KL).
   3. Ablations at one k (the plan's list), MARC cut at the final/served/half-depth layer; a beta
      sweep; on the focus datasets (MovieLens-100K KAR by default) MARC with LoRA on the top m layers
      at the served and the final layer, the cheap fixes of MARC against PCA of the served layer, and
@@ -206,7 +206,7 @@ def run_experiments(
             replicate = replace(load_dataset(specs[name], seed=split), name=f"{name}-split{split}")
             datasets[replicate.name], states[replicate.name] = replicate, states[name]
             specs[replicate.name] = specs[name]
-            parts[replicate.name] = {"compression": replicate_rows(served, plan.dims, genres)}
+            parts[replicate.name] = {"compression": replicate_rows(served, plan.dim, genres)}
             summary["replicates"] = summary.get("replicates", {})
             summary["replicates"][replicate.name] = {
                 "of": name,
