@@ -244,8 +244,8 @@ soak: artifact
 
 # ---- Experiments: `make experiments` regenerates reports/experiments/ and EXPERIMENTS.md's results ----
 # Fetches MovieLens-100K first (`marc data get ml-100k` -> data/ml-100k; never committed), then runs synthetic
-# and ML-100K with both item texts (sized for about 45 minutes on 2 quiet cores; the SmolLM2 passes over the
-# items are cached in .cache/features; see EXPERIMENTS.md for what a run on the shared machine cost);
+# and ML-100K with both item texts (aimed at 45 minutes on 2 cores; it took about 74 under load 4-7, see
+# EXPERIMENTS.md, "Run and cost"; the SmolLM2 passes over the items are cached in .cache/features);
 # e.g. EXPERIMENTS_ARGS="--quick --out /tmp/quick" for the CI size, or "--datasets movielens:/path/to/ml-1m".
 EXPERIMENTS_ARGS ?= --out reports/experiments --update-doc EXPERIMENTS.md
 

@@ -15,8 +15,8 @@ from marc.commands.arguments import HelpFormatter, parse_dataset_specs, parse_se
 ABLATION_NAMES = ("recon", "no_adapter", "no_kl", "linear_adapter")
 
 DESCRIPTION = """\
-One time-bounded run (sized for 45 minutes on 2 CPU cores in the default size) that measures the
-paper's claims on the real backbone, on synthetic data and MovieLens-100K with two item texts
+One time-bounded run (aimed at 45 minutes on 2 CPU cores; EXPERIMENTS.md says what it took) that
+measures the paper's claims on the real backbone, on synthetic data and MovieLens-100K with two item texts
 ("Title (Year)" and the KAR-style text with genres; fetch it first: `marc data get ml-100k`):
 (1) layer sweep - each layer's pooled state, standardised per channel and PCA to k, scored by the
 downstream CTR harness on cold and warm items over 3 seeds; (2) compression table at each k - ids only,

@@ -17,7 +17,7 @@
 
 The backbone runs once per dataset over all items (pooled states of every probed layer, cached on
 disk by `marc.features`); everything downstream works on those arrays, fanned out over worker
-processes (one thread each), so the whole default run is sized for 45 minutes on 2 CPU cores.
+processes (one thread each), aiming the default run at 45 minutes on 2 CPU cores.
 Every vector set is scored by the same harness and seeds; all selection uses validation data only.
 """
 
