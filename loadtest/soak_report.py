@@ -83,6 +83,7 @@ def error_criteria(
     """(every request answered, errors only documented and only while Redis is down)."""
     unanswered = [o for o in outcomes if o.status is None and o.kind != "disconnect"]
     explained, unexplained = 0, {}
+    unexplained_at: list[float] = []  # when (s into the run), to set beside the events
     for outcome in outcomes:
         kind = error_kind(outcome)
         if kind is None:
@@ -92,8 +93,14 @@ def error_criteria(
             explained += 1
         else:
             unexplained[kind] = unexplained.get(kind, 0) + 1
+            unexplained_at.append(round(outcome.at, 2))
     answered = {"ok": not unanswered, "requests": len(outcomes), "without_answer": len(unanswered)}
-    errors = {"ok": not unexplained, "explained_during_outages": explained, "unexplained": unexplained}
+    errors = {
+        "ok": not unexplained,
+        "explained_during_outages": explained,
+        "unexplained": unexplained,
+        "unexplained_at_s": unexplained_at[:20],
+    }
     return answered, errors
 
 
