@@ -50,8 +50,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (Linux)."""
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, depth first (Linux)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -59,7 +59,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         for child in direct:
-            found += [child, *_children(child)]
+            found += [child, *descendants(child)]
     return found
 
 
@@ -144,7 +144,7 @@ class ServerProcess:
         have used so far, all threads; NaN off Linux."""
         if not Path(f"/proc/{self.pid}/stat").is_file():
             return math.nan
-        return sum(_cpu_seconds(pid) for pid in [self.pid, *_children(self.pid)])
+        return sum(_cpu_seconds(pid) for pid in [self.pid, *descendants(self.pid)])
 
     def stop(self, grace_seconds: float = 30.0) -> None:
         """SIGTERM, then SIGKILL if it is still up after ``grace_seconds`` (0: SIGKILL at once)."""

@@ -13,20 +13,8 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.processes import descendants
 from loadtest.soak_traffic import Outcome
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``, depth first (Linux)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        for child in children:
-            found += [child, *descendants(child)]
-    return found
 
 
 def process_label(pid: int, root: int) -> str:
