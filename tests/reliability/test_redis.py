@@ -70,6 +70,7 @@ def test_redis_killed_and_restarted_during_load(tiny_artifact: Path) -> None:
         errors_during = live.metric("marc_cache_requests_total", result="error") - errors_before
         ready_during = httpx.get(f"{live.url}/readyz", timeout=5)
 
+        restarting_at = time.monotonic()  # start() returns once Redis answers: it is up before then
         own_redis.start()  # same port, empty
         restarted_at = time.monotonic()
         recovery = _seconds_until_more_hits(live, 20, "cache hits after the restart")
@@ -89,7 +90,11 @@ def test_redis_killed_and_restarted_during_load(tiny_artifact: Path) -> None:
     )
     assert failures == [], failures[:5]
     assert len(during) >= 100
-    assert all(not any(s.cached) for s in during if s.started > killed_at + 0.05)  # nothing from a dead cache
+    # Nothing from a dead cache: no request answered wholly inside the outage reports a cached item. (One
+    # that ended after the restart began may have read the new Redis, which holds what was written since.)
+    inside = [s for s in during if s.started > killed_at + 0.05 and s.finished < restarting_at]
+    assert len(inside) >= 50
+    assert [s for s in inside if any(s.cached)] == []
     assert errors_during > 0  # counted as marc_cache_requests_total{result="error"}
     assert ready_during.status_code == 200 and ready_during.json()["cache"]["status"] == "skipped"
 
