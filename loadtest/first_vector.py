@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -27,6 +26,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+# Run as a script before anything is installed: marc.machine is standard library only.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from marc.machine import cpu_model, load_average
 
 REQUEST = {"items": [{"id": "sku-1", "text": "red running shoes"}]}  # the README's quickstart curl
 # (phase name, the line of `make serve` that ends it); the last phase ends with the first vector.
@@ -42,13 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def ask(port: int) -> dict[str, Any] | None:
@@ -73,7 +69,7 @@ def measure(repo: Path, clone: Path, log_path: Path, timeout: float) -> dict[str
     subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(repo), str(clone)], check=True)
     subprocess.run(["git", "checkout", "--quiet", head], cwd=clone, check=True)
     port = free_port()
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    load_at_start = load_average()
     start = time.monotonic()
     marks: dict[str, float] = {}
     server = subprocess.Popen(
