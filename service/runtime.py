@@ -121,7 +121,8 @@ class ServiceRuntime:
 
 def _batched(cache: Cache, settings: Settings, metrics: Metrics, confirmed: ConfirmedIds | None) -> Cache:
     """``cache`` (Redis) behind one read per loop turn and queued writes (`service.cache.batched`),
-    counted; an id whose write is lost is no longer trusted to be in Redis."""
+    counted; an id whose write is lost is no longer trusted to be in Redis, and no id at all once the
+    connection to Redis was lost (it may have restarted empty)."""
     writes = {result: metrics.cache_writes.labels(result=result) for result in ("ok", "error")}
 
     def lost(keys: list[str], reason: LostReason) -> None:
@@ -135,6 +136,7 @@ def _batched(cache: Cache, settings: Settings, metrics: Metrics, confirmed: Conf
         max_pending=settings.cache_write_queue_items,
         on_write=lambda result: writes[result].inc(),
         on_lost=lost,
+        on_disconnected=confirmed.clear if confirmed is not None else lambda: None,
     )
 
 

@@ -205,7 +205,8 @@ class Settings(BaseSettings):
         description="How long this process trusts that an item id's key still points at the text it last "
         "read or wrote there: a request whose ids are all confirmed and whose texts are in the near-cache "
         "costs no Redis round trip. Another process re-pointing the id, or `marc cache purge`, is seen "
-        "here only after this long. Kept below MARC_CACHE_TTL_SECONDS. 0 = read every id's key from Redis.",
+        "here only after this long; a lost connection to Redis (a restart) drops every confirmation. "
+        "Kept below MARC_CACHE_TTL_SECONDS. 0 = read every id's key from Redis.",
     )
     confirmed_ids_bytes: int = Field(
         4 * 1024 * 1024,

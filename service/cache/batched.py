@@ -14,6 +14,10 @@ whatever it carries; per request, that was most of the CPU a new item cost outsi
   slower than the writes coming in; a dropped text key is recomputed on its next miss, a dropped
   id key rewritten on its next request). A write that fails is counted and not retried, as before.
   `close` flushes what is queued before the connection closes.
+
+A read or write that finds the connection lost (`CacheDisconnected`: Redis gone or restarted, and a
+restarted Redis may be empty) calls ``on_disconnected``: what this process believed Redis holds is
+no longer to be trusted.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from service.cache.stores import Cache, CacheStatus, CacheUnavailable
+from service.cache.stores import Cache, CacheDisconnected, CacheStatus, CacheUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ class BatchedCache:
     """A `Cache` in front of ``cache`` (Redis) that batches reads per loop turn and writes per flush.
     ``on_write(result)`` is called once per write round trip; ``on_lost(keys, reason)`` with the keys
     of entries that did not reach Redis: ``"error"`` (their write failed) or ``"dropped"`` (shed from
-    a full queue)."""
+    a full queue); ``on_disconnected()`` when a call found the connection lost."""
 
     def __init__(
         self,
@@ -45,12 +49,14 @@ class BatchedCache:
         max_pending: int,
         on_write: Callable[[WriteResult], None],
         on_lost: Callable[[list[str], LostReason], None],
+        on_disconnected: Callable[[], None],
     ) -> None:
         self.backend = cache.backend
         self._cache = cache
         self._max_pending = max_pending
         self._on_write = on_write
         self._on_lost = on_lost
+        self._on_disconnected = on_disconnected
         self._reads: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]] = []
         self._pending: dict[str, bytes] = {}  # queued, in queueing order (oldest first)
         self._flushing: dict[str, bytes] = {}  # the batch on its way to Redis now
@@ -84,6 +90,8 @@ class BatchedCache:
         try:
             values = await self._cache.get_many(keys)
         except CacheUnavailable as exc:
+            if isinstance(exc, CacheDisconnected):
+                self._on_disconnected()
             for _, future in reads:
                 if not future.done():
                     future.set_exception(exc)
@@ -139,6 +147,8 @@ class BatchedCache:
                 await self._cache.set_many(list(self._flushing.items()))
             except CacheUnavailable as exc:
                 log.debug("cache write of %d entries failed: %s", len(self._flushing), exc)
+                if isinstance(exc, CacheDisconnected):
+                    self._on_disconnected()
                 self._on_write("error")
                 self._on_lost(list(self._flushing), "error")
             else:

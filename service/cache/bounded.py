@@ -50,6 +50,10 @@ class ByteBoundedLRU(Generic[K, V]):
         self.bytes -= entry[1]
         return entry[0]
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
     def __len__(self) -> int:
         return len(self._entries)
 

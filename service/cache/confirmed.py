@@ -10,7 +10,10 @@ the key still points where it saw it. If in that time another process re-points 
 with the same id and another text, on another replica) or `marc cache purge` removes it, a request
 here with the earlier pairing does not rewrite it until the confirmation expires. A re-pointing in
 this process updates its confirmation at once. ``seconds`` is kept below the cache TTL, so an id key
-that expires in Redis is always read (and rewritten) again before it could be missed.
+that expires in Redis is always read (and rewritten) again before it could be missed. A Redis call that
+finds the connection lost (Redis gone or restarted: a restarted Redis may be empty) drops every
+confirmation (`clear`), so the ids' keys are read, and rewritten, again; a restart is noticed at this
+process's next Redis call (a miss, a lookup, a write), and until then at most ``seconds`` late.
 
 Bounded by the bytes its entries cost in this process; the least recently used go first.
 """
@@ -54,6 +57,10 @@ class ConfirmedIds:
         ``keys`` are ignored)."""
         for key in keys:
             self._entries.pop(key)
+
+    def clear(self) -> None:
+        """Trust nothing confirmed so far (Redis was lost: it may have come back empty)."""
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

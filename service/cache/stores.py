@@ -81,6 +81,11 @@ class CacheTimeout(CacheUnavailable):
     """A Redis call got no answer within the cache timeout (Redis slow, or this process starved of CPU)."""
 
 
+class CacheDisconnected(CacheUnavailable):
+    """The connection to Redis was refused or lost: the server is gone, or restarted (and then, without
+    persistence, empty)."""
+
+
 class CacheBusy(CacheUnavailable):
     """No Redis connection came free within the cache timeout (a burst larger than the pool)."""
 
@@ -335,7 +340,7 @@ class RedisCache:
         except (RedisConnectionError, OSError) as exc:
             # The server is gone (refused, reset, unknown host): open at once, don't wait per request.
             self._breaker.trip(f"{type(exc).__name__}: {exc}")
-            raise CacheUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise CacheDisconnected(f"{type(exc).__name__}: {exc}") from exc
         except RedisError as exc:
             # Command-level errors (OOM, wrong type, ...) come from a server that answers.
             self._breaker.answered()

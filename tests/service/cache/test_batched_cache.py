@@ -1,7 +1,8 @@
 """Redis calls shared by concurrent requests (service/cache/batched.py), against a private redis-server
 whose command counts tell how many round trips were made: reads of one loop turn as one MGET, writes
 as one pipeline per flush, the write queue past its bound, writes that outlive a paused Redis, a
-queued value read back at once, and a dead Redis failing every caller of a shared read."""
+queued value read back at once, and a dead Redis failing every caller of a shared read (and reported
+as a lost connection)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,16 @@ class Recorder:
     def __init__(self) -> None:
         self.writes: list[str] = []
         self.lost: list[tuple[str, list[str]]] = []
+        self.disconnected = 0
 
     def on_write(self, result: str) -> None:
         self.writes.append(result)
 
     def on_lost(self, keys: list[str], reason: str) -> None:
         self.lost.append((reason, keys))
+
+    def on_disconnected(self) -> None:
+        self.disconnected += 1
 
 
 @pytest.fixture
@@ -44,7 +49,13 @@ def _batched(
 ) -> tuple[BatchedCache, Recorder]:
     recorder = Recorder()
     redis = RedisCache(process.url, ttl_seconds=60, timeout_seconds=timeout, retry_seconds=1.0)
-    cache = BatchedCache(redis, max_pending=max_pending, on_write=recorder.on_write, on_lost=recorder.on_lost)
+    cache = BatchedCache(
+        redis,
+        max_pending=max_pending,
+        on_write=recorder.on_write,
+        on_lost=recorder.on_lost,
+        on_disconnected=recorder.on_disconnected,
+    )
     return cache, recorder
 
 
@@ -153,6 +164,8 @@ def test_a_dead_redis_fails_every_caller_of_a_shared_read_and_counts_lost_writes
     answers, recorder = asyncio.run(scenario())
     assert all(isinstance(answer, CacheUnavailable) for answer in answers)
     assert recorder.writes == ["error"] and recorder.lost == [("error", ["a", "b"])]
+    # The shared read found the connection lost (the write after it was skipped by the open breaker).
+    assert recorder.disconnected == 1
 
 
 def test_after_a_redis_restart_writes_land_again_and_the_script_is_loaded_anew(

@@ -2,7 +2,8 @@
 service in front of a private redis-server whose command counts tell what reached Redis: a repeat of
 the README's request (one item with an id) costs no Redis round trip; the store keeps its byte bound
 past it; a re-pointing in this process is seen at once, one by another process only after
-MARC_CONFIRMED_IDS_SECONDS (the documented staleness rule), and then rewritten."""
+MARC_CONFIRMED_IDS_SECONDS (the documented staleness rule), and then rewritten; after a Redis restart
+(empty) the ids are written again as soon as a call finds the connection lost."""
 
 from __future__ import annotations
 
@@ -117,6 +118,37 @@ def test_a_re_pointed_id_is_rewritten_in_this_process_at_once_and_from_another_a
         time.sleep(0.1)
         assert np.allclose(_lookup(client, "sku-1"), readme)
     assert stale  # the documented staleness: at most MARC_CONFIRMED_IDS_SECONDS
+
+
+def test_after_a_redis_restart_ids_are_written_again_at_once_not_after_the_window(
+    tiny_artifact: object, redis_process: RedisProcess
+) -> None:
+    """A restarted Redis is empty: confirmations of ids it held must not outlive it (with a window of
+    5 minutes, a confirmed id would otherwise stay unknown to lookups for 5 minutes)."""
+    with (
+        LiveServer(
+            artifact=tiny_artifact,
+            redis_url=redis_process.url,
+            confirmed_ids_seconds=300,
+            cache_retry_seconds=0.2,
+        ) as live,
+        live.client() as client,
+    ):
+        readme = client.post("/v1/embed", json=README_BODY).json()["data"][0]["embedding"]
+        client.post("/v1/embed", json=README_BODY)  # all hits: confirmed and kept by the memo
+        _calls_once_written(redis_process, 2)
+        redis_process.kill()
+        redis_process.start()  # same port, empty
+        # A request that reaches Redis (a new text) finds the pooled connection lost.
+        assert client.post("/v1/embed", json={"items": [{"text": OTHER_TEXT}]}).status_code == 200
+        time.sleep(0.3)  # past the breaker's retry: Redis is asked again
+        repeat = client.post("/v1/embed", json=README_BODY)  # read again, not answered from the memo
+        deadline = time.monotonic() + 10
+        while not list(redis_process.client.scan_iter("*:i:sku-1")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        looked_up = _lookup(client, "sku-1")
+    assert repeat.status_code == 200 and np.allclose(repeat.json()["data"][0]["embedding"], readme)
+    assert np.allclose(looked_up, readme)
 
 
 def test_confirmations_must_expire_before_the_cache_ttl() -> None:
