@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 
 from loadtest.processes import RedisServer, ServerProcess, environment_without_settings
-from loadtest.soak_report import Bounds, vector_criterion, verdict, write
+from loadtest.soak_report import Bounds, ids_criterion, vector_criterion, verdict, write
 from loadtest.soak_sampler import sample
 from loadtest.soak_traffic import Plan, Returned, Traffic
 from marc.machine import cpu_model, load_average
@@ -223,7 +223,15 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
             "by_kind": {k: sum(o.kind == k for o in traffic.outcomes) for k in plan.rates},
             "vectors_checked": len(traffic.returned),
         },
-        "verdict": verdict(samples, traffic.outcomes, outages, vectors, reloads_ok, bounds),
+        "verdict": verdict(
+            samples,
+            traffic.outcomes,
+            outages,
+            vectors,
+            ids_criterion(traffic.stored_ids, traffic.unknown_ids, outages, bounds),
+            reloads_ok,
+            bounds,
+        ),
     }
     paths = write(report, args.out, rows_every_s=args.rows_every)
     print(

@@ -12,6 +12,9 @@ Criteria, after the warm-up:
   hang-ups are not requests that wanted one);
 * errors only of the documented kinds and only while Redis is down (`DOCUMENTED_OUTAGE_ERRORS`, in an
   outage window or ``grace_s`` after it);
+* every id is known to lookups once stored: a lookup may find an id unknown only if no hit stored it
+  (answered by the same model) at least ``settle_s`` before the lookup with no Redis outage, or its
+  grace, since that hit was sent (a restarted Redis is empty; a write during an outage is lost);
 * every reload succeeded.
 """
 
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.soak_sampler import error_kind
-from loadtest.soak_traffic import Outcome, Returned
+from loadtest.soak_traffic import IdsSeen, Outcome, Returned
 
 # What a client may see while Redis is down (docs/api.md): a lookup has nothing else to look in.
 DOCUMENTED_OUTAGE_ERRORS = frozenset({"/v1/items/lookup 503 cache_unavailable"})
@@ -39,6 +42,7 @@ class Bounds:
     rss_bound: float = 0.05
     fd_bound: int = 10
     grace_s: float = 5.0
+    settle_s: float = 2.0  # a hit's queued write reaches Redis within this (it is flushed at once)
 
 
 def _after_warmup(samples: list[dict[str, Any]], bounds: Bounds) -> list[dict[str, Any]]:
@@ -104,6 +108,34 @@ def error_criteria(
     return answered, errors
 
 
+def ids_criterion(
+    stored: list[IdsSeen], unknown: list[IdsSeen], outages: list[dict[str, Any]], bounds: Bounds
+) -> dict[str, Any]:
+    """Ids a lookup found unknown although a hit had stored them since the last outage (see the module
+    docstring): a lost id, outside what the documented outages explain."""
+    stores: dict[tuple[str, str], list[IdsSeen]] = {}
+    for hit in stored:
+        for item_id in hit.ids:
+            stores.setdefault((hit.fingerprint, item_id), []).append(hit)
+
+    def outage_between(start: float, end: float) -> bool:
+        return any(e["at_s"] <= end and e["until_s"] + bounds.grace_s >= start for e in outages)
+
+    def lost(item_id: str, lookup: IdsSeen) -> bool:
+        return any(
+            hit.finished + bounds.settle_s <= lookup.sent and not outage_between(hit.sent, lookup.sent)
+            for hit in stores.get((lookup.fingerprint, item_id), [])
+        )
+
+    unexpected = [(lookup.sent, i) for lookup in unknown for i in lookup.ids if lost(i, lookup)]
+    return {
+        "ok": not unexpected,
+        "unknown_ids": sum(len(lookup.ids) for lookup in unknown),
+        "unknown_once_stored": len(unexpected),
+        "unknown_once_stored_at_s": [round(at, 2) for at, _ in unexpected[:20]],
+    }
+
+
 def vector_criterion(
     returned: list[Returned], references: dict[str, dict[str, np.ndarray]]
 ) -> dict[str, Any]:
@@ -137,6 +169,7 @@ def verdict(
     outcomes: list[Outcome],
     outages: list[dict[str, Any]],
     vectors: dict[str, Any],
+    ids: dict[str, Any],
     reloads: dict[str, Any],
     bounds: Bounds,
 ) -> dict[str, Any]:
@@ -147,6 +180,7 @@ def verdict(
         "vectors_equal_reference": vectors,
         "every_request_answered": answered,
         "errors_only_documented_during_outages": errors,
+        "ids_known_once_stored": ids,
         "reloads_ok": reloads,
     }
     return {"passed": all(c["ok"] for c in criteria.values()), "criteria": criteria}

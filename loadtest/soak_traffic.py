@@ -48,6 +48,16 @@ class Outcome:
     error: str = ""  # "<status> <error type>" or the transport error's name
 
 
+@dataclass(frozen=True)
+class IdsSeen:
+    """Ids a request was answered about: those a hit stored, or those a lookup found unknown."""
+
+    sent: float  # seconds since the soak started
+    finished: float
+    fingerprint: str  # the model that answered (id keys live in its namespace)
+    ids: tuple[str, ...]
+
+
 @dataclass
 class Returned:
     """One vector as the client got it, decoded to float32, for the check against the reference."""
@@ -100,6 +110,8 @@ class Traffic:
         self.url, self.plan, self.started = url, plan, started
         self.outcomes: list[Outcome] = []
         self.returned: list[Returned] = []
+        self.stored_ids: list[IdsSeen] = []  # per hit answered
+        self.unknown_ids: list[IdsSeen] = []  # per lookup answered without some of its ids
         self.new_texts: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -187,9 +199,13 @@ class Traffic:
         encoding, dimensions, dims = self._shape(n)
         indices = [(n * 7 + k) % HOT_ITEMS for k in range(1 + n % 4)]
         items = [{"id": hot_id(i), "text": hot_text(i)} for i in indices]
+        sent = self.now()
         answer = self._post("/v1/embed", "hit", _body(items=items, encoding=encoding, dimensions=dimensions))
         if answer is not None:
             self._keep(answer, [hot_text(i) for i in indices], encoding, dims)
+            stored = IdsSeen(sent, self.now(), answer["fingerprint"], tuple(item["id"] for item in items))
+            with self._lock:
+                self.stored_ids.append(stored)
 
     def _new(self, kind: str, n: int, count: int) -> list[str]:
         texts = [f"soak {kind} text {n}-{k}: {ADJECTIVES[(n + k) % 8]} {NOUNS[n % 8]}" for k in range(count)]
@@ -209,12 +225,15 @@ class Traffic:
         encoding, dimensions, dims = self._shape(n)
         indices = [(n * 5 + k) % HOT_ITEMS for k in range(1 + n % 4)]
         body = _body(ids=[hot_id(i) for i in indices], encoding=encoding, dimensions=dimensions)
+        sent = self.now()
         answer = self._post("/v1/items/lookup", "lookup", body)
         if answer is not None:
-            text_of = {
-                hot_id(i): hot_text(i) for i in indices
-            }  # ids unknown after a Redis restart are left out
+            text_of = {hot_id(i): hot_text(i) for i in indices}
             self._keep(answer, [text_of[item["id"]] for item in answer["data"]], encoding, dims)
+            unknown = tuple(answer["unknown"])
+            if unknown:  # judged by `soak_report.ids_criterion`
+                with self._lock:
+                    self.unknown_ids.append(IdsSeen(sent, self.now(), answer["fingerprint"], unknown))
 
     def _openai(self, n: int) -> None:
         import openai

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from loadtest import soak
-from loadtest.soak_report import Bounds, error_criteria, fd_criterion, rss_criterion, vector_criterion
-from loadtest.soak_traffic import ENCODINGS, Outcome, Returned, decode
+from loadtest.soak_report import (
+    Bounds,
+    error_criteria,
+    fd_criterion,
+    ids_criterion,
+    rss_criterion,
+    vector_criterion,
+)
+from loadtest.soak_traffic import ENCODINGS, IdsSeen, Outcome, Returned, decode
 from service.api.encodings import encode_vector
 
 BOUNDS = Bounds(warmup_s=10, window_s=20, rss_bound=0.05, fd_bound=10, grace_s=2)
@@ -53,6 +60,28 @@ def test_errors_count_only_when_documented_and_during_an_outage() -> None:
         "/v1/embed ReadError": 1,
     }
     assert errors["unexplained_at_s"] == [108, 103, 20]
+
+
+def test_an_id_unknown_once_stored_fails_unless_an_outage_explains_it() -> None:
+    outage = [{"name": "redis restart", "at_s": 100.0, "until_s": 105.0}]
+    stored = [
+        IdsSeen(50, 50.1, "f", ("a", "b")),
+        IdsSeen(108, 108.1, "f", ("c",)),
+        IdsSeen(120, 120.1, "g", ("d",)),
+    ]
+    explained = [
+        IdsSeen(106, 106.1, "f", ("a", "b")),  # stored before the restart: the new Redis is empty
+        IdsSeen(109, 109.1, "f", ("c",)),  # stored during the grace after it: its write may be lost
+        IdsSeen(50.5, 50.6, "f", ("a",)),  # asked before its write could settle
+        IdsSeen(130, 130.1, "f", ("d",)),  # stored by another model (its own key space)
+        IdsSeen(130, 130.1, "f", ("e",)),  # never stored
+    ]
+    result = ids_criterion(stored, explained, outage, BOUNDS)
+    assert result["ok"] and result["unknown_ids"] == 6 and result["unknown_once_stored"] == 0
+    lost = [IdsSeen(90, 90.1, "f", ("a",)), IdsSeen(125, 125.1, "g", ("d",))]  # stored, no outage since
+    result = ids_criterion(stored, lost, outage, BOUNDS)
+    assert not result["ok"] and result["unknown_once_stored"] == 2
+    assert result["unknown_once_stored_at_s"] == [90, 125]
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
@@ -111,6 +140,7 @@ def test_a_short_soak_writes_its_report_and_passes_the_functional_criteria(
         "vectors_equal_reference",
         "every_request_answered",
         "errors_only_documented_during_outages",
+        "ids_known_once_stored",
         "reloads_ok",
     }
     # A run of seconds says nothing about memory over hours; the rest must hold already.
@@ -118,6 +148,7 @@ def test_a_short_soak_writes_its_report_and_passes_the_functional_criteria(
         "vectors_equal_reference",
         "every_request_answered",
         "errors_only_documented_during_outages",
+        "ids_known_once_stored",
         "reloads_ok",
     ):
         assert criteria[name]["ok"], (name, criteria[name])
