@@ -286,13 +286,20 @@ class RedisCache:
         """One command on a pooled connection, packed by hiredis in one call (redis-py's
         execute_command encodes each argument in Python and records telemetry per command: for an
         MGET of 64 keys most of the cost of the round trip). A command that did not finish - an
-        error, a timeout, a cancellation - closes its connection, so no reply is ever misread."""
+        error, a timeout, a cancellation - closes its connection, so no reply is ever misread; a lost
+        connection closes the idle ones too."""
         connection = self._idle.pop() if self._idle else self._new_connection()
         try:
             await connection.send_packed_command(hiredis.pack_command(args), check_health=False)
             reply = await connection.read_response()
-        except BaseException:
+        except BaseException as exc:
             await connection.disconnect()  # reconnects on its next command
+            if isinstance(exc, RedisConnectionError | OSError):
+                # The server went away or restarted: every idle connection to it is dead as well. Dropped
+                # now, they cannot fail one later call each (each tripping the breaker again).
+                stale, self._idle = self._idle, []
+                for idle in stale:
+                    await idle.disconnect()
             raise
         finally:
             # At most max_connections are out at once (the semaphore in `_guarded`), so at most as many idle.

@@ -189,6 +189,40 @@ def test_after_the_skip_window_one_probe_asks_redis_not_the_crowd() -> None:
     assert seen["status_after"] == "ok" and seen["next"] == [None]
 
 
+def test_after_a_restart_no_stale_pooled_connection_fails_a_later_call() -> None:
+    """A restart closes every pooled connection. The first call that finds its connection lost drops the
+    idle ones too, so once the probe finds Redis back, a burst of calls all succeed: none meets a dead
+    connection, fails and opens the breaker again (lookups answered 503 seconds after a restart)."""
+
+    async def scenario(redis_process: RedisProcess) -> dict[str, object]:
+        cache = RedisCache(
+            redis_process.url, ttl_seconds=60, timeout_seconds=1.0, retry_seconds=0.2, timeouts_to_open=3
+        )
+        await asyncio.gather(*(cache.get_many(["k"]) for _ in range(8)))  # 8 pooled connections
+        redis_process.stop()
+        redis_process.start()  # same port, empty
+        seen: dict[str, object] = {}
+        try:
+            await cache.get_many(["k"])
+        except CacheUnavailable as exc:
+            seen["first"] = type(exc).__name__
+        await asyncio.sleep(0.3)  # past the skip window
+        seen["probe"] = await cache.get_many(["k"])  # one call probes, alone: Redis is back
+        later = []
+        for _ in range(3):  # bursts of as many calls as there were connections
+            results = await asyncio.gather(*(cache.get_many(["k"]) for _ in range(8)), return_exceptions=True)
+            later += [type(result).__name__ for result in results]
+        seen["later"] = later
+        seen["status"] = cache.status()
+        await cache.close()
+        return seen
+
+    with RedisProcess() as own_redis:
+        seen = asyncio.run(scenario(own_redis))
+    assert seen["first"] == "CacheDisconnected" and seen["probe"] == [None]
+    assert seen["later"] == ["list"] * 24 and seen["status"] == "ok"
+
+
 @pytest.mark.slow
 def test_redis_outage_is_served_from_the_model_and_the_cache_comes_back(tiny_artifact: Path) -> None:
     with (
