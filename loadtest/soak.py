@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
 
         args.other = near_free_artifact(args.artifact, Path(".cache") / "soak")
     args.out.mkdir(parents=True, exist_ok=True)
+    # SIGTERM (a timeout, `kill`) unwinds like Ctrl-C: the server, its workers and Redis are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     return 0 if run_soak(args)["verdict"]["passed"] else 1
 
 
