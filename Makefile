@@ -70,8 +70,8 @@ BACKBONE ?= smollm2
 LAYER ?= $(DEFAULT_LAYER)
 DIM ?= 64
 # The default artifact is trained nested (Matryoshka): every prefix z[:d] is a vector of its own, and
-# requests may ask for `dimensions` 8, 16, 32 or 64 (EXPERIMENTS.md, "Nested dimensions", measured at L8:
-# full-k quality within noise of a non-nested C). Other DIMs build without nesting unless NESTED_DIMS is given
+# requests may ask for `dimensions` 8, 16, 32 or 64 (EXPERIMENTS.md, "Nested dimensions", measured at L21
+# with 3 seeds: every prefix within noise of a C trained at its size alone). Other DIMs build without nesting unless NESTED_DIMS is given
 # (largest = DIM); NESTED_DIMS= builds a non-nested artifact.
 comma := ,
 NESTED_DIMS ?= $(if $(filter 64,$(DIM)),8$(comma)16$(comma)32$(comma)64)
