@@ -156,8 +156,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from artifact.names import ArtifactError
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
+    from service.memory import fix_malloc_thresholds, return_freed_memory
     from service.model.sources import ModelSetError
-    from service.registry import return_freed_memory
     from service.runtime import load_service_encoders
     from service.settings import Settings
 
@@ -166,6 +166,7 @@ def run_serve(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(settings.log_level.upper())
     # A SIGHUP before the app installs its reload handler must not end the process (the default).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    fix_malloc_thresholds()  # before any model is loaded: reloads then hand their memory back
     try:
         # Before the server starts: a bad artifact is one clear line and exit code 2, not a traceback.
         encoders = load_service_encoders(settings)

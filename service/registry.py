@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import time
 from collections.abc import Iterator
@@ -41,6 +39,7 @@ from service.cache.near import NearCache
 from service.cache.stores import Cache
 from service.cache.values import ValueCodec
 from service.flow import EmbedFlow
+from service.memory import return_freed_memory
 from service.metrics import Metrics
 from service.model.batcher import MicroBatcher
 from service.model.encoder import OnnxEncoder, load_encoder
@@ -54,15 +53,6 @@ log = logging.getLogger(__name__)
 RETIRE_TIMEOUT_SECONDS = 60.0
 
 Change = Literal["added", "swapped", "unchanged", "removed"]
-
-
-def return_freed_memory() -> None:
-    """Hand the memory of an unloaded model back to the OS. glibc keeps freed heap memory for reuse
-    (ONNX Runtime frees a model as many ~1 MB blocks, below malloc's mmap threshold), so without this
-    the RSS after a swap stays at its peak of two models. No-op without glibc."""
-    name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(name).malloc_trim(0)
 
 
 def read_settings_models(settings: Settings, current_default: str | None = None) -> ModelSet:

@@ -61,9 +61,11 @@ def _worker(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from service.app import create_app
     from service.lifecycle import DrainingServer, Lifecycle
+    from service.memory import fix_malloc_thresholds
     from service.model.variant_choice import remember
     from service.settings import Settings
 
+    fix_malloc_thresholds()  # a spawned interpreter: malloc starts untuned here too
     remember(variant_choices)  # the parent's measured variants: every worker serves the same ones
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper())

@@ -32,6 +32,9 @@ from service.cache.stores import Cache, CacheDisconnected, CacheStatus, CacheUna
 
 log = logging.getLogger(__name__)
 
+# One caller's keys and the future its values (or its failure) are delivered to.
+Read = tuple[Sequence[str], asyncio.Future[list[bytes | None]]]
+
 WriteResult = Literal["ok", "error"]
 LostReason = Literal["error", "dropped"]
 
@@ -57,7 +60,7 @@ class BatchedCache:
         self._on_write = on_write
         self._on_lost = on_lost
         self._on_disconnected = on_disconnected
-        self._reads: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]] = []
+        self._reads: list[Read] = []
         self._pending: dict[str, bytes] = {}  # queued, in queueing order (oldest first)
         self._flushing: dict[str, bytes] = {}  # the batch on its way to Redis now
         self._flusher: asyncio.Task[None] | None = None
@@ -76,7 +79,13 @@ class BatchedCache:
             # Runs after every task that is ready in this turn has had its step (and asked).
             loop.call_soon(self._read_batch)
         self._reads.append((keys, future))
-        values = await future
+        try:
+            values = await future
+        finally:
+            # A failed read's exception holds this frame in its traceback: without this, frame ->
+            # future -> exception -> frame is a cycle that keeps the request's frames (and the model
+            # they used) until the collector's next full pass.
+            del future
         return self._with_queued(keys, values)
 
     def _read_batch(self) -> None:
@@ -85,21 +94,17 @@ class BatchedCache:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _read(self, reads: list[tuple[Sequence[str], asyncio.Future[list[bytes | None]]]]) -> None:
+    async def _read(self, reads: list[Read]) -> None:
         keys = [key for asked, _ in reads for key in asked]
         try:
             values = await self._cache.get_many(keys)
         except CacheUnavailable as exc:
             if isinstance(exc, CacheDisconnected):
                 self._on_disconnected()
-            for _, future in reads:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(reads, exc)
             return
         except BaseException as exc:  # cancelled at shutdown, or a bug: never leave a caller hanging
-            for _, future in reads:
-                if not future.done():
-                    future.set_exception(CacheUnavailable(f"cache read failed: {type(exc).__name__}"))
+            _fail(reads, CacheUnavailable(f"cache read failed: {type(exc).__name__}"))
             raise
         start = 0
         for asked, future in reads:
@@ -172,3 +177,12 @@ class BatchedCache:
         for task in list(self._tasks):
             task.cancel()
         await self._cache.close()
+
+
+def _fail(reads: list[Read], exc: CacheUnavailable) -> None:
+    """Fail every read still waiting, each with its own copy of ``exc`` and no traceback: one shared
+    exception would gather every waiter's frames, and this task's frame (which holds ``reads``), into
+    one traceback that the futures keep alive."""
+    for _, future in reads:
+        if not future.done():
+            future.set_exception(type(exc)(*exc.args))

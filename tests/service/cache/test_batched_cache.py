@@ -7,7 +7,9 @@ as a lost connection)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -193,3 +195,42 @@ def test_after_a_redis_restart_writes_land_again_and_the_script_is_loaded_anew(
     recorder = asyncio.run(scenario())
     assert redis_process.client.get("after") == b"2" and redis_process.client.get("before") is None
     assert recorder.writes[0] == "ok" and recorder.writes[-1] == "ok"
+
+
+def test_a_failed_shared_read_leaves_no_cycle_that_keeps_its_callers_alive(
+    redis_process: RedisProcess,
+) -> None:
+    """A request whose cache read failed must be freed when it ends, not at the cyclic collector's
+    next full pass: what its frames hold (the served model among them) would outlive a reload."""
+
+    class Held:  # stands for what a request's frame holds (the model it leased)
+        pass
+
+    async def caller(cache: BatchedCache, held: Held, key: str) -> str:
+        try:
+            await cache.get_many([key])
+        except CacheUnavailable as exc:
+            return f"{type(exc).__name__} {held}"
+        return "read"
+
+    async def scenario() -> tuple[list[str], list[weakref.ref[Held]]]:
+        cache, _ = _batched(redis_process, timeout=0.5)
+        try:
+            redis_process.kill()
+            held = [Held() for _ in range(4)]
+            refs = [weakref.ref(h) for h in held]
+            answers = await asyncio.gather(*(caller(cache, h, f"k{i}") for i, h in enumerate(held)))
+            del held
+            await asyncio.sleep(0)
+            return answers, refs
+        finally:
+            await cache.close()
+
+    gc.disable()  # only reference counting may free them
+    try:
+        answers, refs = asyncio.run(scenario())
+        alive = sum(ref() is not None for ref in refs)
+    finally:
+        gc.enable()
+    assert all(answer.startswith("Cache") for answer in answers), answers  # every read failed
+    assert alive == 0, f"{alive} of 4 callers' frames kept alive by a failed read's traceback"
