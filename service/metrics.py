@@ -165,6 +165,15 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.in_process_cache_bytes = Gauge(
+            "marc_in_process_cache_bytes",
+            "Bytes held by this process's in-process stores, by cache: near (the near-cache, bounded by "
+            "MARC_NEAR_CACHE_BYTES), memo (the response memo, MARC_RESPONSE_MEMO_BYTES), confirmed_ids "
+            "(MARC_CONFIRMED_IDS_BYTES). They fill up to their bounds: RSS grows with them, then stays.",
+            ["cache"],
+            multiprocess_mode="liveall",  # per worker (a pid label): each holds its own
+            registry=r,
+        )
         self.model_reloads = Counter(
             "marc_model_reloads_total",
             "Reloads of the model configuration (SIGHUP, POST /admin/reload), by result: ok, failed "

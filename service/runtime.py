@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.api.admission import Admission
@@ -105,6 +106,9 @@ class ServiceRuntime:
         if settings.response_memo_bytes:
             hits = metrics.cache_requests.labels(tier=MEMO_TIER, result="hit")
             memo = ResponseMemo(settings.response_memo_bytes, hits, confirmed)
+        for name, store in (("near", near), ("memo", memo), ("confirmed_ids", confirmed)):
+            if store is not None:
+                metrics.sample(metrics.in_process_cache_bytes.labels(cache=name), _bytes_of(store))
         runtime = cls(settings, metrics, models, cache, admission, lifecycle, memo)
         if metrics.multiprocess:
             runtime.sampler = asyncio.get_running_loop().create_task(_sample(metrics), name="marc-metrics")
@@ -144,3 +148,7 @@ async def _sample(metrics: Metrics) -> None:
     while True:
         metrics.refresh()
         await asyncio.sleep(SAMPLE_SECONDS)
+
+
+def _bytes_of(store: NearCache | ResponseMemo | ConfirmedIds) -> Callable[[], float]:
+    return lambda: float(store.bytes)

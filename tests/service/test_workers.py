@@ -99,5 +99,12 @@ def test_two_workers_share_the_port_redis_and_their_metrics(
         assert sum_samples(samples, "marc_cache_requests_total", tier="redis", result="hit") >= 1
         assert [value for _, value in samples["marc_model_info"]] == [1.0]  # one series, not one per worker
         assert sum_samples(samples, "marc_queue_depth") == 0
+        near = [
+            (labels["pid"], value)
+            for labels, value in samples["marc_in_process_cache_bytes"]
+            if labels["cache"] == "near"
+        ]
+        assert len({pid for pid, _ in near}) == 2, near  # each worker's own near-cache, not a sum
+        assert sum(value for _, value in near) > 0, near  # the texts computed are held near
     assert exit_status == 0
     assert not (metrics_dir / "counter_999999.db").exists()

@@ -84,7 +84,11 @@ def test_service_past_the_near_cache_bound_serves_the_models_vectors(
             ]
             recent = [client.post("/v1/embed", json={"items": [{"text": t}]}).json() for t in texts[-4:]]
             after = _tier_counts(live)
+            gauge = {
+                labels["cache"]: value for labels, value in live.metrics()["marc_in_process_cache_bytes"]
+            }
         assert near.bytes <= bound and len(near) == 8
+        assert gauge["near"] == near.bytes  # what operators see is what the store holds, at its bound
     assert [body["data"][0]["cached"] for body in first] == [False] * 40
     np.testing.assert_allclose([body["data"][0]["embedding"] for body in first], expected, atol=1e-5)
     # Served from either tier, the vectors are the model's (and the same bytes as the first answers).
