@@ -28,7 +28,7 @@ from marc.stats import LEVEL, Interval, bootstrap_p, interval, mean_auc_replicat
 PARTS = {"auc_cold": ("cold", False), "auc_warm": ("warm", False), "gauc_cold": ("cold", True)}
 """Summary metric -> (the test rows it is computed on, per-user AUC: GAUC)."""
 
-PRIMARY = "gauc_cold"
+CLAIM_METRIC = "gauc_cold"
 """The metric of every claim's comparisons: on cold items only the vectors tell items apart, and the
 per-user AUC leaves out the users' own click rates, which ids alone already predict."""
 
@@ -70,7 +70,7 @@ class Evidence:
         }
         record["ci_level"] = LEVEL
 
-    def compare(self, a: dict[str, Any], b: dict[str, Any], metric: str = PRIMARY) -> dict[str, Any]:
+    def compare(self, a: dict[str, Any], b: dict[str, Any], metric: str = CLAIM_METRIC) -> dict[str, Any]:
         """a - b on ``metric`` with the paired CI, the bootstrap p-value and the verdict for a ('n/a'
         without a CI)."""
         est_a, rep_a = self.rows[record_key(a)][metric]

@@ -222,9 +222,11 @@ def run_jobs(
     found in ``done`` (results of an earlier identical run) are reused, not run."""
     done = done or {}
     results = {job: done[job] for job in jobs if job in done}
-    # LoRA jobs first: they are the longest, so the workers end together.
+    # LoRA jobs first: they are the longest, so the workers end together; by seed, so the two
+    # workers start on different layers and each computes one layer's token states (then cached).
     unique = sorted(
-        (job for job in dict.fromkeys(jobs) if job not in results), key=lambda job: job.vectors.kind != "lora"
+        (job for job in dict.fromkeys(jobs) if job not in results),
+        key=lambda job: (job.vectors.kind != "lora", job.seed if job.vectors.kind == "lora" else 0),
     )
     progress = tqdm(total=len(unique), desc=desc, unit="job")
     if context.plan.workers <= 1 or len(unique) <= 1:

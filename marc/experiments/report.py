@@ -171,7 +171,8 @@ def markdown(summary: dict[str, Any], plots: dict[str, dict[str, str]], command:
             "",
             *_fixes_lines(result),
             "#### Claims check (test cold GAUC, row a − row b: difference [95% paired bootstrap CI over "
-            "items and seeds], bootstrap p, Holm-adjusted p over the dataset's claims, verdict)",
+            "items and seeds], bootstrap p, verdict; each claim is decided by its primary comparison, "
+            "Holm-adjusted over the dataset's primaries; the others are unadjusted and decide nothing)",
             "",
             *(f"- {line}" if not line.startswith(" ") else line for line in claim_lines(result["claims"])),
         ]

@@ -240,7 +240,7 @@ def run_experiments(
         if replicate:
             result["claims"] = replicate_claims(result, evidence.compare)
         else:
-            result["claims"] = claims(result, final, evidence.compare)
+            result["claims"] = claims(result, final, evidence.compare, plan.dim)
     timings["intervals_seconds"] = time.perf_counter() - tick
 
     if plan.lora_cost_steps > 0:
