@@ -44,17 +44,17 @@ PLAIN = {
 
 
 def _claim(
-    statement: tuple[str, str],
+    name: str,
+    statement: str,
     primary: dict[str, Any],
     others: Sequence[dict[str, Any]] = (),
     context: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """A claim: its name and statement, the one comparison declared to decide it (``primary``),
     its other comparisons and context (unadjusted: they inform and decide nothing)."""
-    name, text = statement
     return {
         "claim": name,
-        "statement": text,
+        "statement": statement,
         "primary": primary,
         "comparisons": [c for c in others if c is not primary],
         "context": list(context),
@@ -92,7 +92,7 @@ def claims(result: dict[str, Any], final: int, compare: Compare, k: int) -> list
         f"against MARC at the final layer L{final} at k={k}; also PCA of the standardised state, the "
         "other k and MARC with LoRA"
     )
-    out.append(_claim(("1", statement), by_k[k], [*by_k.values(), *others]))
+    out.append(_claim("1", statement, by_k[k], [*by_k.values(), *others]))
 
     comparisons = {
         (d, kind): compare(_marc(table, mid, d), find_record(table, kind=kind, layer=final, k=d))
@@ -103,7 +103,7 @@ def claims(result: dict[str, Any], final: int, compare: Compare, k: int) -> list
         f"Compressing the final layer is suboptimal: MARC at L{mid} against PCA of the final layer's "
         f"standardised state at k={k}; also raw PCA and the other k (C + A on the final layer: claim 1)"
     )
-    out.append(_claim(("2", statement), comparisons[(k, "pca_std")], list(comparisons.values())))
+    out.append(_claim("2", statement, comparisons[(k, "pca_std")], list(comparisons.values())))
 
     full = find_record(table, kind="full", layer=final)
     by_k = {d: compare(_marc(table, mid, d), full) for d in dims}
@@ -123,7 +123,7 @@ def claims(result: dict[str, Any], final: int, compare: Compare, k: int) -> list
         f"final layer's full state ({full['dim']} floats); also the other k; context: full MARC against "
         "each ablation, against PCA of the same layer, against the text's surface form"
     )
-    out.append(_claim(("3", statement), by_k[k], list(by_k.values()), context))
+    out.append(_claim("3", statement, by_k[k], list(by_k.values()), context))
 
     comparisons, strongest = {}, {}
     for d in dims:
@@ -139,7 +139,7 @@ def claims(result: dict[str, Any], final: int, compare: Compare, k: int) -> list
         "of the same layer (by test cold GAUC); also each of them and the other k"
     )
     primary = comparisons[(k, strongest[str(k)])]
-    out.append(_claim(("4", statement), primary, list(comparisons.values())))
+    out.append(_claim("4", statement, primary, list(comparisons.values())))
     out[-1]["strongest_baseline"] = strongest
 
     loras = [r for r in ablations if r["kind"] == "lora"]
@@ -150,7 +150,7 @@ def claims(result: dict[str, Any], final: int, compare: Compare, k: int) -> list
             f"Adapting the LLM helps: MARC with LoRA on the top layers at L{loras[0]['layer']} against "
             "the same MARC on the frozen backbone, from which it starts; also at the final layer"
         )
-        out.append(_claim(("5", statement), comparisons[0], comparisons))
+        out.append(_claim("5", statement, comparisons[0], comparisons))
     if result.get("fixes"):
         pca_row, as_it_is, *fixes = result["fixes"]
         chosen = max(fixes, key=lambda r: r.get("valid_gauc_cold") or 0.0)
@@ -161,7 +161,7 @@ def claims(result: dict[str, Any], final: int, compare: Compare, k: int) -> list
         )
         comparisons = [compare(variant, pca_row) for variant in (as_it_is, *fixes)]
         primary = comparisons[1 + fixes.index(chosen)]
-        out.append(_claim(("6", statement), primary, comparisons))
+        out.append(_claim("6", statement, primary, comparisons))
     _adjust(out)
     return out
 
@@ -175,10 +175,11 @@ def replicate_claims(result: dict[str, Any], compare: Compare) -> list[dict[str,
     best = _strongest(baselines)
     comparisons = [compare(marc, baseline) for baseline in baselines]
     statement = (
-        f"MARC at L{result['layer']} beats the strongest of ids only, genre + year, TF-IDF-k and PCA-k "
-        f"of its layer on cold items of the split with seed {result['split_seed']}; also each of them"
+        f"MARC at L{result['layer']} beats the strongest of its table's baselines "
+        f"({', '.join(b['label'] for b in baselines)}) on cold items of the split with seed "
+        f"{result['split_seed']}; also each of them"
     )
-    out = [_claim(("4", statement), comparisons[baselines.index(best)], comparisons)]
+    out = [_claim("4", statement, comparisons[baselines.index(best)], comparisons)]
     out[0]["strongest_baseline"] = {str(marc["k"]): best["label"]}
     _adjust(out)
     return out
