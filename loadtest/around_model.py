@@ -131,9 +131,16 @@ def measure_phase(
 
 
 def measure(
-    artifact: Path, cache_dir: Path, redis_url: str, scratch: Path, seconds: float, rounds: int
+    artifact: Path,
+    cache_dir: Path,
+    redis_url: str,
+    scratch: Path,
+    seconds: float,
+    rounds: int,
+    settings: dict[str, str] | None = None,
 ) -> list[AroundResult]:
-    """Every phase ``rounds`` times, each beside the bare endpoint; the best round per phase."""
+    """Every phase ``rounds`` times, each beside the bare endpoint; the best round per phase.
+    ``settings``: MARC_* variables for the server (e.g. to compare a setting's values)."""
     twin = near_free_artifact(artifact, cache_dir)
     service = marc_serve(
         "marc serve (near-free twin)",
@@ -141,6 +148,7 @@ def measure(
         redis_url,
         scratch / "serve-near-free.log",
         args=["--log-level", "warning"],
+        settings=settings,
     )
     best: dict[str, AroundResult] = {}
     with service:
@@ -198,7 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/bench"), help="(%(default)s)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per phase (%(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="best of (%(default)s)")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="MARC_NAME=VALUE",
+        help="a setting for the measured server (repeatable), e.g. MARC_CACHE_WRITE_LINGER_MS=2",
+    )
     args = parser.parse_args(argv)
+    settings = dict(item.partition("=")[::2] for item in args.setting)
+    bad = [name for name in settings if not name.startswith("MARC_") or not settings[name]]
+    if bad:
+        parser.error(f"--setting takes MARC_NAME=VALUE, got {bad[0]!r}")
     try:
         read_manifest(args.artifact)
     except ArtifactError as exc:
@@ -207,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch, RedisServer() as redis:
-        results = measure(args.artifact, args.cache_dir, redis.url, Path(scratch), args.seconds, args.rounds)
-    print(table(results, machine_info()["cpu"]))
+        results = measure(
+            args.artifact, args.cache_dir, redis.url, Path(scratch), args.seconds, args.rounds, settings
+        )
+    shown = " ".join(f"{name}={value}" for name, value in settings.items())
+    print(table(results, machine_info()["cpu"] + (f"; {shown}" if shown else "")))
     return 0 if all(r.met for r in results) else 1
 
 
