@@ -141,7 +141,6 @@ def _batched(cache: Cache, settings: Settings, metrics: Metrics, confirmed: Conf
         on_write=lambda result: writes[result].inc(),
         on_lost=lost,
         on_disconnected=confirmed.clear if confirmed is not None else lambda: None,
-        linger_seconds=settings.cache_write_linger_ms / 1000,
     )
 
 

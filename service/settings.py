@@ -221,15 +221,6 @@ class Settings(BaseSettings):
         "Redis as one pipelined call per flush. Past this the oldest are dropped and counted in "
         "marc_cache_writes_dropped_total (Redis slower than the writes coming in).",
     )
-    cache_write_linger_ms: float = Field(
-        0.0,
-        ge=0.0,
-        le=100.0,
-        description="How long a flush of the cache write queue waits before it sends, so that the writes "
-        "of several batcher windows go to Redis as one pipelined call. Another process sees a new key up "
-        "to this much later (this process at once). 0 = send as soon as the requests of one event-loop "
-        "turn have queued theirs.",
-    )
     response_memo_bytes: int = Field(
         8 * 1024 * 1024,
         ge=0,

@@ -8,9 +8,6 @@ whatever it carries; per request, that was most of the CPU a new item cost outsi
   gets its own keys' values (or the same `CacheUnavailable`, which it counts for its own keys).
 * **Writes** are queued and the requests that made them do not wait: a background flush sends
   everything queued as one pipelined call, and what is queued while it runs goes in the next one.
-  With ``linger_seconds`` > 0 a flush first waits that long, so the writes of several batcher
-  windows share one call (a window of the near-free model lasts microseconds: each would otherwise
-  pay its own call); another process then sees a new key up to that much later.
   A key queued twice is written once, with its latest value. A read in this process sees the
   queued value of a key at once (read-your-writes); another process sees it after the flush.
   At most ``max_pending`` entries wait: past that the oldest are dropped and counted (Redis is
@@ -56,12 +53,10 @@ class BatchedCache:
         on_write: Callable[[WriteResult], None],
         on_lost: Callable[[list[str], LostReason], None],
         on_disconnected: Callable[[], None],
-        linger_seconds: float = 0.0,
     ) -> None:
         self.backend = cache.backend
         self._cache = cache
         self._max_pending = max_pending
-        self._linger = linger_seconds
         self._on_write = on_write
         self._on_lost = on_lost
         self._on_disconnected = on_disconnected
@@ -149,9 +144,8 @@ class BatchedCache:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="marc-cache-write")
 
     async def _flush(self) -> None:
-        # First let every request resumed in this turn (or, lingering, in the next few windows)
-        # queue its writes: one call for all of them.
-        await asyncio.sleep(self._linger)
+        # First let every request resumed in this turn queue its writes: one call for all of them.
+        await asyncio.sleep(0)
         while self._pending:
             self._flushing, self._pending = self._pending, {}
             try:

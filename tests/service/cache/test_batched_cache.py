@@ -47,7 +47,7 @@ def _calls(process: RedisProcess, command: str) -> int:
 
 
 def _batched(
-    process: RedisProcess, *, max_pending: int = 1000, timeout: float = 5.0, linger: float = 0.0
+    process: RedisProcess, *, max_pending: int = 1000, timeout: float = 5.0
 ) -> tuple[BatchedCache, Recorder]:
     recorder = Recorder()
     redis = RedisCache(process.url, ttl_seconds=60, timeout_seconds=timeout, retry_seconds=1.0)
@@ -57,7 +57,6 @@ def _batched(
         on_write=recorder.on_write,
         on_lost=recorder.on_lost,
         on_disconnected=recorder.on_disconnected,
-        linger_seconds=linger,
     )
     return cache, recorder
 
@@ -98,34 +97,6 @@ def test_writes_are_queued_flushed_as_one_pipeline_and_read_back_at_once(redis_p
     assert (w7, id99, queued) == (b"x7", b"x99", 200)
     assert round_trips == 1
     assert redis_process.client.get("w42") == b"x42" and redis_process.client.ttl("id0") > 0
-
-
-def test_a_lingering_flush_sends_the_writes_of_many_turns_as_one_call_sheds_past_its_bound_and_close_sends_it(
-    redis_process: RedisProcess,
-) -> None:
-    bound = 20
-
-    async def scenario() -> tuple[list[str], list[tuple[str, list[str]]], list[bytes | None], int]:
-        cache, recorder = _batched(redis_process, max_pending=bound, linger=0.2)
-        try:
-            for i in range(3 * bound):  # 60 windows in 60 loop turns, 3x the bound, within the linger
-                await cache.set_many([(f"l{i}", b"%d" % i)])
-                await asyncio.sleep(0.001)
-            read_back = await cache.get_many(["l59", "l0"])  # the newest from the queue, the oldest shed
-            in_redis = redis_process.client.dbsize()  # nothing sent yet: still lingering
-        finally:
-            await cache.close()  # at shutdown the lingering flush is sent, not lost
-        return recorder.writes, recorder.lost, read_back, in_redis
-
-    writes, lost, read_back, in_redis = asyncio.run(scenario())
-    assert in_redis == 0
-    assert read_back == [b"59", None]
-    assert writes == ["ok"]  # one call for every window
-    assert lost == [("dropped", [f"l{i}"]) for i in range(2 * bound)]
-    client = redis_process.client
-    assert [client.get(f"l{i}") for i in range(3 * bound)] == [None] * (2 * bound) + [
-        b"%d" % i for i in range(2 * bound, 3 * bound)
-    ]
 
 
 def test_a_key_queued_twice_is_written_once_with_its_latest_value(redis_process: RedisProcess) -> None:
