@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="MARC_NAME=VALUE",
-        help="a setting for the measured server (repeatable), e.g. MARC_CACHE_WRITE_LINGER_MS=2",
+        help="a setting for the measured server (repeatable), e.g. MARC_MAX_WAIT_MS=0",
     )
     args = parser.parse_args(argv)
     settings = dict(item.partition("=")[::2] for item in args.setting)
