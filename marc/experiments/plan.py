@@ -20,9 +20,9 @@ DEFAULT_DATASETS = ("synthetic", f"movielens100k:{ML100K_DIR}?text=kar")
 """The generated data (no metadata but the text) and the real ratings with the KAR-style text (title,
 year, genres). The titles-only text (`movielens100k:data/ml-100k?text=title`: the genre must come from
 what the LLM knows) is left out of the default run for the 45-minute budget (a third of the work, for
-a side question); `--datasets` adds it. The `entities`
-generator is retired from the experiments: 30 cold test items are too few to tell a win from noise,
-and its names' form leaks the category (docs/training.md, "Surface check")."""
+a side question); `--datasets` adds it. The `entities` generator is retired from the experiments: 30
+cold test items are too few to tell a win from noise, and its names' form leaks the category
+(docs/training.md, "Surface check")."""
 
 
 @dataclass(frozen=True)
