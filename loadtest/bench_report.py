@@ -318,7 +318,8 @@ def _around_row(result: AroundResult) -> dict[str, Any]:
         "row": f"{AROUND_ROWS[result.phase]}. around the model, {shape}",
         "measured": f"near-free twin, fresh texts: server CPU {result.server_cpu_us_per_item:.0f} us/item, "
         f"model runs {result.model_us_per_item:.0f}, outside them {result.outside_us_per_item:.0f} us/item "
-        f"({result.items_per_second:.0f} items/s)",
+        f"({result.items_per_second:.0f} items/s); the tokenizer alone {result.tokenize_us_per_item:.0f} "
+        f"us/item ({result.tokenize_units:.2f} bare requests)",
         "limit": f"bare endpoint {result.bare_cpu_us_per_request:.0f} us CPU/request (same run)",
         "ratio": result.units,
         "target": f"<= {result.target:g} bare requests per {per}",

@@ -114,6 +114,11 @@ def test_quick_bench_produces_every_row(
             phase["server_cpu_us_per_item"] - phase["model_us_per_item"]
         )
         assert phase["bare_cpu_us_per_request"] > 0
+        # The tokenizer alone, measured in the same round, in the same units.
+        assert phase["tokenize_us_per_item"] > 0
+        assert phase["tokenize_units"] == pytest.approx(
+            phase["tokenize_us_per_item"] / phase["bare_cpu_us_per_request"]
+        )
 
 
 def test_bench_without_checkpoint_names_the_option(tmp_path: Path, tiny_artifact: Path) -> None:
