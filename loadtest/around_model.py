@@ -103,7 +103,8 @@ class AroundResult:
 def tokenize_floor(artifact: Path, start: int) -> float:
     """CPU us per item of the service's own tokenising and padding (`OnnxEncoder.prepare`) of fresh
     texts, ``BATCH_ITEMS`` per call: the least any request path that tokenises can cost per item."""
-    from service.model.encoder import load_encoder  # sets TOKENIZERS_PARALLELISM=false, as in the service
+    # Imported only to measure (onnxruntime loads slowly); it sets TOKENIZERS_PARALLELISM=false.
+    from service.model.encoder import load_encoder
 
     encoder = load_encoder(artifact, variant="fp32", provider="cpu")
     texts = item_texts(start, FLOOR_CALLS * BATCH_ITEMS)
