@@ -33,6 +33,14 @@ class RedisProcess(RedisServer):
     """A private redis-server with the faults tests inject (`start` again after `stop`/`kill`: same
     port, empty)."""
 
+    def wait_for_keys(self, keys: int, timeout_seconds: float = 30) -> None:
+        """Until Redis holds at least ``keys`` keys: the service's queued writes have been flushed
+        (its answer does not wait for them)."""
+        deadline = time.monotonic() + timeout_seconds
+        while self.key_count() < keys:
+            assert time.monotonic() < deadline, f"fewer than {keys} keys in Redis after {timeout_seconds:g} s"
+            time.sleep(0.05)
+
     def kill(self) -> None:
         """SIGKILL: the server vanishes without closing its connections cleanly."""
         if self.process is not None:

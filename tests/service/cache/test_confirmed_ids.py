@@ -39,10 +39,7 @@ def _redis_calls(process: RedisProcess) -> int:
 
 def _calls_once_written(process: RedisProcess, keys: int) -> int:
     """The service's commands so far, once ``keys`` keys are in Redis (its queued writes flushed)."""
-    deadline = time.monotonic() + 30
-    while process.key_count() < keys:
-        assert time.monotonic() < deadline, f"fewer than {keys} keys in Redis after 30 s"
-        time.sleep(0.05)
+    process.wait_for_keys(keys)
     return _redis_calls(process)
 
 

@@ -112,6 +112,9 @@ def test_near_hits_are_served_while_redis_is_down(tiny_artifact: Path) -> None:
         live.client() as client,
     ):
         first = client.post("/v1/embed", json={"items": [{"text": warm}]}).json()
+        # Its write reached Redis first: a flush failing on the stopped server would open the breaker,
+        # and the read below would be skipped rather than fail.
+        own_redis.wait_for_keys(1)
         own_redis.stop()
         during = client.post("/v1/embed", json={"items": [{"text": warm}, {"text": cold}]}).json()
         counts = _tier_counts(live)
