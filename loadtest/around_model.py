@@ -31,6 +31,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,12 +42,16 @@ from loadtest.phases import bare_endpoint, closed_loop
 from loadtest.processes import RedisServer, ServerProcess, marc_serve
 from loadtest.texts import item_texts
 
+if TYPE_CHECKING:
+    from service.model.encoder import OnnxEncoder
+
 log = logging.getLogger("marc.bench")
 
 AROUND_START = 300_000_000  # fresh text indexes, far from every other phase's
 PHASE_TEXTS = 10_000_000
 BATCH_ITEMS = 32
 FLOOR_CALLS = 200  # tokenizer calls of BATCH_ITEMS texts per floor measurement (~0.2 s)
+FLOOR_TEXTS = FLOOR_CALLS * BATCH_ITEMS  # fresh ones each round
 TARGETS = {"embed_1": 2.0, "embed_32": 0.25, "openai_32": 0.25}
 
 
@@ -100,16 +105,13 @@ class AroundResult:
         return {**asdict(self), "units": self.units, "tokenize_units": self.tokenize_units, "met": self.met}
 
 
-def tokenize_floor(artifact: Path, start: int) -> float:
+def tokenize_floor(encoder: OnnxEncoder, start: int) -> float:
     """CPU us per item of the service's own tokenising and padding (`OnnxEncoder.prepare`) of fresh
-    texts, ``BATCH_ITEMS`` per call: the least any request path that tokenises can cost per item."""
-    # Imported only to measure (onnxruntime loads slowly); it sets TOKENIZERS_PARALLELISM=false.
-    from service.model.encoder import load_encoder
-
-    encoder = load_encoder(artifact, variant="fp32", provider="cpu")
-    texts = item_texts(start, FLOOR_CALLS * BATCH_ITEMS)
+    texts from index ``start`` on, ``BATCH_ITEMS`` per call: the least any request path that
+    tokenises can cost per item."""
+    texts = item_texts(start, FLOOR_TEXTS)
     calls = [texts[i : i + BATCH_ITEMS] for i in range(0, len(texts), BATCH_ITEMS)]
-    encoder.prepare(calls[0], BATCH_ITEMS)  # the first call builds the tokenizer's caches
+    encoder.prepare(calls[0], BATCH_ITEMS)  # the first call fills the tokenizer's caches
     began = time.process_time()  # all of this process's threads: a tokenizer thread pool included
     for call in calls[1:]:
         encoder.prepare(call, BATCH_ITEMS)
@@ -171,7 +173,11 @@ def measure(
 ) -> list[AroundResult]:
     """Every phase ``rounds`` times, each beside the bare endpoint; the best round per phase.
     ``settings``: MARC_* variables for the server (e.g. to compare a setting's values)."""
+    # Imported only to measure (onnxruntime loads slowly); it sets TOKENIZERS_PARALLELISM=false.
+    from service.model.encoder import load_encoder
+
     twin = near_free_artifact(artifact, cache_dir)
+    encoder = load_encoder(twin, variant="fp32", provider="cpu")  # for the tokenizer floor
     service = marc_serve(
         "marc serve (near-free twin)",
         twin,
@@ -187,7 +193,7 @@ def measure(
             for number in range(rounds):
                 bare_result = closed_loop(bare, bare_workload, seconds=seconds, concurrency=32, warmup=64)
                 bare_cpu_us = bare_result.server_cpu_ms_per_request * 1000
-                tokenize_us = tokenize_floor(twin, AROUND_START - 2 * PHASE_TEXTS)
+                tokenize_us = tokenize_floor(encoder, AROUND_START - 2 * PHASE_TEXTS + number * FLOOR_TEXTS)
                 log.info(
                     "around the model, round %d: bare endpoint %.0f us CPU/request; "
                     "the tokenizer alone %.1f us/item = %.2f bare requests",
